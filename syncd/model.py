@@ -1,0 +1,141 @@
+"""The domain's plain data: what sources say, what LiteLLM should hold, what it holds.
+
+Frozen dataclasses only; no I/O library is imported here, so the pure core (mapping, plan) can depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ROLES",
+    "ROLE_RANK",
+    "CurrentUser",
+    "DesiredUser",
+    "FieldOrigin",
+    "Group",
+    "Identity",
+    "ManagedUser",
+    "Snapshot",
+]
+
+#: LiteLLM user roles, most privileged first (CONTRACT.md precedence).
+ROLES: tuple[str, ...] = (
+    "proxy_admin",
+    "proxy_admin_viewer",
+    "internal_user",
+    "internal_user_viewer",
+    "team",
+    "customer",
+)
+ROLE_RANK: Mapping[str, int] = {role: len(ROLES) - i for i, role in enumerate(ROLES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A person as one source describes them."""
+
+    source: str
+    external_id: str  # the source's stable id: entryUUID, objectGUID, ipaUniqueID, the SCIM resource id
+    user_id: str  # the LiteLLM user_id this person gets
+    email: str
+    display_name: str | None = None
+    active: bool = True
+    #: personal grant overrides read from the source (issue 9); field name -> value
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group as one source describes it, with its members' external ids (nested groups already expanded)."""
+
+    source: str
+    external_id: str
+    name: str  # CN for LDAP, displayName for SCIM
+    dn: str | None = None
+    members: frozenset[str] = frozenset()
+    #: a grant carried by the group itself (issue 9); field name -> value
+    grant: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What one pull of a source returned.
+
+    `complete` is False whenever anything went wrong (error, timeout, size limit, partial or suddenly empty result):
+    nothing may be deactivated from an incomplete snapshot. An incremental snapshot holds only what changed; groups in
+    it carry their whole member list.
+    """
+
+    source: str
+    identities: list[Identity] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    complete: bool = True
+    incremental: bool = False
+    problems: list[str] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    #: the high-water mark to store when this snapshot is recorded (modifyTimestamp, uSNChanged), if any
+    high_water_mark: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldOrigin:
+    """Where a desired field's value came from: a config mapping, a group attribute, a user override, a default."""
+
+    kind: str  # "mapping" | "group_attribute" | "override" | "default"
+    name: str  # the group name/DN, the attribute, or "defaults"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredUser:
+    """What one managed LiteLLM user should look like, with the origin of every field."""
+
+    user_id: str
+    email: str
+    source: str
+    external_id: str
+    active: bool
+    role: str
+    models: tuple[str, ...] = ()
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    auto_create_keys: bool = False
+    teams: tuple[str, ...] = ()
+    user_alias: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    origins: Mapping[str, FieldOrigin] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedUser:
+    """The store's record of a LiteLLM user syncd manages, and what it last applied there."""
+
+    user_id: str
+    source: str
+    external_id: str
+    state: str  # "active" | "suspended" | "deleted"
+    applied: Mapping[str, Any]  # the LiteLLM fields last applied (see plan.USER_FIELDS)
+    blocked_keys: tuple[str, ...] = ()
+    suspended_at: float | None = None  # unix time
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentUser:
+    """A LiteLLM user as LiteLLM itself reported it (read for the users about to change, or by the drift check)."""
+
+    user_id: str
+    email: str | None
+    fields: Mapping[str, Any]  # user_role, models, tpm_limit, ... as LiteLLM holds them
+    metadata: Mapping[str, Any]
+
+    @property
+    def managed(self) -> bool:
+        """True when the user carries syncd's marker."""
+        marker = self.metadata.get("syncd")
+        return isinstance(marker, Mapping) and marker.get("managed") is True

@@ -1,0 +1,154 @@
+"""Load the YAML config: `${VAR}` / `${VAR:-default}` from the environment, then validation with key paths in errors.
+
+`load_settings(path)` returns a frozen `Settings` or raises `ConfigError`, whose message lists every problem as
+`key.path[2].name: what is wrong`; secrets are `SecretStr` and never appear in a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from syncd.settings._base import Strict
+from syncd.settings.core import (
+    DatabaseSettings,
+    DefaultsSettings,
+    LiteLLMSettings,
+    MappingSettings,
+    PolicySettings,
+    ServerSettings,
+    TeamSettings,
+)
+from syncd.settings.ldap import LdapSourceSettings
+from syncd.settings.scim import ScimSettings
+
+__all__ = ["ConfigError", "Settings", "load_settings", "settings_from_dict"]
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; `problems` lists each one as `key.path: message`."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems) if len(problems) == 1 else
+                         f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+class Settings(Strict):
+    """The whole config file."""
+
+    database: DatabaseSettings = DatabaseSettings()
+    litellm: LiteLLMSettings = LiteLLMSettings()
+    server: ServerSettings = ServerSettings()
+    ldap: list[LdapSourceSettings] = Field(default_factory=list)
+    scim: ScimSettings = ScimSettings()
+    mappings: list[MappingSettings] = Field(default_factory=list)
+    defaults: DefaultsSettings = DefaultsSettings()
+    policy: PolicySettings = PolicySettings()
+    teams: list[TeamSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [source.name for source in self.ldap] + [token.name for token in self.scim.tokens]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(duplicates)}")
+        aliases = [team.alias.lower() for team in self.teams]
+        repeated = sorted({alias for alias in aliases if aliases.count(alias) > 1})
+        if repeated:
+            raise ValueError(f"team aliases must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    @property
+    def source_priorities(self) -> dict[str, int]:
+        """Each source's priority: when one person is in two sources, the higher wins."""
+        priorities = {source.name: source.priority for source in self.ldap}
+        priorities.update({token.name: token.priority for token in self.scim.tokens})
+        return priorities
+
+
+def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and (env[name] != "" or default is None):
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<top>'}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(replace, value)
+    if isinstance(value, dict):
+        return {key: _substitute(item, env, _join(path, key), problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, env, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text = _join(text, part)
+    return text or "<top>"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "is required"
+    if error["type"].startswith("literal_error"):
+        return f"{error['input']!r} is not one of: {message.removeprefix('Input should be ')}"
+    return message
+
+
+def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already parsed config document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["<top>: the config must be a mapping of sections"])
+    problems: list[str] = []
+    data = _substitute(raw, os.environ if env is None else env, "", problems)
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [f"{_location(e['loc'])}: {_message(e)}" for e in exc.errors()]) from None
+
+
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, substitute and validate the YAML config file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    return settings_from_dict(raw, source=str(path), env=env)

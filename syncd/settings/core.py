@@ -1,0 +1,122 @@
+"""Settings of the reconcile core: database, LiteLLM, server, mappings, defaults, policy, teams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from syncd.model import ROLES
+from syncd.settings._base import BudgetDuration, Interval, Strict, read_secret
+
+__all__ = [
+    "DatabaseSettings",
+    "DefaultsSettings",
+    "LiteLLMSettings",
+    "MappingSettings",
+    "PolicySettings",
+    "ServerSettings",
+    "TeamSettings",
+]
+
+Role = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer", "team", "customer"]
+assert len(Role.__args__) == len(ROLES)  # type: ignore[attr-defined]
+
+
+class DatabaseSettings(Strict):
+    """Where sync state lives: SQLite (default) or PostgreSQL through postgresql+psycopg://."""
+
+    url: str = "sqlite:///syncd.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str) -> str:
+        if not url.startswith(("sqlite:", "postgresql")):
+            raise ValueError(f"{url.split(':', 1)[0]!r} is not a supported database (use sqlite:/// or postgresql+psycopg://)")
+        return url
+
+
+class LiteLLMSettings(Strict):
+    """The LiteLLM proxy's admin API."""
+
+    url: str = "http://127.0.0.1:4000"
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    concurrency: int = Field(8, ge=1, le=64)
+    drift_check: Interval = 24 * 3600.0
+    max_retries: int = Field(5, ge=0, le=20)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> LiteLLMSettings:
+        key = read_secret(self.master_key, self.master_key_file, "master_key")
+        object.__setattr__(self, "master_key", key)
+        return self
+
+
+class ServerSettings(Strict):
+    """The HTTP server of `syncd serve`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    admin_token: SecretStr | None = None
+    #: /readyz answers 503 when the last successful sync is older than this (unset: not checked)
+    ready_max_sync_age: Interval | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+
+class _Grant(Strict):
+    """The LiteLLM fields a mapping, the defaults or a team section can set."""
+
+    role: Role | None = None
+    models: list[str] | None = None
+    tpm_limit: int | None = Field(None, ge=0)
+    rpm_limit: int | None = Field(None, ge=0)
+    max_budget: float | None = Field(None, ge=0)
+    budget_duration: BudgetDuration | None = None
+
+
+class MappingSettings(_Grant):
+    """A group and what its members get in LiteLLM."""
+
+    group: str = Field(min_length=1)
+    auto_create_keys: bool | None = None
+    teams: list[str] = Field(default_factory=list)
+    priority: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    #: wins over a grant kept in the directory for the same group (issue 9)
+    authoritative: bool = False
+
+
+class DefaultsSettings(_Grant):
+    """What a managed user gets where no mapping says otherwise."""
+
+    role: Role = "internal_user"
+    auto_create_keys: bool = False
+
+
+class PolicySettings(Strict):
+    """Who is managed, and what happens to people who leave."""
+
+    unmapped_users: Literal["ignore", "deactivate"] = "ignore"
+    deactivation: Literal["suspend", "delete"] = "suspend"
+    delete_after: Interval | None = None
+    max_deactivations: int = Field(50, ge=0)
+    max_deactivation_ratio: float = Field(0.10, ge=0, le=1)
+    adopt_existing: bool = False
+    suspended_leave_teams: bool = False
+
+
+class TeamSettings(Strict):
+    """A LiteLLM team syncd manages, found by alias (issue 5)."""
+
+    alias: str = Field(min_length=1)
+    models: list[str] | None = None
+    max_budget: float | None = Field(None, ge=0)
+    budget_duration: BudgetDuration | None = None
+    tpm_limit: int | None = Field(None, ge=0)
+    rpm_limit: int | None = Field(None, ge=0)
+    team_member_budget: float | None = Field(None, ge=0)

@@ -1,0 +1,50 @@
+"""Settings of the SCIM 2.0 service provider (`scim:`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from syncd.settings._base import Strict
+
+__all__ = ["ScimSettings", "ScimToken"]
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class ScimToken(Strict):
+    """One identity provider's bearer token; its name is the source of everything it writes."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    token: SecretStr | None = None
+    #: hex SHA-256 of the token, instead of the token itself
+    token_sha256: str | None = None
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScimToken:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token and token_sha256")
+        if self.token is not None and not self.token.get_secret_value():
+            raise ValueError("token is empty")
+        if self.token_sha256 is not None and not _SHA256.match(self.token_sha256):
+            raise ValueError("token_sha256 is not 64 hexadecimal characters")
+        return self
+
+
+class ScimSettings(Strict):
+    """SCIM pushes from Okta, Entra ID and other identity providers."""
+
+    enabled: bool = False
+    tokens: list[ScimToken] = Field(default_factory=list)
+    #: which SCIM attribute becomes the LiteLLM user_id
+    user_id_attribute: Literal["userName", "email", "externalId", "id"] = "userName"
+    #: what a SCIM DELETE of a user does: suspend (default) or delete by policy.deactivation
+    delete_policy: Literal["suspend", "policy"] = "suspend"
+    groups_as_teams: bool = False
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_filter_length: int = Field(4096, ge=64)
+    #: seconds to wait for more writes before reconciling
+    debounce_s: float = Field(0.5, ge=0, le=60)

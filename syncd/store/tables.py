@@ -1,0 +1,203 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations in migrations/ create exactly these.
+
+identities, groups, memberships: what each source says (LDAP pulls and SCIM pushes write here; sources only record).
+managed_users: the LiteLLM users syncd manages and what it last applied. sync_runs, changes (the journal) and
+audit_log: what each reconcile did. source_state: high-water marks and last success per source. leader_lease: which
+replica runs the scheduled work.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "audit_log",
+    "changes",
+    "groups",
+    "identities",
+    "leader_lease",
+    "managed_teams",
+    "managed_users",
+    "memberships",
+    "metadata",
+    "source_state",
+    "sync_runs",
+]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(255), nullable=False),  # entryUUID, objectGUID, ipaUniqueID, SCIM id
+    Column("user_id", String(255), nullable=False),  # the LiteLLM user_id
+    Column("email", String(320), nullable=False),
+    Column("email_lower", String(320), nullable=False),
+    Column("display_name", String(500)),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("present", Boolean, nullable=False, default=True),  # False once the source no longer has it
+    Column("dn", Text),
+    Column("overrides", JSON, nullable=False, default=dict),  # personal grant overrides (issue 9)
+    # SCIM: userName (and its lower-case form for case-insensitive filters), externalId, the stored resource
+    Column("user_name", String(500)),
+    Column("user_name_lower", String(500)),
+    Column("scim_external_id", String(500)),
+    Column("resource", JSON),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "external_id"),
+    Index(None, "user_id"),
+    Index(None, "email_lower"),
+    Index(None, "source", "user_name_lower"),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("name", String(500), nullable=False),  # CN or SCIM displayName
+    Column("name_lower", String(500), nullable=False),
+    Column("dn", Text),
+    Column("dn_lower", Text),
+    Column("present", Boolean, nullable=False, default=True),
+    Column("grant", JSON, nullable=False, default=dict),  # a grant kept in the directory (issue 9)
+    Column("scim_external_id", String(500)),
+    Column("resource", JSON),
+    Column("version", Integer, nullable=False, default=1),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "external_id"),
+    Index(None, "name_lower"),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("group_id", _Id, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("identity_id", _Id, ForeignKey("identities.id", ondelete="CASCADE"), primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("via", Text),  # for nested LDAP groups: the path of group names that led here
+    Index(None, "identity_id"),
+)
+
+managed_users = Table(
+    "managed_users",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("state", String(20), nullable=False),  # active | suspended | deleted
+    Column("applied", JSON, nullable=False),  # the LiteLLM fields last applied
+    Column("blocked_keys", JSON, nullable=False, default=list),  # the key tokens syncd blocked at suspension
+    Column("adopted", Boolean, nullable=False, default=False),
+    Column("suspended_at", DateTime(timezone=True)),
+    Column("checked_at", DateTime(timezone=True)),  # last time LiteLLM itself was read for this user
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "state"),
+)
+
+managed_teams = Table(
+    "managed_teams",
+    metadata,
+    Column("alias", String(255), primary_key=True),
+    Column("team_id", String(255), nullable=False),
+    Column("managed", Boolean, nullable=False),  # False: a team syncd only joins and leaves
+    Column("applied", JSON, nullable=False),
+    Column("members", JSON, nullable=False, default=list),  # the user_ids syncd put in the team
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("trigger", String(50), nullable=False),  # cli | schedule | scim | drift
+    Column("sources", String(500)),
+    Column("status", String(20), nullable=False),  # running | success | failed | held | dry_run
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("summary", JSON, nullable=False, default=dict),
+    Column("error", Text),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", _Id, ForeignKey("sync_runs.id"), nullable=False),
+    Column("key", String(255), nullable=False),  # user_id, or team alias
+    Column("action", String(30), nullable=False),
+    Column("change", JSON, nullable=False),  # the planned change as data
+    Column("status", String(20), nullable=False),  # pending | done | failed | skipped
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "status"),
+    Index(None, "run_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("run_id", _Id),
+    Column("actor", String(100), nullable=False),  # the source or trigger that caused it
+    Column("action", String(30), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("reason", Text),
+    Index(None, "key"),
+)
+
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("source", String(100), primary_key=True),
+    Column("high_water_mark", String(255)),
+    Column("last_full_at", DateTime(timezone=True)),
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("counters", JSON, nullable=False, default=dict),
+)
+
+leader_lease = Table(
+    "leader_lease",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
