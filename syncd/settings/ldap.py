@@ -1,7 +1,12 @@
-"""Settings of one LDAP directory source (`ldap:` list). Attributes left unset take the dialect's preset."""
+"""Settings of one LDAP directory source (`ldap:` list). Attributes left unset take the dialect's preset.
+
+`LdapSourceSettings.resolved()` returns a `ResolvedLdap`: every attribute and filter filled in from the
+dialect preset (openldap, active_directory, freeipa); `custom` has none, so its required keys must be set.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +14,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncd.settings._base import Interval, Strict, read_secret
 
-__all__ = ["LdapGroupsSettings", "LdapScheduleSettings", "LdapSourceSettings", "LdapUsersSettings"]
+__all__ = [
+    "DIALECT_PRESETS",
+    "LdapGroupsSettings",
+    "LdapScheduleSettings",
+    "LdapSourceSettings",
+    "LdapUsersSettings",
+    "ResolvedLdap",
+]
 
 
 class LdapScheduleSettings(Strict):
@@ -48,6 +60,8 @@ class LdapUsersSettings(Strict):
     email_attribute: str | None = None
     name_attribute: str | None = None
     external_id_attribute: str | None = None
+    #: entries matching this filter (and the user filter) are inactive; "" turns the preset off
+    disabled_filter: str | None = None
     #: personal grant overrides (issue 9): LiteLLM field -> attribute
     override_attributes: dict[str, str] = Field(default_factory=dict)
 
@@ -59,6 +73,9 @@ class LdapGroupsSettings(Strict):
     filter: str | None = None
     member_attribute: str | None = None
     name_attribute: str | None = None
+    external_id_attribute: str | None = None
+    #: with member_attribute memberUid: the user attribute its values name
+    member_uid_attribute: str = "uid"
     nested: bool = False
     max_depth: int = Field(10, ge=1, le=100)
     #: grants kept in the directory (issue 9): LiteLLM field -> attribute
@@ -97,6 +114,14 @@ class LdapSourceSettings(Strict):
         return value
 
     @model_validator(mode="after")
+    def _custom_needs_attributes(self) -> LdapSourceSettings:
+        if self.dialect == "custom":
+            missing = _missing_for_custom(self)
+            if missing:
+                raise ValueError(f"dialect custom has no presets; set {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
     def _secret_from_file(self) -> LdapSourceSettings:
         password = read_secret(self.bind_password, self.bind_password_file, "bind_password")
         object.__setattr__(self, "bind_password", password)
@@ -106,3 +131,110 @@ class LdapSourceSettings(Strict):
     def urls(self) -> list[str]:
         """The server URLs in failover order."""
         return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    def resolved(self) -> ResolvedLdap:
+        """The attributes and filters to use: what the config says, else the dialect's preset."""
+        return _resolve(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedLdap:
+    """Every attribute and filter of one source, presets applied; group ones are None without `groups:`."""
+
+    user_filter: str
+    user_id_attribute: str
+    email_attribute: str
+    name_attribute: str
+    user_external_id_attribute: str
+    disabled_filter: str | None
+    group_filter: str | None
+    member_attribute: str | None
+    group_name_attribute: str | None
+    group_external_id_attribute: str | None
+    #: modifyTimestamp (OpenLDAP, FreeIPA) or uSNChanged (Active Directory): what incremental pulls compare
+    change_attribute: str
+
+    @property
+    def member_is_uid(self) -> bool:
+        """True when groups list members by user name (posixGroup memberUid) rather than by DN."""
+        return (self.member_attribute or "").lower() == "memberuid"
+
+
+#: dialect -> attribute presets (keys as in ResolvedLdap)
+DIALECT_PRESETS: dict[str, dict[str, str]] = {
+    "openldap": {
+        "user_filter": "(objectClass=inetOrgPerson)",
+        "user_id_attribute": "uid",
+        "email_attribute": "mail",
+        "name_attribute": "cn",
+        "external_id_attribute": "entryUUID",
+        "disabled_filter": "(pwdAccountLockedTime=*)",
+        "member_attribute": "member",
+        "group_name_attribute": "cn",
+        "change_attribute": "modifyTimestamp",
+    },
+    "active_directory": {
+        "user_filter": "(&(objectCategory=person)(objectClass=user))",
+        "user_id_attribute": "sAMAccountName",
+        "email_attribute": "mail",
+        "name_attribute": "displayName",
+        "external_id_attribute": "objectGUID",
+        "disabled_filter": "(userAccountControl:1.2.840.113556.1.4.803:=2)",
+        "member_attribute": "member",
+        "group_filter": "(objectClass=group)",
+        "group_name_attribute": "cn",
+        "change_attribute": "uSNChanged",
+    },
+    "freeipa": {
+        "user_filter": "(objectClass=inetOrgPerson)",
+        "user_id_attribute": "uid",
+        "email_attribute": "mail",
+        "name_attribute": "cn",
+        "external_id_attribute": "ipaUniqueID",
+        "disabled_filter": "(nsAccountLock=TRUE)",
+        "member_attribute": "member",
+        "group_name_attribute": "cn",
+        "change_attribute": "modifyTimestamp",
+    },
+    "custom": {"name_attribute": "cn", "group_name_attribute": "cn", "change_attribute": "modifyTimestamp"},
+}
+
+#: the group object class that goes with each member attribute, for the default group filter
+_GROUP_CLASS = {"member": "groupOfNames", "uniquemember": "groupOfUniqueNames", "memberuid": "posixGroup"}
+
+
+def _missing_for_custom(settings: LdapSourceSettings) -> list[str]:
+    users = settings.users
+    user_keys = ("filter", "user_id_attribute", "email_attribute", "external_id_attribute")
+    missing = [f"users.{key}" for key in user_keys if getattr(users, key) is None]
+    if settings.groups is not None:
+        group_keys = ("filter", "member_attribute")
+        missing += [f"groups.{key}" for key in group_keys if getattr(settings.groups, key) is None]
+    return missing
+
+
+def _resolve(settings: LdapSourceSettings) -> ResolvedLdap:
+    preset = DIALECT_PRESETS[settings.dialect]
+    users, groups = settings.users, settings.groups
+    disabled = users.disabled_filter if users.disabled_filter is not None else preset.get("disabled_filter")
+    external_id = users.external_id_attribute or preset["external_id_attribute"]
+    member = group_filter = group_name = group_external_id = None
+    if groups is not None:
+        member = groups.member_attribute or preset["member_attribute"]
+        object_class = _GROUP_CLASS.get(member.lower(), "groupOfNames")
+        group_filter = groups.filter or preset.get("group_filter") or f"(objectClass={object_class})"
+        group_name = groups.name_attribute or preset["group_name_attribute"]
+        group_external_id = groups.external_id_attribute or external_id
+    return ResolvedLdap(
+        user_filter=users.filter or preset["user_filter"],
+        user_id_attribute=users.user_id_attribute or preset["user_id_attribute"],
+        email_attribute=users.email_attribute or preset["email_attribute"],
+        name_attribute=users.name_attribute or preset["name_attribute"],
+        user_external_id_attribute=external_id,
+        disabled_filter=disabled or None,
+        group_filter=group_filter,
+        member_attribute=member,
+        group_name_attribute=group_name,
+        group_external_id_attribute=group_external_id,
+        change_attribute=preset["change_attribute"],
+    )
