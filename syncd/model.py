@@ -43,6 +43,7 @@ class Identity:
     email: str
     display_name: str | None = None
     active: bool = True
+    dn: str | None = None
     #: personal grant overrides read from the source (issue 9); field name -> value
     overrides: Mapping[str, Any] = field(default_factory=dict)
 

@@ -39,8 +39,11 @@ class ConfigError(Exception):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems) if len(problems) == 1 else
-                         f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems))
+        super().__init__(
+            f"{source}: " + "; ".join(problems)
+            if len(problems) == 1
+            else f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems)
+        )
 
 
 class Settings(Strict):
@@ -78,6 +81,7 @@ class Settings(Strict):
 
 def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     if isinstance(value, str):
+
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in env and (env[name] != "" or default is None):

@@ -33,7 +33,9 @@ class DatabaseSettings(Strict):
     @classmethod
     def _known_engine(cls, url: str) -> str:
         if not url.startswith(("sqlite:", "postgresql")):
-            raise ValueError(f"{url.split(':', 1)[0]!r} is not a supported database (use sqlite:/// or postgresql+psycopg://)")
+            raise ValueError(
+                f"{url.split(':', 1)[0]!r} is not a supported database (use sqlite:/// or postgresql+psycopg://)"
+            )
         return url
 
 

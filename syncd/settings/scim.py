@@ -48,3 +48,7 @@ class ScimSettings(Strict):
     max_filter_length: int = Field(4096, ge=64)
     #: seconds to wait for more writes before reconciling
     debounce_s: float = Field(0.5, ge=0, le=60)
+    #: the most resources one list or search answers (ServiceProviderConfig filter.maxResults)
+    max_results: int = Field(1000, ge=1, le=10_000)
+    #: the SCIM base URL as the identity providers reach it (for meta.location); unset: taken from each request
+    public_url: str | None = Field(None, pattern=r"^https?://")

@@ -79,5 +79,6 @@ def require_current_schema(engine: Engine) -> None:
     if current != head:
         where = "empty" if current is None else f"at revision {current}"
         raise SchemaOutOfDate(
-            f"the database schema is {where}, but this syncd needs revision {head}: run `syncd db upgrade --config FILE`"
+            f"the database schema is {where}, but this syncd needs revision {head}: "
+            "run `syncd db upgrade --config FILE`"
         )

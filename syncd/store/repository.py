@@ -1,0 +1,17 @@
+"""`SyncStore`: the one object the rest of syncd uses to read and write the store."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from syncd.store.sources import IncompleteSnapshot, RecordResult, SourceState, SourceStore
+from syncd.store.state import AuditEntry, RunRecord, StateStore
+
+__all__ = ["AuditEntry", "IncompleteSnapshot", "RecordResult", "RunRecord", "SourceState", "SyncStore"]
+
+
+class SyncStore(SourceStore, StateStore):
+    """Sources' records (identities, groups, memberships) and syncd's own (managed users, runs, journal, audit)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine

@@ -1,0 +1,378 @@
+"""Recording what a source says: snapshots of identities, groups and memberships, and each source's state.
+
+A snapshot is recorded in one transaction with bulk statements (100,000 identities in a few seconds), and only when
+it is complete: an incomplete snapshot changes nothing, so the previous state stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+
+from syncd.model import Group, Identity, Snapshot
+from syncd.store.tables import groups, identities, memberships, source_state
+
+__all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
+
+_IDENTITY_FIELDS = ("user_id", "email", "display_name", "active", "dn", "overrides")
+_GROUP_FIELDS = ("name", "dn", "grant")
+
+
+class IncompleteSnapshot(Exception):
+    """A snapshot that must not be recorded: incomplete, or suddenly empty where the store holds entries."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What the store knows of one source's pulls."""
+
+    source: str
+    high_water_mark: str | None = None
+    last_full_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_error: str | None = None
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RecordResult:
+    """What recording one snapshot changed in the store."""
+
+    source: str
+    identities_added: int = 0
+    identities_updated: int = 0
+    identities_removed: int = 0
+    groups_added: int = 0
+    groups_updated: int = 0
+    groups_removed: int = 0
+    memberships_added: int = 0
+    memberships_removed: int = 0
+    #: the LiteLLM user_ids whose identity or memberships changed (for a targeted reconcile)
+    affected_user_ids: set[str] = field(default_factory=set)
+
+    @property
+    def changed(self) -> bool:
+        """True when anything at all changed."""
+        return bool(self.affected_user_ids) or any((self.groups_added, self.groups_updated, self.groups_removed))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _identity_values(identity: Identity) -> dict[str, Any]:
+    return {
+        "user_id": identity.user_id,
+        "email": identity.email,
+        "display_name": identity.display_name,
+        "active": identity.active,
+        "dn": identity.dn,
+        "overrides": dict(identity.overrides),
+    }
+
+
+def _group_values(group: Group) -> dict[str, Any]:
+    return {"name": group.name, "dn": group.dn, "grant": dict(group.grant)}
+
+
+class SourceStore:
+    """Reads and writes the per-source tables: identities, groups, memberships, source_state."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- recording -------------------------------------------------------------------------------------------
+    def record_snapshot(self, snapshot: Snapshot) -> RecordResult:
+        """Write a complete snapshot in one transaction; raise IncompleteSnapshot (changing nothing) otherwise."""
+        if not snapshot.complete:
+            raise IncompleteSnapshot(f"source {snapshot.source}: incomplete pull: " + "; ".join(snapshot.problems))
+        result = RecordResult(snapshot.source)
+        with self.engine.begin() as conn:
+            if not snapshot.incremental and not snapshot.identities:
+                present = conn.scalar(
+                    select(func.count()).where(identities.c.source == snapshot.source, identities.c.present)
+                )
+                if present:
+                    raise IncompleteSnapshot(
+                        f"source {snapshot.source}: the pull returned no users where {present} were known; "
+                        "treated as incomplete"
+                    )
+            ids = self._record_identities(conn, snapshot, result)
+            group_ids = self._record_groups(conn, snapshot, result)
+            self._record_memberships(conn, snapshot, ids, group_ids, result)
+            self._mark_success(conn, snapshot)
+        return result
+
+    def _record_identities(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
+        now = _now()
+        existing = {
+            row.external_id: row
+            for row in conn.execute(
+                select(
+                    identities.c.id,
+                    identities.c.external_id,
+                    identities.c.present,
+                    *(identities.c[name] for name in _IDENTITY_FIELDS),
+                ).where(identities.c.source == snapshot.source)
+            )
+        }
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for identity in snapshot.identities:
+            if identity.external_id in seen:
+                continue
+            seen.add(identity.external_id)
+            values = _identity_values(identity)
+            row = existing.get(identity.external_id)
+            if row is None:
+                inserts.append(
+                    {
+                        **values,
+                        "source": snapshot.source,
+                        "external_id": identity.external_id,
+                        "email_lower": identity.email.lower(),
+                        "present": True,
+                        "version": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                result.affected_user_ids.add(identity.user_id)
+            elif not row.present or any(getattr(row, name) != values[name] for name in _IDENTITY_FIELDS):
+                updates.append(
+                    {
+                        **values,
+                        "b_id": row.id,
+                        "email_lower": identity.email.lower(),
+                        "present": True,
+                        "updated_at": now,
+                    }
+                )
+                result.affected_user_ids.update({identity.user_id, row.user_id})
+        removed = []
+        if not snapshot.incremental:
+            removed = [row for ext, row in existing.items() if row.present and ext not in seen]
+        if inserts:
+            conn.execute(insert(identities), inserts)
+        if updates:
+            conn.execute(
+                update(identities).where(identities.c.id == bindparam("b_id")).values(version=identities.c.version + 1),
+                updates,
+            )
+        if removed:
+            conn.execute(
+                update(identities)
+                .where(identities.c.id == bindparam("b_id"))
+                .values(present=False, updated_at=now, version=identities.c.version + 1),
+                [{"b_id": row.id} for row in removed],
+            )
+            result.affected_user_ids.update(row.user_id for row in removed)
+        result.identities_added, result.identities_updated = len(inserts), len(updates)
+        result.identities_removed = len(removed)
+        return self._ids(conn, identities, snapshot.source)
+
+    def _record_groups(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
+        now = _now()
+        existing = {
+            row.external_id: row
+            for row in conn.execute(
+                select(
+                    groups.c.id, groups.c.external_id, groups.c.present, *(groups.c[n] for n in _GROUP_FIELDS)
+                ).where(groups.c.source == snapshot.source)
+            )
+        }
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for group in snapshot.groups:
+            if group.external_id in seen:
+                continue
+            seen.add(group.external_id)
+            values = _group_values(group)
+            lowered = {"name_lower": group.name.lower(), "dn_lower": group.dn.lower() if group.dn else None}
+            row = existing.get(group.external_id)
+            if row is None:
+                inserts.append(
+                    {
+                        **values,
+                        **lowered,
+                        "source": snapshot.source,
+                        "external_id": group.external_id,
+                        "present": True,
+                        "version": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+            elif not row.present or any(getattr(row, name) != values[name] for name in _GROUP_FIELDS):
+                updates.append({**values, **lowered, "b_id": row.id, "present": True, "updated_at": now})
+        removed = []
+        if not snapshot.incremental:
+            removed = [row for ext, row in existing.items() if row.present and ext not in seen]
+        if inserts:
+            conn.execute(insert(groups), inserts)
+        if updates:
+            conn.execute(
+                update(groups).where(groups.c.id == bindparam("b_id")).values(version=groups.c.version + 1), updates
+            )
+        if removed:
+            conn.execute(
+                update(groups).where(groups.c.id == bindparam("b_id")).values(present=False, updated_at=now),
+                [{"b_id": row.id} for row in removed],
+            )
+        result.groups_added, result.groups_updated, result.groups_removed = len(inserts), len(updates), len(removed)
+        return self._ids(conn, groups, snapshot.source)
+
+    def _record_memberships(
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        identity_ids: Mapping[str, int],
+        group_ids: Mapping[str, int],
+        result: RecordResult,
+    ) -> None:
+        wanted: set[tuple[int, int]] = set()
+        for group in snapshot.groups:
+            group_id = group_ids[group.external_id]
+            wanted.update((group_id, identity_ids[m]) for m in group.members if m in identity_ids)
+        query = select(memberships.c.group_id, memberships.c.identity_id).where(memberships.c.source == snapshot.source)
+        current = set(conn.execute(query).tuples())
+        if snapshot.incremental:
+            touched = {group_ids[group.external_id] for group in snapshot.groups}
+            current = {pair for pair in current if pair[0] in touched}
+        added, removed = wanted - current, current - wanted
+        if added:
+            conn.execute(
+                insert(memberships), [{"group_id": g, "identity_id": i, "source": snapshot.source} for g, i in added]
+            )
+        if removed:
+            conn.execute(
+                delete(memberships).where(
+                    memberships.c.group_id == bindparam("b_group"),
+                    memberships.c.identity_id == bindparam("b_identity"),
+                ),
+                [{"b_group": g, "b_identity": i} for g, i in removed],
+            )
+        result.memberships_added, result.memberships_removed = len(added), len(removed)
+        changed_ids = {i for _, i in added | removed}
+        if changed_ids:
+            by_id = {ident_id: ext for ext, ident_id in identity_ids.items() if ident_id in changed_ids}
+            result.affected_user_ids.update(self._user_ids(conn, by_id.keys()))
+
+    @staticmethod
+    def _ids(conn: Connection, table: Any, source: str) -> dict[str, int]:
+        return dict(conn.execute(select(table.c.external_id, table.c.id).where(table.c.source == source)).tuples())
+
+    @staticmethod
+    def _user_ids(conn: Connection, ids: Iterable[int]) -> set[str]:
+        wanted = list(ids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            found.update(conn.scalars(select(identities.c.user_id).where(identities.c.id.in_(chunk))))
+        return found
+
+    def _mark_success(self, conn: Connection, snapshot: Snapshot) -> None:
+        now = _now()
+        values: dict[str, Any] = {
+            "last_success_at": now,
+            "last_attempt_at": now,
+            "last_error": None,
+            "counters": dict(snapshot.counters),
+        }
+        if snapshot.high_water_mark is not None:
+            values["high_water_mark"] = snapshot.high_water_mark
+        if not snapshot.incremental:
+            values["last_full_at"] = now
+        self._upsert_state(conn, snapshot.source, values)
+
+    # -- source state ----------------------------------------------------------------------------------------
+    def record_failure(self, source: str, error: str) -> None:
+        """Remember that a pull of `source` failed (its recorded state stays as it was)."""
+        with self.engine.begin() as conn:
+            self._upsert_state(conn, source, {"last_attempt_at": _now(), "last_error": error[:2000]})
+
+    @staticmethod
+    def _upsert_state(conn: Connection, source: str, values: dict[str, Any]) -> None:
+        updated = conn.execute(update(source_state).where(source_state.c.source == source).values(**values))
+        if updated.rowcount == 0:
+            conn.execute(insert(source_state).values(source=source, **{"counters": {}, **values}))
+
+    def source_state(self, source: str) -> SourceState:
+        """The stored state of one source (an empty state when it never ran)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(source_state).where(source_state.c.source == source)).mappings().first()
+        if row is None:
+            return SourceState(source)
+        return SourceState(**{key: row[key] for key in SourceState.__slots__})
+
+    def source_states(self) -> list[SourceState]:
+        """Every source's stored state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(source_state).order_by(source_state.c.source)).mappings().all()
+        return [SourceState(**{key: row[key] for key in SourceState.__slots__}) for row in rows]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def dump_source(self, source: str) -> dict[str, Any]:
+        """A comparable view of what the store holds for one source (for tests and `syncd explain`)."""
+        with self.engine.connect() as conn:
+            people = {
+                row.external_id: {name: getattr(row, name) for name in ("present", *_IDENTITY_FIELDS)}
+                for row in conn.execute(select(identities).where(identities.c.source == source))
+            }
+            teams = {
+                row.external_id: {name: getattr(row, name) for name in ("present", *_GROUP_FIELDS)}
+                for row in conn.execute(select(groups).where(groups.c.source == source))
+            }
+            pairs = conn.execute(
+                select(groups.c.external_id, identities.c.external_id)
+                .select_from(memberships.join(groups).join(identities))
+                .where(memberships.c.source == source)
+            ).tuples()
+            members: dict[str, set[str]] = {}
+            for group_ext, identity_ext in pairs:
+                members.setdefault(group_ext, set()).add(identity_ext)
+        return {"identities": people, "groups": teams, "memberships": members}
+
+    def load_people(self) -> tuple[list[Identity], list[Group]]:
+        """Every present identity and every present group with its present members (the input of the mapping)."""
+        with self.engine.connect() as conn:
+            people = [
+                Identity(
+                    source=row.source,
+                    external_id=row.external_id,
+                    user_id=row.user_id,
+                    email=row.email,
+                    display_name=row.display_name,
+                    active=row.active,
+                    dn=row.dn,
+                    overrides=row.overrides or {},
+                )
+                for row in conn.execute(select(identities).where(identities.c.present))
+            ]
+            members: dict[int, set[str]] = {}
+            pairs = conn.execute(
+                select(memberships.c.group_id, identities.c.external_id)
+                .select_from(memberships.join(identities))
+                .where(identities.c.present)
+            ).tuples()
+            for group_id, identity_ext in pairs:
+                members.setdefault(group_id, set()).add(identity_ext)
+            teams = [
+                Group(
+                    source=row.source,
+                    external_id=row.external_id,
+                    name=row.name,
+                    dn=row.dn,
+                    members=frozenset(members.get(row.id, ())),
+                    grant=row.grant or {},
+                )
+                for row in conn.execute(select(groups).where(groups.c.present))
+            ]
+        return people, teams

@@ -1,0 +1,252 @@
+"""What syncd did: managed users and what was last applied to them, sync runs, the change journal, the audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+
+from syncd.model import ManagedUser
+from syncd.store.tables import audit_log, changes, managed_users, sync_runs
+
+__all__ = ["AuditEntry", "RunRecord", "StateStore"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes: they were stored in UTC
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One applied change as the audit log keeps it: who, what, before, after, why."""
+
+    actor: str
+    action: str
+    key: str
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any] | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A sync run as stored."""
+
+    id: int
+    trigger: str
+    sources: str | None
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    summary: Mapping[str, Any]
+    error: str | None
+
+
+class StateStore:
+    """Managed users, runs, journal and audit log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- managed users -------------------------------------------------------------------------------------------
+    def load_managed(self) -> dict[str, ManagedUser]:
+        """Every managed user by user_id (deleted ones included, so a returning person is created again)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(managed_users)).mappings().all()
+        return {row["user_id"]: self._managed(row) for row in rows}
+
+    @staticmethod
+    def _managed(row: Any) -> ManagedUser:
+        return ManagedUser(
+            user_id=row["user_id"],
+            source=row["source"],
+            external_id=row["external_id"],
+            state=row["state"],
+            applied=row["applied"] or {},
+            blocked_keys=tuple(row["blocked_keys"] or ()),
+            suspended_at=_timestamp(row["suspended_at"]),
+            adopted=row["adopted"],
+        )
+
+    def save_managed(self, user: ManagedUser, *, checked: bool = False) -> None:
+        """Insert or replace the record of one managed user."""
+        with self.engine.begin() as conn:
+            self._save_managed(conn, user, checked=checked)
+
+    @staticmethod
+    def _save_managed(conn: Connection, user: ManagedUser, *, checked: bool = False) -> None:
+        now = _now()
+        values = {
+            "source": user.source,
+            "external_id": user.external_id,
+            "state": user.state,
+            "applied": dict(user.applied),
+            "blocked_keys": list(user.blocked_keys),
+            "adopted": user.adopted,
+            "suspended_at": datetime.fromtimestamp(user.suspended_at, UTC) if user.suspended_at else None,
+            "updated_at": now,
+        }
+        if checked:
+            values["checked_at"] = now
+        done = conn.execute(update(managed_users).where(managed_users.c.user_id == user.user_id).values(**values))
+        if done.rowcount == 0:
+            conn.execute(insert(managed_users).values(user_id=user.user_id, created_at=now, **values))
+
+    def mark_checked(self, user_ids: Iterable[str]) -> None:
+        """Remember that LiteLLM itself was read for these users (drift check)."""
+        params = [{"b_user": user_id} for user_id in user_ids]
+        if not params:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(managed_users).where(managed_users.c.user_id == bindparam("b_user")).values(checked_at=_now()),
+                params,
+            )
+
+    def managed_counts(self) -> dict[str, int]:
+        """Managed users by state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(managed_users.c.state, func.count()).group_by(managed_users.c.state)).tuples()
+            return dict(rows.all())
+
+    # -- runs ------------------------------------------------------------------------------------------------------
+    def start_run(self, trigger: str, sources: Sequence[str] = ()) -> int:
+        """Open a run and return its id."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(sync_runs).values(
+                    trigger=trigger,
+                    sources=",".join(sources) or None,
+                    status="running",
+                    started_at=_now(),
+                    summary={},
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def finish_run(self, run_id: int, status: str, summary: Mapping[str, Any], error: str | None = None) -> None:
+        """Close a run with its outcome."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.id == run_id)
+                .values(status=status, finished_at=_now(), summary=dict(summary), error=error)
+            )
+
+    def recent_runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)).mappings().all()
+        return [RunRecord(**dict(row)) for row in rows]
+
+    def last_success_at(self) -> float | None:
+        """Unix time of the last successful run (None if there was none)."""
+        with self.engine.connect() as conn:
+            value = conn.scalar(select(func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "success"))
+        return _timestamp(value)
+
+    # -- journal ----------------------------------------------------------------------------------------------------
+    def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Record each planned change as pending (in plan order); return their journal ids."""
+        now = _now()
+        ids: list[int] = []
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(changes).where(changes.c.status == "pending").values(status="superseded", updated_at=now)
+            )
+            for change in planned:
+                result = conn.execute(
+                    insert(changes).values(
+                        run_id=run_id,
+                        key=change["user_id"],
+                        action=change["action"],
+                        change=dict(change),
+                        status="pending",
+                        attempts=0,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
+        return ids
+
+    def complete_change(
+        self,
+        journal_id: int,
+        *,
+        status: str,
+        error: str | None = None,
+        managed: ManagedUser | None = None,
+        audit: AuditEntry | None = None,
+        run_id: int | None = None,
+    ) -> None:
+        """Mark one journaled change done/failed/skipped and, in the same transaction, save the user and audit it."""
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(changes)
+                .where(changes.c.id == journal_id)
+                .values(status=status, error=error, attempts=changes.c.attempts + 1, updated_at=now)
+            )
+            if audit is not None:
+                conn.execute(
+                    insert(audit_log).values(
+                        at=now,
+                        run_id=run_id,
+                        actor=audit.actor,
+                        action=audit.action,
+                        key=audit.key,
+                        before=_jsonable(audit.before),
+                        after=_jsonable(audit.after),
+                        reason=audit.reason,
+                    )
+                )
+            if managed is not None:
+                self._save_managed(conn, managed)
+
+    def journal_counts(self, run_id: int | None = None) -> dict[str, int]:
+        """Journaled changes by status (of one run, or all)."""
+        query = select(changes.c.status, func.count()).group_by(changes.c.status)
+        if run_id is not None:
+            query = query.where(changes.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).tuples().all())
+
+    def failed_changes(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest failed changes with their errors."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(changes.c.id, changes.c.run_id, changes.c.key, changes.c.action, changes.c.error)
+                .where(changes.c.status == "failed")
+                .order_by(changes.c.id.desc())
+                .limit(limit)
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    def audit_entries(self, key: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit log, newest first, optionally for one user."""
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if key is not None:
+            query = query.where(audit_log.c.key == key)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def forget_all(self) -> None:
+        """Delete every managed-user record (tests and `syncd db reset` only)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(managed_users))
+
+
+def _jsonable(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else {key: value[key] for key in value}
