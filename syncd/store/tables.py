@@ -200,3 +200,29 @@ leader_lease = Table(
     Column("holder", String(255), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+from sqlalchemy import Float  # noqa: E402  (kept with the SCIM block so that it stays one separate edit)
+
+# SCIM (migration 0002): a SCIM userName is unique per source among present users, and every attribute value of a
+# SCIM user that is not a column of identities is indexed here so that any filter translates to SQL.
+Index(
+    "uq_identities_source_user_name_present",
+    identities.c.source,
+    identities.c.user_name_lower,
+    unique=True,
+    sqlite_where=identities.c.present,
+    postgresql_where=identities.c.present,
+)
+
+scim_user_values = Table(
+    "scim_user_values",
+    metadata,
+    Column("identity_id", _Id, ForeignKey("identities.id", ondelete="CASCADE"), nullable=False),
+    Column("path", String(300), nullable=False),  # lower-case attribute path: emails.value, urn:...:user:department
+    Column("item", Integer, nullable=False),  # position in a multi-valued attribute, 0 for a single value
+    Column("key", String(600)),  # comparison form: NFC, lower-cased unless caseExact; dateTime as UTC ISO 8601
+    Column("number", Float),  # integer and decimal values
+    Index(None, "identity_id"),
+    Index(None, "path", "key"),
+)
+__all__ += ["scim_user_values"]
