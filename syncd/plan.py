@@ -345,35 +345,29 @@ class _Planner:
         reason = self._why_gone(user_id, want, have)
         if reason is None:
             self.unmapped_ignored += 1
-            return
-        if have.state == "suspending":
-            self._add(
-                Change(
-                    "suspend",
-                    user_id,
-                    f"{reason} (finishing an interrupted suspension)",
-                    have.source,
-                    have.external_id,
-                    before=have.applied,
-                    blocked_keys=have.blocked_keys,
-                    guarded=False,
-                )
-            )
+        elif have.state == "suspending":
+            self._add(self._deactivation("suspend", have, f"{reason} (finishing an interrupted suspension)", False))
         elif have.state == "suspended":
-            self._maybe_delete_later(user_id, have, reason)
+            self._maybe_delete_later(have, reason)
         elif self.policy.deactivation == "delete":
-            self._add(
-                Change(
-                    "delete",
-                    user_id,
-                    f"{reason} (policy.deactivation: delete)",
-                    have.source,
-                    have.external_id,
-                    before=have.applied,
-                )
-            )
+            self._add(self._deactivation("delete", have, f"{reason} (policy.deactivation: delete)", True))
         else:
-            self._add(Change("suspend", user_id, reason, have.source, have.external_id, before=have.applied))
+            self._add(self._deactivation("suspend", have, reason, True))
+
+    def _deactivation(self, action: str, have: ManagedUser, reason: str, guarded: bool) -> Change:
+        current = self.current.get(have.user_id)
+        before = dict(current.fields, metadata=current.metadata) if current is not None else dict(have.applied)
+        return Change(
+            action,
+            have.user_id,
+            reason,
+            have.source,
+            have.external_id,
+            before=before,
+            blocked_keys=have.blocked_keys,
+            adopted=have.adopted,
+            guarded=guarded,
+        )
 
     def _why_gone(self, user_id: str, want: DesiredUser | None, have: ManagedUser) -> str | None:
         if want is not None:
@@ -384,24 +378,12 @@ class _Planner:
             return f"in no mapped group of {self.desired.unmapped[user_id].source} (policy.unmapped_users: deactivate)"
         return f"no longer in {have.source}"
 
-    def _maybe_delete_later(self, user_id: str, have: ManagedUser, reason: str) -> None:
+    def _maybe_delete_later(self, have: ManagedUser, reason: str) -> None:
         after = self.policy.delete_after_s
-        if after is None or have.suspended_at is None:
+        if after is None or have.suspended_at is None or self.policy.now - have.suspended_at < after:
             return
-        if self.policy.now - have.suspended_at >= after:
-            days = after / 86400
-            self._add(
-                Change(
-                    "delete",
-                    user_id,
-                    f"{reason}; suspended for more than {days:g} days (delete_after)",
-                    have.source,
-                    have.external_id,
-                    before=have.applied,
-                    blocked_keys=have.blocked_keys,
-                    guarded=False,
-                )
-            )
+        why = f"{reason}; suspended for more than {after / 86400:g} days (policy.delete_after)"
+        self._add(self._deactivation("delete", have, why, False))
 
     def _add(self, change: Change) -> None:
         self.changes.append(change)

@@ -292,6 +292,11 @@ class SourceStore:
             values["last_full_at"] = now
         self._upsert_state(conn, snapshot.source, values)
 
+    def mark_success(self, source: str) -> None:
+        """Remember a successful pass of something that records no snapshot (the LiteLLM drift check)."""
+        with self.engine.begin() as conn:
+            self._mark_success(conn, Snapshot(source, incremental=True))
+
     # -- source state ----------------------------------------------------------------------------------------
     def record_failure(self, source: str, error: str) -> None:
         """Remember that a pull of `source` failed (its recorded state stays as it was)."""

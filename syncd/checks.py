@@ -1,0 +1,87 @@
+"""`syncd check-config`: validate, then try the database, each LDAP bind and the LiteLLM key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CheckResult", "run_checks"]
+
+_REFUSED_ROLES = ("team", "customer")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check: what was tried, whether it worked, and what was found."""
+
+    what: str
+    ok: bool
+    detail: str
+    warning: bool = False
+
+
+def run_checks(settings: Any) -> list[CheckResult]:
+    """Every check, in order; none raises."""
+    results = [CheckResult("config", True, "valid")]
+    results += _role_warnings(settings)
+    results.append(_check_database(settings))
+    results.append(_check_litellm(settings))
+    results += [_check_ldap(source) for source in settings.ldap]
+    return results
+
+
+def _role_warnings(settings: Any) -> list[CheckResult]:
+    found = [
+        (f"mappings[{i}] ({m.group})", m.role) for i, m in enumerate(settings.mappings) if m.role in _REFUSED_ROLES
+    ]
+    if settings.defaults.role in _REFUSED_ROLES:
+        found.append(("defaults", settings.defaults.role))
+    return [
+        CheckResult(where, False, f"role {role!r}: LiteLLM refuses it (422) for users; those users will fail", True)
+        for where, role in found
+    ]
+
+
+def _check_database(settings: Any) -> CheckResult:
+    from syncd.store import make_engine, schema_revision
+
+    try:
+        current, head = schema_revision(make_engine(settings.database.url))
+    except Exception as exc:
+        return CheckResult("database", False, f"cannot connect: {type(exc).__name__}: {_line(exc)}")
+    if current != head:
+        return CheckResult("database", False, f"schema at {current or 'empty'}, needs {head}: run `syncd db upgrade`")
+    return CheckResult("database", True, f"reachable, schema at {head}")
+
+
+def _check_litellm(settings: Any) -> CheckResult:
+    from syncd.litellm import LiteLLMClient
+
+    key = settings.litellm.master_key
+    if key is None:
+        return CheckResult("litellm", False, "litellm.master_key is not set")
+    try:
+        with LiteLLMClient(
+            settings.litellm.url,
+            key.get_secret_value(),
+            timeout_s=settings.litellm.timeout_s,
+            max_retries=0,
+            verify=settings.litellm.verify_tls,
+        ) as client:
+            page = client.list_users(page=1, page_size=1)
+    except Exception as exc:
+        return CheckResult("litellm", False, f"{settings.litellm.url}: {_line(exc)}")
+    return CheckResult("litellm", True, f"{settings.litellm.url}: key accepted, {page.total} users")
+
+
+def _check_ldap(source: Any) -> CheckResult:
+    try:
+        from syncd.sources.ldap import LdapSource
+
+        return CheckResult(f"ldap {source.name}", True, str(LdapSource(source).check()))
+    except Exception as exc:
+        return CheckResult(f"ldap {source.name}", False, _line(exc))
+
+
+def _line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,95 @@
+"""Logging: one JSON event per line (with run id and source when known), human-readable on a terminal.
+
+Secrets registered with `redact()` (master key, bind passwords, SCIM tokens) are replaced by `***` in every message,
+argument and exception text before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["configure_logging", "redact", "secrets_of"]
+
+_SECRETS: set[str] = set()
+_LOCK = threading.Lock()
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def redact(*secrets: str | None) -> None:
+    """Register secret values that must never be written to the logs."""
+    with _LOCK:
+        _SECRETS.update(s for s in secrets if s and len(s) >= 4)
+
+
+def scrub(text: str) -> str:
+    """`text` with every registered secret replaced by ***."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def secrets_of(settings: Any) -> list[str]:
+    """Every secret value of a loaded Settings."""
+    found: list[str] = []
+    candidates = [settings.litellm.master_key, settings.server.admin_token]
+    candidates += [source.bind_password for source in settings.ldap]
+    candidates += [token.token for token in settings.scim.tokens]
+    for value in candidates:
+        if value is not None:
+            found.append(value.get_secret_value())
+    return found
+
+
+class _Redacting(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        event.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        if record.exc_text:
+            event["exception"] = record.exc_text
+        return scrub(json.dumps(event, default=str))
+
+
+class _HumanFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+        tail = " ".join(f"{k}={v}" for k, v in extra.items())
+        text = f"{record.levelname.lower():7} {record.getMessage()}" + (f"  [{tail}]" if tail else "")
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        return scrub(text)
+
+
+def configure_logging(level: str = "INFO", *, json_format: bool | None = None) -> None:
+    """Send logs to stderr: JSON unless stderr is a terminal (or as `json_format` says)."""
+    use_json = not sys.stderr.isatty() if json_format is None else json_format
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_Redacting())
+    handler.setFormatter(_JsonFormatter() if use_json else _HumanFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "apscheduler", "ldap3", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,240 @@
+"""One reconcile run: desired state from the store, LiteLLM's state where needed, plan, guard, apply.
+
+Reading LiteLLM is the expensive part (about 0.3 s per page of 100 users), so a run first plans against the store's
+record of what was applied, then reads only the users that plan would change (batched `/user/list?user_ids=`) and
+plans again against what LiteLLM really holds. A drift check instead reads every user, in parallel pages, on its
+own interval (`litellm.drift_check`), and corrects whatever was changed by hand in LiteLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.apply import Applier, ApplyResult
+from syncd.mapping import DesiredState, desired_state, rules_from_settings
+from syncd.metrics import Metrics
+from syncd.model import CurrentUser, Group, Identity, Snapshot
+from syncd.plan import USER_FIELDS, Plan, PlanPolicy, make_plan
+from syncd.settings import Settings
+from syncd.store.repository import SyncStore
+
+__all__ = ["DRIFT_STATE", "ReconcileOptions", "Reconciler", "RunReport", "current_user", "overlay"]
+
+log = logging.getLogger(__name__)
+
+#: the source_state row that remembers the last drift check
+DRIFT_STATE = "litellm-drift-check"
+
+EXIT_OK, EXIT_FAILED, EXIT_HELD = 0, 1, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileOptions:
+    """How one run behaves."""
+
+    trigger: str = "cli"
+    dry_run: bool = False
+    allow_mass_deactivation: bool = False
+    #: None: when the last drift check is older than litellm.drift_check; True/False: force
+    drift_check: bool | None = None
+    #: sources whose pull failed in this run (reported; their previous state stands)
+    failed_sources: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class RunReport:
+    """What one run did, for the CLI, the status page and the logs."""
+
+    run_id: int | None
+    status: str  # success | failed | held | dry_run
+    plan: Plan
+    applied: ApplyResult | None = None
+    problems: list[str] = field(default_factory=list)
+    drift_checked: bool = False
+    litellm_reads: int = 0
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 applied or nothing to do, 1 failed, 3 held by a safety guard."""
+        return {"held": EXIT_HELD, "failed": EXIT_FAILED}.get(self.status, EXIT_OK)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (the plan's changes included)."""
+        from syncd.plan import render_json
+
+        applied = None
+        if self.applied is not None:
+            applied = {
+                "done": self.applied.done,
+                "failed": self.applied.failed,
+                "skipped": self.applied.skipped,
+                "by_action": self.applied.by_action,
+                "errors": [{"user_id": u, "action": a, "error": e} for u, a, e in self.applied.errors],
+            }
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "problems": self.problems,
+            "drift_checked": self.drift_checked,
+            "litellm_reads": self.litellm_reads,
+            "seconds": round(self.seconds, 3),
+            "plan": render_json(self.plan),
+            "applied": applied,
+        }
+
+
+def current_user(data: Mapping[str, Any]) -> CurrentUser:
+    """A LiteLLM /user/list or /user/info user as syncd compares it."""
+    fields = {name: data.get(name) for name in USER_FIELDS if name != "metadata"}
+    return CurrentUser(str(data["user_id"]), data.get("user_email"), fields, data.get("metadata") or {})
+
+
+def overlay(
+    identities: list[Identity], groups: list[Group], snapshots: Iterable[Snapshot]
+) -> tuple[list[Identity], list[Group]]:
+    """The store's people with complete full snapshots put in place of their sources (plan without recording)."""
+    for snapshot in snapshots:
+        if not snapshot.complete or snapshot.incremental:
+            continue
+        identities = [i for i in identities if i.source != snapshot.source] + list(snapshot.identities)
+        groups = [g for g in groups if g.source != snapshot.source] + list(snapshot.groups)
+    return identities, groups
+
+
+class Reconciler:
+    """Runs reconciles for one configuration, store and LiteLLM client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SyncStore,
+        client: Any,
+        *,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings, self.store, self.client, self.metrics, self.clock = settings, store, client, metrics, clock
+        self.rules = rules_from_settings(settings)
+
+    # -- planning (reads only) ------------------------------------------------------------------------------------
+    def desired(self, snapshots: Iterable[Snapshot] = ()) -> DesiredState:
+        """The desired state from the store, with unrecorded full snapshots overlaid."""
+        identities, groups = self.store.load_people()
+        identities, groups = overlay(identities, groups, snapshots)
+        return desired_state(identities, groups, self.rules)
+
+    def policy(self, *, allow_mass_deactivation: bool = False) -> PlanPolicy:
+        """The plan policy of the settings."""
+        policy = self.settings.policy
+        return PlanPolicy(
+            adopt_existing=policy.adopt_existing,
+            deactivation=policy.deactivation,
+            delete_after_s=policy.delete_after,
+            unmapped_users=policy.unmapped_users,
+            max_deactivations=policy.max_deactivations,
+            max_deactivation_ratio=policy.max_deactivation_ratio,
+            allow_mass_deactivation=allow_mass_deactivation,
+            now=self.clock(),
+        )
+
+    def drift_due(self) -> bool:
+        """True when the last drift check is older than litellm.drift_check."""
+        last = self.store.source_state(DRIFT_STATE).last_success_at
+        return last is None or self.clock() - last.timestamp() >= self.settings.litellm.drift_check
+
+    def plan(
+        self, *, snapshots: Iterable[Snapshot] = (), drift_check: bool = False, allow_mass_deactivation: bool = False
+    ) -> tuple[Plan, int]:
+        """Plan against LiteLLM's state where it matters; returns the plan and the number of users read."""
+        desired = self.desired(snapshots)
+        managed = self.store.load_managed()
+        policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
+        if drift_check:
+            current = self._read_everyone()
+            read = set(current) | set(desired.users) | set(managed)
+            return make_plan(desired, managed, current, policy, read=read), len(current)
+        tentative = make_plan(desired, managed, {}, policy)
+        wanted = [change.user_id for change in tentative.changes]
+        if not wanted:
+            return tentative, 0
+        current = {user.user_id: user for user in map(current_user, self.client.get_users(wanted))}
+        return make_plan(desired, managed, current, policy, read=wanted), len(wanted)
+
+    def _read_everyone(self) -> dict[str, CurrentUser]:
+        return {str(data["user_id"]): current_user(data) for data in self.client.iter_all_users()}
+
+    # -- a whole run ------------------------------------------------------------------------------------------------
+    def run(self, options: ReconcileOptions = ReconcileOptions(), snapshots: Iterable[Snapshot] = ()) -> RunReport:
+        """Plan, guard and apply once; every outcome is recorded as a sync run."""
+        started = self.clock()
+        drift = self.drift_due() if options.drift_check is None else options.drift_check
+        run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
+        try:
+            plan, reads = self.plan(
+                snapshots=snapshots, drift_check=drift, allow_mass_deactivation=options.allow_mass_deactivation
+            )
+            report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=reads)
+            report.problems.extend(plan.problems)
+            report.problems.extend(
+                f"source {name}: pull failed, its previous state stands" for name in options.failed_sources
+            )
+            if not options.dry_run:
+                self._apply(report, options)
+        except BaseException as exc:
+            if run_id is not None:
+                self.store.finish_run(run_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
+            self._count_run(options, "failed", started)
+            raise
+        report.seconds = self.clock() - started
+        if run_id is not None:
+            data = report.to_dict()
+            summary = {"plan": data["plan"]["summary"], "applied": data["applied"], "problems": report.problems}
+            self.store.finish_run(run_id, report.status, summary, error=report.plan.held)
+        self._count_run(options, report.status, started)
+        return report
+
+    def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
+        plan = report.plan
+        if plan.held:
+            report.status = "held"
+            log.error("run held by the deactivation guard: %s", plan.held)
+            if self.metrics is not None:
+                self.metrics.guard_holds.inc()
+            return
+        assert report.run_id is not None
+        applier = Applier(
+            self.client,
+            self.store,
+            run_id=report.run_id,
+            concurrency=self.settings.litellm.concurrency,
+            adopt_existing=self.settings.policy.adopt_existing,
+            on_outcome=self._count_change,
+            clock=self.clock,
+        )
+        report.applied = applier.apply(plan)
+        if report.drift_checked:
+            self.store.mark_success(DRIFT_STATE)
+        ok = report.applied.ok and not options.failed_sources
+        report.status = "success" if ok else "failed"
+
+    def _count_change(self, change: Any, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.changes.labels(change.action, status).inc()
+
+    def _count_run(self, options: ReconcileOptions, status: str, started: float) -> None:
+        if self.metrics is None or options.dry_run:
+            return
+        label = ",".join(options.sources) or "all"
+        self.metrics.runs.labels(label, status).inc()
+        self.metrics.run_duration.labels(label).observe(self.clock() - started)
+        if status == "success":
+            self.metrics.last_success.labels(label).set(self.clock())
+        for state, count in self.store.managed_counts().items():
+            self.metrics.managed_users.labels(state).set(count)
