@@ -1,0 +1,244 @@
+"""Pure helpers of the LDAP source: DN normalisation, member values, `member;range=` assembly, group expansion.
+
+Purely computational functions with no side effects and no ldap3 import, so they are tested without a server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DirectoryIndex",
+    "ExpansionCounters",
+    "GroupRecord",
+    "assemble_range",
+    "expand_group",
+    "member_key",
+    "normalise_dn",
+    "range_end",
+]
+
+_SPECIAL = set(',+"\\<>;=')
+_UNIQUE_MEMBER_UID = re.compile(r"#'[01]*'B$")
+_RANGE = re.compile(r";range=(\d+)-(\d+|\*)$", re.IGNORECASE)
+
+
+def normalise_dn(dn: str) -> str:
+    """A DN in one canonical form (lower case, no spaces around separators, canonical escapes) for comparison."""
+    text = dn.strip().lower()
+    if "\\" in text or '"' in text or "+" in text:
+        return _normalise_escaped(text)
+    if " " not in text:
+        return text
+    return ",".join(_strip_ava(rdn) for rdn in text.split(","))
+
+
+def _strip_ava(rdn: str) -> str:
+    name, _, value = rdn.partition("=")
+    return f"{name.strip()}={value.strip()}"
+
+
+def _normalise_escaped(text: str) -> str:
+    rdns = [sorted(f"{name.strip()}={_escape(value.strip())}" for name, value in rdn) for rdn in _parse_dn(text)]
+    return ",".join("+".join(avas) for avas in rdns)
+
+
+def _parse_dn(text: str) -> list[list[tuple[str, str]]]:
+    """Split a DN into RDNs of (type, unescaped value), honouring backslash escapes, hex pairs and quotes."""
+    rdns: list[list[tuple[str, str]]] = [[]]
+    name, value, in_value, quoted, i = "", bytearray(), False, False, 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            pair = text[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdef" for c in pair):
+                value.append(int(pair, 16))
+                i += 3
+                continue
+            value += text[i + 1].encode()
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif not in_value and char == "=":
+            in_value = True
+        elif not in_value:
+            name += char
+        elif not quoted and char in ",;+":
+            rdns[-1].append((name, value.decode("utf-8", "replace")))
+            name, value, in_value = "", bytearray(), False
+            if char != "+":
+                rdns.append([])
+        else:
+            value += char.encode()
+        i += 1
+    rdns[-1].append((name, value.decode("utf-8", "replace")))
+    return rdns
+
+
+def _escape(value: str) -> str:
+    escaped = "".join(f"\\{c}" if c in _SPECIAL else c for c in value)
+    return "\\" + escaped if escaped.startswith("#") else escaped
+
+
+def member_key(value: str, *, by_uid: bool) -> str:
+    """What a group's member value is compared by: the normalised DN, or the lower-case uid for memberUid."""
+    if by_uid:
+        return value.strip().lower()
+    return normalise_dn(_UNIQUE_MEMBER_UID.sub("", value))
+
+
+def range_end(attribute: str) -> int | None:
+    """The last index of a `member;range=START-END` attribute name, None when it is the last range (`*`)."""
+    match = _RANGE.search(attribute)
+    if match is None or match.group(2) == "*":
+        return None
+    return int(match.group(2))
+
+
+def assemble_range(
+    first_attribute: str, first_values: list[bytes], fetch: Callable[[int], tuple[str, list[bytes]]]
+) -> list[bytes]:
+    """Every value of an attribute Active Directory returned in ranges; `fetch(start)` reads `attr;range=start-*`."""
+    values = list(first_values)
+    attribute = first_attribute
+    for _ in range(100_000):
+        end = range_end(attribute)
+        if end is None:
+            return values
+        attribute, more = fetch(end + 1)
+        if not more and range_end(attribute) is not None:
+            raise ValueError(f"the server returned an empty range after index {end}")
+        values.extend(more)
+    raise ValueError("too many ranges")
+
+
+@dataclass(slots=True)
+class GroupRecord:
+    """One group as last read: its ids and the keys of its direct members."""
+
+    external_id: str
+    name: str
+    dn: str
+    dn_key: str
+    member_keys: frozenset[str]
+    grant: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DirectoryIndex:
+    """What a pull learned about the directory, kept so an incremental pull can resolve unchanged members.
+
+    users: external id -> (member key, emitted); user_by_key: member key -> external id; groups by external id,
+    group_by_dn: normalised DN -> group external id. `mark` is the high-water mark the index is current to.
+    """
+
+    users: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    user_by_key: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, GroupRecord] = field(default_factory=dict)
+    group_by_dn: dict[str, str] = field(default_factory=dict)
+    mark: str | None = None
+
+    def put_user(self, external_id: str, key: str, emitted: bool) -> tuple[str, bool] | None:
+        """Record a user; returns what was recorded before (None when new)."""
+        before = self.users.get(external_id)
+        if before is not None and self.user_by_key.get(before[0]) == external_id:
+            del self.user_by_key[before[0]]
+        self.users[external_id] = (key, emitted)
+        self.user_by_key[key] = external_id
+        return before
+
+    def put_group(self, record: GroupRecord) -> GroupRecord | None:
+        """Record a group; returns the previous record (None when new)."""
+        before = self.groups.get(record.external_id)
+        if before is not None and self.group_by_dn.get(before.dn_key) == record.external_id:
+            del self.group_by_dn[before.dn_key]
+        self.groups[record.external_id] = record
+        self.group_by_dn[record.dn_key] = record.external_id
+        return before
+
+    def direct_members(self, record: GroupRecord) -> tuple[set[str], list[str], int]:
+        """(user external ids, child group ids, dangling count) of one group's direct member keys."""
+        users: set[str] = set()
+        children: list[str] = []
+        dangling = 0
+        for key in record.member_keys:
+            user = self.user_by_key.get(key)
+            if user is not None:
+                if self.users[user][1]:
+                    users.add(user)
+                continue
+            child = self.group_by_dn.get(key)
+            if child is not None:
+                children.append(child)
+            else:
+                dangling += 1
+        return users, children, dangling
+
+    def parents_of(self, external_ids: Iterable[str]) -> set[str]:
+        """Every group that contains, directly or through nesting, one of these groups."""
+        found: set[str] = set()
+        frontier = {self.groups[g].dn_key for g in external_ids if g in self.groups}
+        while frontier:
+            new = {g for g, rec in self.groups.items() if g not in found and not rec.member_keys.isdisjoint(frontier)}
+            found |= new
+            frontier = {self.groups[g].dn_key for g in new}
+        return found
+
+
+@dataclass(slots=True)
+class ExpansionCounters:
+    """What expansion met: member DNs that resolve to nothing, groups that contain themselves, depth cut-offs."""
+
+    dangling_members: int = 0
+    group_cycles: int = 0
+    depth_limit_reached: int = 0
+
+
+def expand_group(
+    index: DirectoryIndex,
+    external_id: str,
+    *,
+    nested: bool,
+    max_depth: int,
+    direct: dict[str, tuple[set[str], list[str], int]],
+    counters: ExpansionCounters,
+) -> frozenset[str]:
+    """The external ids of a group's members, nested groups expanded breadth-first (cycle-safe, depth-limited).
+
+    `direct` memoises `index.direct_members` across the groups of one pull.
+    """
+    members: set[str] = set()
+    seen = {external_id}
+    level = [external_id]
+    cycle = False
+    for depth in range(max_depth + 1):
+        following: list[str] = []
+        for group in level:
+            users, children, dangling = _direct(index, group, direct)
+            members |= users
+            if depth == 0:
+                counters.dangling_members += dangling
+            if not nested:
+                continue
+            cycle = cycle or external_id in children
+            following += [child for child in children if child not in seen]
+            seen.update(children)
+        if not following:
+            break
+        level = following
+    else:
+        counters.depth_limit_reached += 1
+    counters.group_cycles += cycle
+    return frozenset(members)
+
+
+def _direct(
+    index: DirectoryIndex, group: str, direct: dict[str, tuple[set[str], list[str], int]]
+) -> tuple[set[str], list[str], int]:
+    found = direct.get(group)
+    if found is None:
+        found = direct[group] = index.direct_members(index.groups[group])
+    return found

@@ -1,0 +1,520 @@
+"""The LDAP directory source: paged, streamed searches of one directory, returned as a Snapshot.
+
+The only module that imports ldap3. `LdapSource(settings).pull(since=...)` never raises for directory trouble: a
+failed bind, a dropped connection, a timeout, a size limit, a referral or a suddenly empty result gives a snapshot
+with `complete=False`, no identities or groups and the reason in `problems`, so the previous state stands.
+`check()` raises `LdapSourceError` (server URLs and reasons, never the password) when no server accepts the bind.
+
+Incremental pulls read the users and groups whose modifyTimestamp (uSNChanged on Active Directory) is at or after
+the high-water mark. Unchanged members of a changed group are resolved through the `DirectoryIndex` this object
+kept from its previous pull, so `pull(since=...)` does a full pull (`incremental=False`) when it has no index
+current to exactly that mark (first pull of the process, or after a failed pull).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPException
+
+from syncd.model import Group, Identity, Snapshot
+from syncd.settings.ldap import LdapSourceSettings, ResolvedLdap
+from syncd.sources._ldap_graph import (
+    DirectoryIndex,
+    ExpansionCounters,
+    GroupRecord,
+    assemble_range,
+    expand_group,
+    member_key,
+    normalise_dn,
+)
+
+__all__ = ["LdapCheck", "LdapSource", "LdapSourceError"]
+
+log = logging.getLogger(__name__)
+
+_PAGED = "1.2.840.113556.1.4.319"
+#: how far before the newest change seen the next incremental starts, beyond the pull's own duration
+_MARK_MARGIN = timedelta(seconds=60)
+_BINARY_IDS = {"objectguid"}
+_RESULT_TEXT = {3: "time limit exceeded", 4: "size limit exceeded", 10: "referral", 32: "no such object (base DN)"}
+
+
+class LdapSourceError(Exception):
+    """No server of a source accepted the connection and bind; the message names each URL and why."""
+
+
+class _Incomplete(Exception):
+    """A search did not return everything it should have."""
+
+
+@dataclass(frozen=True, slots=True)
+class LdapCheck:
+    """What `check()` found: the server that answered and how many entries the user and group filters return."""
+
+    server: str
+    users: int
+    groups: int | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Pull:
+    """The state of one pull while it runs."""
+
+    snapshot: Snapshot
+    index: DirectoryIndex
+    started: float = field(default_factory=time.monotonic)
+    newest_change: str | None = None
+    changed_keys: set[str] = field(default_factory=set)
+    changed_groups: set[str] = field(default_factory=set)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to one of the snapshot's counters."""
+        self.snapshot.counters[name] = self.snapshot.counters.get(name, 0) + amount
+
+    def saw_change(self, value: str | None) -> None:
+        """Remember the newest modifyTimestamp seen."""
+        if value and (self.newest_change is None or value > self.newest_change):
+            self.newest_change = value
+
+
+class LdapSource:
+    """One LDAP directory, pulled in full or incrementally into Snapshots."""
+
+    def __init__(self, settings: LdapSourceSettings) -> None:
+        self.settings = settings
+        self.attrs: ResolvedLdap = settings.resolved()
+        self._index: DirectoryIndex | None = None
+        self._last_groups = 0
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    def pull(self, *, since: str | None = None) -> Snapshot:
+        """Read the directory: everything when `since` is None, else what changed since that high-water mark."""
+        index = self._index
+        incremental = since is not None and index is not None and index.mark == since
+        snapshot = Snapshot(source=self.settings.name, incremental=incremental, high_water_mark=since)
+        if since is not None and not incremental:
+            log.info("LDAP source %s: no index current to %s in this process, doing a full pull", self.name, since)
+            snapshot.counters["incremental_fallback"] = 1
+        self._index = None  # until this pull succeeds: a failed pull must not leave a half-updated index
+        state = _Pull(snapshot, index if incremental and index is not None else DirectoryIndex())
+        try:
+            with self._session() as (conn, _url):
+                self._read(conn, state, since if incremental else None)
+        except (LdapSourceError, _Incomplete, LDAPException, OSError) as exc:
+            return self._failed(snapshot, exc)
+        except Exception as exc:  # a bug or an answer ldap3 cannot parse must not pass for a complete pull
+            log.exception("LDAP source %s: unexpected error during the pull", self.name)
+            return self._failed(snapshot, exc)
+        self._index = state.index
+        self._last_groups = len(state.index.groups)
+        return snapshot
+
+    def check(self) -> LdapCheck:
+        """Try the bind and count what the user and group filters return (for `syncd check-config`)."""
+        with self._session() as (conn, url):
+            try:
+                users = sum(1 for _ in self._search(conn, self.settings.users.base_dn, self.attrs.user_filter, []))
+                groups = None
+                if self.settings.groups is not None and self.attrs.group_filter is not None:
+                    base = self.settings.groups.base_dn
+                    groups = sum(1 for _ in self._search(conn, base, self.attrs.group_filter, []))
+            except (_Incomplete, LDAPException, OSError) as exc:
+                raise LdapSourceError(f"LDAP source {self.name} ({url}): search failed: {_reason(exc)}") from None
+        warnings = [] if users else ["the user filter returns no entries"]
+        if url.lower().startswith("ldap://") and not self.settings.start_tls:
+            warnings.append(f"{url} without start_tls: the bind password travels unencrypted")
+        return LdapCheck(server=url, users=users, groups=groups, warnings=tuple(warnings))
+
+    @property
+    def name(self) -> str:
+        """The source's name."""
+        return self.settings.name
+
+    # -- connection ---------------------------------------------------------------------------------------------
+
+    def _session(self) -> _Session:
+        return _Session(self)
+
+    def _connect(self) -> tuple[Connection, str]:
+        reasons = []
+        for url in self.settings.urls:
+            try:
+                return self._bind(url), url
+            except (LDAPException, OSError) as exc:
+                reasons.append(f"{url}: {self._scrub(_reason(exc))}")
+        raise LdapSourceError(f"LDAP source {self.name}: cannot connect and bind: " + "; ".join(reasons))
+
+    def _bind(self, url: str) -> Connection:
+        ldaps = url.lower().startswith("ldaps://")
+        tls = Tls(
+            validate=ssl.CERT_REQUIRED,
+            ca_certs_file=str(self.settings.ca_file) if self.settings.ca_file else None,
+        )
+        server = Server(url, use_ssl=ldaps, tls=tls, get_info=NONE, connect_timeout=self.settings.connect_timeout_s)
+        password = self.settings.bind_password.get_secret_value() if self.settings.bind_password else None
+        conn = Connection(
+            server,
+            user=self.settings.bind_dn,
+            password=password,
+            receive_timeout=max(1, math.ceil(self.settings.search_timeout_s)),
+            check_names=False,
+            read_only=True,
+            auto_referrals=False,
+            raise_exceptions=False,
+            return_empty_attributes=False,
+        )
+        try:
+            conn.open()
+            if self.settings.start_tls and not ldaps and not conn.start_tls(read_server_info=False):
+                raise _BindFailed(f"StartTLS refused: {_result_text(conn.result)}")
+            if not conn.bind():
+                raise _BindFailed(
+                    f"bind as {self.settings.bind_dn or 'anonymous'} refused: {_result_text(conn.result)}"
+                )
+        except BaseException:
+            conn.unbind()
+            raise
+        return conn
+
+    def _scrub(self, text: str) -> str:
+        secret = self.settings.bind_password.get_secret_value() if self.settings.bind_password else ""
+        return text.replace(secret, "********") if secret else text
+
+    def _failed(self, snapshot: Snapshot, exc: BaseException) -> Snapshot:
+        reason = str(exc) if isinstance(exc, LdapSourceError | _Incomplete) else f"{type(exc).__name__}: {_reason(exc)}"
+        problem = self._scrub(f"LDAP source {self.name}: {reason}")
+        log.error("%s; the pull is incomplete, nothing will be deactivated from it", problem)
+        snapshot.complete = False
+        snapshot.problems.append(problem)
+        snapshot.identities.clear()
+        snapshot.groups.clear()
+        return snapshot
+
+    # -- searching ----------------------------------------------------------------------------------------------
+
+    def _search(self, conn: Connection, base: str, search_filter: str, attributes: list[str]) -> Iterator[Any]:
+        """Entries of a paged subtree search, page by page; raises _Incomplete on any result but success."""
+        cookie: bytes | None = None
+        while True:
+            conn.search(
+                base,
+                search_filter,
+                SUBTREE,
+                attributes=attributes or ["1.1"],
+                paged_size=self.settings.page_size,
+                paged_cookie=cookie,
+                time_limit=int(self.settings.search_timeout_s),
+            )
+            result = conn.result or {}
+            if result.get("result") != 0:
+                raise _Incomplete(f"search of {base} failed: {_result_text(result)}")
+            yield from conn.response or []
+            cookie = result.get("controls", {}).get(_PAGED, {}).get("value", {}).get("cookie")
+            if not cookie:
+                return
+
+    def _entries(self, conn: Connection, state: _Pull, base: str, flt: str, attrs: list[str]) -> Iterator[Any]:
+        for entry in self._search(conn, base, flt, attrs):
+            if entry.get("type") == "searchResEntry":
+                yield entry
+            else:
+                state.count("referrals_ignored")
+                log.warning("LDAP source %s: continuation reference not followed: %s", self.name, entry.get("uri"))
+
+    def _read(self, conn: Connection, state: _Pull, since: str | None) -> None:
+        usn_mark = self._usn_mark(conn) if self.attrs.change_attribute.lower() == "usnchanged" else None
+        if usn_mark and since and usn_mark.rsplit(":", 1)[0] != since.rsplit(":", 1)[0]:
+            raise _Incomplete(
+                "this domain controller is not the one the high-water mark came from; the next pull is full"
+            )
+        self._read_users(conn, state, since)
+        if self.settings.groups is not None:
+            self._read_groups(conn, state, since)
+            self._emit_groups(state, since)
+        self._finish(state, since, usn_mark)
+
+    def _changed_filter(self, search_filter: str, since: str | None) -> str:
+        if since is None:
+            return search_filter
+        value = since.split(":")[-1]
+        if self.attrs.change_attribute.lower() == "usnchanged":
+            value = str(int(value) + 1)
+        return f"(&{search_filter}({self.attrs.change_attribute}>={value}))"
+
+    # -- users --------------------------------------------------------------------------------------------------
+
+    def _user_attributes(self) -> list[str]:
+        a = self.attrs
+        names = [a.user_external_id_attribute, a.user_id_attribute, a.email_attribute, a.name_attribute]
+        if a.member_is_uid:
+            names.append(self.settings.groups.member_uid_attribute if self.settings.groups else "uid")
+        names += list(self.settings.users.override_attributes.values())
+        if a.change_attribute.lower() == "modifytimestamp":
+            names.append("modifyTimestamp")
+        return list(dict.fromkeys(names))
+
+    def _disabled(self, conn: Connection, state: _Pull, since: str | None) -> set[str]:
+        if not self.attrs.disabled_filter:
+            return set()
+        flt = self._changed_filter(f"(&{self.attrs.user_filter}{self.attrs.disabled_filter})", since)
+        attribute = self.attrs.user_external_id_attribute
+        found = set()
+        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, [attribute]):
+            external_id = _external_id(_raw(entry), attribute)
+            if external_id:
+                found.add(external_id)
+        return found
+
+    def _read_users(self, conn: Connection, state: _Pull, since: str | None) -> None:
+        disabled = self._disabled(conn, state, since)
+        flt = self._changed_filter(self.attrs.user_filter, since)
+        seen = 0
+        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, self._user_attributes()):
+            seen += 1
+            self._user(state, entry, disabled)
+        state.count("users_read", seen)
+        if since is None and seen == 0:
+            raise _Incomplete(
+                f"the user search of {self.settings.users.base_dn} returned no entries; an empty directory is "
+                "treated as a failure so that nobody is deactivated"
+            )
+
+    def _user(self, state: _Pull, entry: Any, disabled: set[str]) -> None:
+        a = self.attrs
+        raw = _raw(entry)
+        state.saw_change(_text(raw, "modifytimestamp"))
+        external_id = _external_id(raw, a.user_external_id_attribute)
+        user_id, email = _text(raw, a.user_id_attribute), _text(raw, a.email_attribute)
+        if not external_id or not user_id:
+            state.count("skipped_no_id")
+            log.warning(
+                "LDAP source %s: %s has no %s or %s, skipped",
+                self.name,
+                entry["dn"],
+                a.user_external_id_attribute,
+                a.user_id_attribute,
+            )
+            return
+        key = self._user_key(entry, raw)
+        before = state.index.put_user(external_id, key, bool(email))
+        if before != (key, bool(email)):
+            state.changed_keys.update(k for k in (key, before[0] if before else None) if k)
+        if not email:
+            state.count("skipped_no_email")
+            log.warning("LDAP source %s: %s has no %s, skipped", self.name, entry["dn"], a.email_attribute)
+            return
+        active = external_id not in disabled
+        state.count("disabled", not active)
+        overrides = {f: v for f, attr in self.settings.users.override_attributes.items() if (v := _text(raw, attr))}
+        state.snapshot.identities.append(
+            Identity(
+                source=self.name,
+                external_id=external_id,
+                user_id=user_id,
+                email=email,
+                display_name=_text(raw, a.name_attribute),
+                active=active,
+                dn=entry["dn"],
+                overrides=overrides,
+            )
+        )
+
+    def _user_key(self, entry: Any, raw: dict[str, list[bytes]]) -> str:
+        if self.attrs.member_is_uid:
+            uid_attribute = self.settings.groups.member_uid_attribute if self.settings.groups else "uid"
+            return (_text(raw, uid_attribute) or "").lower()
+        return normalise_dn(entry["dn"])
+
+    # -- groups -------------------------------------------------------------------------------------------------
+
+    def _group_attributes(self) -> list[str]:
+        a = self.attrs
+        groups = self.settings.groups
+        names = [a.group_external_id_attribute or "", a.group_name_attribute or "cn", a.member_attribute or "member"]
+        names += list(groups.mapping_attributes.values()) if groups else []
+        if a.change_attribute.lower() == "modifytimestamp":
+            names.append("modifyTimestamp")
+        return list(dict.fromkeys(names))
+
+    def _read_groups(self, conn: Connection, state: _Pull, since: str | None) -> None:
+        assert self.settings.groups is not None and self.attrs.group_filter is not None
+        base = self.settings.groups.base_dn
+        seen = 0
+        for entry in self._entries(
+            conn, state, base, self._changed_filter(self.attrs.group_filter, since), self._group_attributes()
+        ):
+            seen += 1
+            self._group(conn, state, entry)
+        state.count("groups_read", seen)
+        if since is None and seen == 0 and self._last_groups > 0:
+            raise _Incomplete(
+                f"the group search of {base} returned no entries where the last pull found {self._last_groups}"
+            )
+
+    def _group(self, conn: Connection, state: _Pull, entry: Any) -> None:
+        a = self.attrs
+        raw = _raw(entry)
+        state.saw_change(_text(raw, "modifytimestamp"))
+        external_id = _external_id(raw, a.group_external_id_attribute or "")
+        if not external_id:
+            state.count("skipped_no_id")
+            return
+        values = self._member_values(conn, entry, raw)
+        keys = frozenset(member_key(v.decode("utf-8", "replace"), by_uid=a.member_is_uid) for v in values if v)
+        groups = self.settings.groups
+        grant = {f: v for f, attr in (groups.mapping_attributes if groups else {}).items() if (v := _text(raw, attr))}
+        name = _text(raw, a.group_name_attribute or "cn") or entry["dn"]
+        record = GroupRecord(external_id, name, entry["dn"], normalise_dn(entry["dn"]), keys, grant)
+        before = state.index.put_group(record)
+        state.changed_groups.add(external_id)
+        if before is None or before.dn_key != record.dn_key:
+            state.changed_keys.update(k for k in (record.dn_key, before.dn_key if before else None) if k)
+
+    def _member_values(self, conn: Connection, entry: Any, raw: dict[str, list[bytes]]) -> list[bytes]:
+        member = (self.attrs.member_attribute or "member").lower()
+        ranged = [name for name in raw if name.startswith(member + ";range=")]
+        if not ranged:
+            return raw.get(member, [])
+
+        def fetch(start: int) -> tuple[str, list[bytes]]:
+            return self._range(conn, entry["dn"], f"{member};range={start}-*")
+
+        return assemble_range(ranged[0], raw[ranged[0]], fetch)
+
+    def _range(self, conn: Connection, dn: str, attribute: str) -> tuple[str, list[bytes]]:
+        conn.search(dn, "(objectClass=*)", BASE, attributes=[attribute], time_limit=int(self.settings.search_timeout_s))
+        if (conn.result or {}).get("result") != 0 or not conn.response:
+            raise _Incomplete(f"range retrieval of {attribute} on {dn} failed: {_result_text(conn.result)}")
+        raw = _raw(conn.response[0])
+        prefix = attribute.split(";", 1)[0] + ";range="
+        name = next((n for n in raw if n.startswith(prefix)), attribute)
+        return name, raw.get(name, [])
+
+    def _emit_groups(self, state: _Pull, since: str | None) -> None:
+        assert self.settings.groups is not None
+        index = state.index
+        if since is None:
+            wanted = set(index.groups)
+        else:
+            wanted = set(state.changed_groups)
+            if state.changed_keys:
+                wanted |= {g for g, rec in index.groups.items() if not rec.member_keys.isdisjoint(state.changed_keys)}
+            if self.settings.groups.nested:
+                wanted |= index.parents_of(wanted)
+        counters = ExpansionCounters()
+        direct: dict[str, tuple[set[str], list[str], int]] = {}
+        for external_id in wanted:
+            record = index.groups[external_id]
+            members = expand_group(
+                index,
+                external_id,
+                nested=self.settings.groups.nested,
+                max_depth=self.settings.groups.max_depth,
+                direct=direct,
+                counters=counters,
+            )
+            state.snapshot.groups.append(Group(self.name, external_id, record.name, record.dn, members, record.grant))
+        for name in ("dangling_members", "group_cycles", "depth_limit_reached"):
+            if getattr(counters, name):
+                state.count(name, getattr(counters, name))
+                log.warning("LDAP source %s: %s: %d", self.name, name.replace("_", " "), getattr(counters, name))
+
+    # -- high-water mark ----------------------------------------------------------------------------------------
+
+    def _usn_mark(self, conn: Connection) -> str:
+        conn.search("", "(objectClass=*)", BASE, attributes=["highestCommittedUSN", "dsServiceName"])
+        raw = _raw(conn.response[0]) if conn.response else {}
+        usn = _text(raw, "highestcommittedusn")
+        if not usn:
+            raise _Incomplete("the root DSE has no highestCommittedUSN")
+        return f"usn:{_text(raw, 'dsservicename') or ''}:{usn}"
+
+    def _finish(self, state: _Pull, since: str | None, usn_mark: str | None) -> None:
+        snapshot = state.snapshot
+        snapshot.counters["identities"] = len(snapshot.identities)
+        snapshot.counters["groups"] = len(snapshot.groups)
+        if usn_mark is not None:
+            snapshot.high_water_mark = usn_mark
+        else:
+            snapshot.high_water_mark = _timestamp_mark(state.newest_change, time.monotonic() - state.started, since)
+        state.index.mark = snapshot.high_water_mark
+
+
+class _BindFailed(LDAPException):
+    """The server answered the bind or StartTLS with a refusal."""
+
+
+class _Session:
+    """A bound connection for the length of a `with` block; unbinds on the way out."""
+
+    def __init__(self, source: LdapSource) -> None:
+        self.source = source
+        self.conn: Connection | None = None
+
+    def __enter__(self) -> tuple[Connection, str]:
+        self.conn, url = self.source._connect()
+        return self.conn, url
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(LDAPException, OSError):
+                self.conn.unbind()
+
+
+def _timestamp_mark(newest: str | None, elapsed: float, since: str | None) -> str | None:
+    """The next mark: the newest change seen, less the pull's duration and a margin; never before `since`."""
+    if newest is None:
+        return since
+    try:
+        seen = datetime.strptime(newest[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return since
+    mark = "ts:" + (seen - timedelta(seconds=elapsed) - _MARK_MARGIN).strftime("%Y%m%d%H%M%SZ")
+    return max(mark, since) if since and since.startswith("ts:") else mark
+
+
+def _raw(entry: Any) -> dict[str, list[bytes]]:
+    return {name.lower(): values for name, values in (entry.get("raw_attributes") or {}).items()}
+
+
+def _text(raw: dict[str, list[bytes]], attribute: str) -> str | None:
+    values = raw.get(attribute.lower())
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def _external_id(raw: dict[str, list[bytes]], attribute: str) -> str | None:
+    values = raw.get(attribute.lower())
+    if not values:
+        return None
+    if attribute.lower() in _BINARY_IDS and len(values[0]) == 16:
+        return str(uuid.UUID(bytes_le=values[0]))
+    return values[0].decode("utf-8", "replace")
+
+
+def _result_text(result: Any) -> str:
+    if not result:
+        return "no answer"
+    code = result.get("result")
+    text = _RESULT_TEXT.get(code) or result.get("description") or f"result {code}"
+    message = (result.get("message") or "").strip()
+    return f"{text} ({message})" if message else text
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.replace("\n", " ")
