@@ -1,0 +1,231 @@
+"""The plan, change type by change type, the guard, and its properties (idempotence, unmanaged users untouched)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncd.mapping import DesiredState
+from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
+from syncd.plan import Plan, PlanPolicy, desired_fields, make_plan, marker, render_json, render_text
+
+
+def want(uid: str, *, active: bool = True, **kw: Any) -> DesiredUser:
+    base: dict[str, Any] = {"role": "internal_user", "models": ("gpt-4o",), "max_budget": 10.0,
+                            "budget_duration": "30d", "origins": {"max_budget": FieldOrigin("mapping", "llm")}}
+    base.update(kw)
+    return DesiredUser(uid, f"{uid}@example.com", "corp", f"ext-{uid}", active, **base)
+
+
+def state(*users: DesiredUser, unmapped: tuple[str, ...] = ()) -> DesiredState:
+    result = DesiredState({u.user_id: u for u in users})
+    for uid in unmapped:
+        result.unmapped[uid] = Identity("corp", f"ext-{uid}", uid, f"{uid}@example.com")
+    return result
+
+
+def managed_as(user: DesiredUser, state_: str = "active", **kw: Any) -> ManagedUser:
+    return ManagedUser(user.user_id, user.source, user.external_id, state_, desired_fields(user), **kw)
+
+
+def current_as(user: DesiredUser, **changes: Any) -> CurrentUser:
+    fields = desired_fields(user)
+    metadata = changes.pop("metadata", fields.pop("metadata"))
+    fields.pop("metadata", None)
+    fields.update(changes)
+    return CurrentUser(user.user_id, user.email, fields, metadata)
+
+
+def actions(plan: Plan) -> dict[str, str]:
+    return {c.user_id: c.action for c in plan.changes}
+
+
+def test_a_new_person_is_created_with_every_field_and_its_origin() -> None:
+    alice = want("alice", auto_create_keys=True)
+    plan = make_plan(state(alice), {})
+    (change,) = plan.changes
+    assert change.action == "create" and change.auto_create_key is True
+    assert change.after is not None and change.after["metadata"]["syncd"] == marker("corp", "ext-alice")
+    assert change.after["metadata"]["scim_active"] is True
+    budget = next(d for d in change.diffs if d.field == "max_budget")
+    assert (budget.after, budget.origin) == (10.0, "mapping llm")
+
+
+def test_nothing_changes_when_the_store_matches() -> None:
+    alice = want("alice")
+    plan = make_plan(state(alice), {"alice": managed_as(alice)})
+    assert plan.empty and plan.unchanged == 1
+
+
+def test_a_changed_field_is_an_update_with_a_field_level_diff() -> None:
+    before = want("alice")
+    after = want("alice", max_budget=25.0, models=("gpt-4o", "claude"))
+    plan = make_plan(state(after), {"alice": managed_as(before)})
+    (change,) = plan.changes
+    assert change.action == "update"
+    assert {d.field: (d.before, d.after) for d in change.diffs} == {
+        "max_budget": (10.0, 25.0), "models": (["gpt-4o"], ["gpt-4o", "claude"])}
+
+
+def test_a_limit_no_group_gives_any_more_is_cleared_with_an_explicit_null() -> None:
+    before = want("alice", tpm_limit=100)
+    plan = make_plan(state(want("alice")), {"alice": managed_as(before)})
+    (diff,) = plan.changes[0].diffs
+    assert (diff.field, diff.before, diff.after) == ("tpm_limit", 100, None)
+
+
+def test_drift_made_in_litellm_is_corrected_when_litellm_was_read() -> None:
+    alice = want("alice")
+    current = {"alice": current_as(alice, user_role="proxy_admin")}
+    plan = make_plan(state(alice), {"alice": managed_as(alice)}, current)
+    (change,) = plan.changes
+    assert change.action == "update" and change.reason == "drift in LiteLLM corrected"
+    assert [(d.field, d.before, d.after) for d in change.diffs] == [("user_role", "proxy_admin", "internal_user")]
+
+
+def test_metadata_others_put_in_litellm_is_kept() -> None:
+    alice = want("alice", max_budget=20.0)
+    current = {"alice": current_as(want("alice"), metadata={"team_note": "x", "syncd": marker("corp", "ext-alice"),
+                                                             "scim_active": True})}
+    plan = make_plan(state(alice), {"alice": managed_as(want("alice"))}, current)
+    assert plan.changes[0].after is not None and plan.changes[0].after["metadata"]["team_note"] == "x"
+
+
+def test_a_disabled_person_is_suspended_and_a_returning_one_reactivated_with_the_same_keys() -> None:
+    alice = want("alice")
+    plan = make_plan(state(want("alice", active=False)), {"alice": managed_as(alice)})
+    assert actions(plan) == {"alice": "suspend"} and "disabled in corp" in plan.changes[0].reason
+    suspended = managed_as(alice, "suspended", blocked_keys=("k1", "k2"), suspended_at=1.0)
+    plan = make_plan(state(alice), {"alice": suspended})
+    (change,) = plan.changes
+    assert change.action == "reactivate" and change.blocked_keys == ("k1", "k2")
+
+
+def test_someone_gone_from_the_source_is_suspended_or_deleted_by_policy() -> None:
+    alice = want("alice")
+    assert actions(make_plan(state(), {"alice": managed_as(alice)})) == {"alice": "suspend"}
+    plan = make_plan(state(), {"alice": managed_as(alice)}, policy=PlanPolicy(deactivation="delete"))
+    assert actions(plan) == {"alice": "delete"}
+
+
+def test_a_suspended_user_is_deleted_after_delete_after() -> None:
+    alice = want("alice")
+    suspended = {"alice": managed_as(alice, "suspended", suspended_at=1000.0)}
+    early = PlanPolicy(delete_after_s=86400, now=1000.0 + 3600)
+    late = PlanPolicy(delete_after_s=86400, now=1000.0 + 86400)
+    assert make_plan(state(), suspended, policy=early).empty
+    plan = make_plan(state(), suspended, policy=late)
+    assert actions(plan) == {"alice": "delete"} and plan.deactivations == 0
+
+
+def test_unmapped_users_are_ignored_or_deactivated_by_policy() -> None:
+    alice = want("alice")
+    plan = make_plan(state(unmapped=("alice",)), {"alice": managed_as(alice)})
+    assert plan.empty and plan.unmapped_ignored == 1
+    plan = make_plan(state(unmapped=("alice",)), {"alice": managed_as(alice)},
+                     policy=PlanPolicy(unmapped_users="deactivate"))
+    assert actions(plan) == {"alice": "suspend"}
+
+
+def test_an_interrupted_suspension_is_finished_without_counting_against_the_guard() -> None:
+    alice = want("alice")
+    plan = make_plan(state(), {"alice": managed_as(alice, "suspending", blocked_keys=("k1",))},
+                     policy=PlanPolicy(max_deactivations=0))
+    assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",) and not plan.held
+
+
+def test_an_existing_unmanaged_user_is_a_conflict_unless_adoption_is_on() -> None:
+    alice = want("alice")
+    current = {"alice": current_as(alice, metadata={})}
+    plan = make_plan(state(alice), {}, current)
+    assert actions(plan) == {"alice": "conflict"}
+    plan = make_plan(state(alice), {}, current, PlanPolicy(adopt_existing=True))
+    assert actions(plan) == {"alice": "adopt"} and plan.changes[0].adopted
+
+
+def test_a_user_carrying_syncds_marker_is_taken_back_not_recreated() -> None:
+    alice = want("alice")
+    current = {"alice": current_as(alice)}
+    plan = make_plan(state(alice), {}, current)
+    assert actions(plan) == {"alice": "adopt"} and "marker" in plan.changes[0].reason
+
+
+def test_a_managed_user_deleted_by_hand_in_litellm_is_created_again() -> None:
+    alice = want("alice")
+    plan = make_plan(state(alice), {"alice": managed_as(alice)}, {}, read=["alice"])
+    assert actions(plan) == {"alice": "create"}
+
+
+def test_the_guard_holds_a_mass_deactivation_and_can_be_overridden() -> None:
+    people = [want(f"u{i}") for i in range(20)]
+    managed = {p.user_id: managed_as(p) for p in people}
+    plan = make_plan(state(*people[:15]), managed, policy=PlanPolicy(max_deactivations=50,
+                                                                     max_deactivation_ratio=0.10))
+    assert plan.deactivations == 5 and plan.held and "5 deactivations" in plan.held and "limit of 2" in plan.held
+    plan = make_plan(state(*people[:15]), managed, policy=PlanPolicy(allow_mass_deactivation=True))
+    assert not plan.held
+    plan = make_plan(state(*people[:18]), managed, policy=PlanPolicy(max_deactivations=1))
+    assert plan.held and "limit of 1" in plan.held
+
+
+def test_one_deactivation_in_a_small_fleet_is_not_held() -> None:
+    people = [want(f"u{i}") for i in range(3)]
+    plan = make_plan(state(*people[:2]), {p.user_id: managed_as(p) for p in people})
+    assert plan.deactivations == 1 and not plan.held
+
+
+def test_render_text_and_json_show_actions_fields_and_origins() -> None:
+    plan = make_plan(state(want("alice"), want("bob", max_budget=50.0)),
+                     {"bob": managed_as(want("bob")), "carol": managed_as(want("carol"))})
+    text = render_text(plan)
+    assert "Plan: 1 create, 1 update, 1 suspend (0 unchanged)." in text
+    assert "~ update bob: desired fields changed" in text and "max_budget: 10.0 -> 50.0   (mapping llm)" in text
+    assert "- suspend carol: no longer in corp" in text
+    data = json.loads(json.dumps(render_json(plan)))
+    assert data["summary"]["create"] == 1 and data["changes"][0]["user_id"] == "alice"
+
+
+# -- properties ---------------------------------------------------------------------------------------------------
+def simulate(plan: Plan, managed: Mapping[str, ManagedUser]) -> dict[str, ManagedUser]:
+    """What apply would leave in the store (the fake-free model of apply)."""
+    after = dict(managed)
+    for c in plan.changes:
+        if c.action in ("create", "adopt", "update", "reactivate"):
+            assert c.after is not None
+            after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "active", dict(c.after))
+        elif c.action == "suspend":
+            after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "suspended",
+                                           dict(c.before or {}), suspended_at=0.0)
+        elif c.action == "delete":
+            after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "deleted", {})
+    return after
+
+
+_ids = st.sampled_from([f"u{i}" for i in range(8)])
+_desired = st.builds(
+    lambda uid, active, budget, models, role: want(uid, active=active, max_budget=budget, models=models, role=role),
+    _ids, st.booleans(), st.sampled_from([None, 1.0, 5.0]), st.sampled_from([(), ("a",), ("a", "b")]),
+    st.sampled_from(["internal_user", "proxy_admin", "internal_user_viewer"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_desired, unique_by=lambda u: u.user_id), st.lists(_desired, unique_by=lambda u: u.user_id),
+       st.sets(_ids))
+def test_applying_a_plan_then_planning_again_changes_nothing(
+    desired: list[DesiredUser], previously: list[DesiredUser], unmanaged: set[str]
+) -> None:
+    managed = {u.user_id: managed_as(u) for u in previously if u.active}
+    policy = PlanPolicy(allow_mass_deactivation=True)
+    foreign = {uid: CurrentUser(uid, None, {}, {}) for uid in unmanaged if uid not in managed}
+    first = make_plan(state(*desired), managed, foreign, policy)
+    for change in first.changes:  # never touching a user syncd does not manage
+        if change.user_id in foreign:
+            assert change.action == "conflict"
+    after = simulate(first, managed)
+    second = make_plan(state(*desired), after, foreign, policy)
+    assert [c for c in second.changes if c.action != "conflict"] == []
