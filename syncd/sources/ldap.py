@@ -92,6 +92,9 @@ class _Pull:
 class LdapSource:
     """One LDAP directory, pulled in full or incrementally into Snapshots."""
 
+    #: how far before the newest change seen (less the pull's duration) the next incremental starts
+    mark_margin: timedelta = _MARK_MARGIN
+
     def __init__(self, settings: LdapSourceSettings) -> None:
         self.settings = settings
         self.attrs: ResolvedLdap = settings.resolved()
@@ -185,7 +188,8 @@ class LdapSource:
                     f"bind as {self.settings.bind_dn or 'anonymous'} refused: {_result_text(conn.result)}"
                 )
         except BaseException:
-            conn.unbind()
+            with contextlib.suppress(Exception):
+                conn.unbind()
             raise
         return conn
 
@@ -449,7 +453,8 @@ class LdapSource:
         if usn_mark is not None:
             snapshot.high_water_mark = usn_mark
         else:
-            snapshot.high_water_mark = _timestamp_mark(state.newest_change, time.monotonic() - state.started, since)
+            elapsed = timedelta(seconds=time.monotonic() - state.started) + self.mark_margin
+            snapshot.high_water_mark = _timestamp_mark(state.newest_change, elapsed, since)
         state.index.mark = snapshot.high_water_mark
 
 
@@ -474,15 +479,15 @@ class _Session:
                 self.conn.unbind()
 
 
-def _timestamp_mark(newest: str | None, elapsed: float, since: str | None) -> str | None:
-    """The next mark: the newest change seen, less the pull's duration and a margin; never before `since`."""
+def _timestamp_mark(newest: str | None, back: timedelta, since: str | None) -> str | None:
+    """The next mark: the newest change seen less `back` (the pull's duration and a margin); never before `since`."""
     if newest is None:
         return since
     try:
         seen = datetime.strptime(newest[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return since
-    mark = "ts:" + (seen - timedelta(seconds=elapsed) - _MARK_MARGIN).strftime("%Y%m%d%H%M%SZ")
+    mark = "ts:" + (seen - back).strftime("%Y%m%d%H%M%SZ")
     return max(mark, since) if since and since.startswith("ts:") else mark
 
 
