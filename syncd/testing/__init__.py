@@ -9,7 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["serve_in_thread"]
+__all__ = ["listening_socket", "serve_in_thread"]
+
+
+def listening_socket(host: str, port: int = 0) -> socket.socket:
+    """A bound TCP socket for uvicorn, with Nagle off (else each answer waits ~40 ms for a delayed ACK)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    return sock
 
 
 @contextmanager
@@ -17,9 +26,7 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", *, startup_timeout_s: flo
     """Serve an ASGI app with uvicorn on a free port in a background thread; yields its base URL."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock = listening_socket(host)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, access_log=False)
     server = uvicorn.Server(config)

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from syncd.testing import listening_socket
 from syncd.testing._fake_state import Call, FakeError, FakeState, detail_error, envelope_error
 from syncd.testing._fake_teams import TEAM_ROUTES, TRIAL_NOTICE
 from syncd.testing._fake_users import USER_KEY_ROUTES, FakeRequest
@@ -323,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         f"  Listening on http://{args.host}:{args.port}  (master key {shown_key})\n" + "=" * 78
     )
     print(banner, file=sys.stderr, flush=True)
-    uvicorn.run(create_fake_litellm(args.master_key, faults=plan), host=args.host, port=args.port, log_level="warning")
+    app = create_fake_litellm(args.master_key, faults=plan)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[listening_socket(args.host, args.port)])
 
 
 if __name__ == "__main__":

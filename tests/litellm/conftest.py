@@ -13,6 +13,12 @@ from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 MASTER_KEY = "sk-test-master-7c1d"
 
 
+@pytest.fixture(scope="session")
+def master_key() -> str:
+    """The master key the fake of this suite accepts."""
+    return MASTER_KEY
+
+
 @pytest.fixture(scope="module")
 def fake_app() -> Starlette:
     """One fake LiteLLM per test module (tests reset what they change through `fake`)."""
