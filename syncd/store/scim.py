@@ -257,7 +257,9 @@ def _compare(column: ColumnElement[Any], op: str, value: Any, *, exact_text: boo
     return operators[op](value)  # type: ignore[no-any-return]
 
 
-def _substring(column: ColumnElement[Any], op: str, text: str, *, exact_text: bool, dialect: str) -> ColumnElement[bool]:
+def _substring(
+    column: ColumnElement[Any], op: str, text: str, *, exact_text: bool, dialect: str
+) -> ColumnElement[bool]:
     pattern = {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op].format(_like_escape(text))
     condition = column.like(pattern, escape="\\")
     if exact_text and dialect == "sqlite":
@@ -404,9 +406,7 @@ def _order(sort: Sort | None, resource: str) -> list[ColumnElement[Any]]:
         value = scim_user_values.alias()
         target = value.c.number if sort.numeric else value.c.key
         column = (
-            select(func.min(target))
-            .where(value.c.identity_id == _I.id, value.c.path == sort.path)
-            .scalar_subquery()
+            select(func.min(target)).where(value.c.identity_id == _I.id, value.c.path == sort.path).scalar_subquery()
         )
     ordered = column.desc() if sort.descending else column.asc()
     return [ordered.nulls_last(), base]
@@ -589,7 +589,9 @@ class ScimSession:
                 found[id] = Member(pk, id, user_id, display)
         return found
 
-    def change_members(self, group_pk: int, source: str, *, add: Iterable[int] = (), remove: Iterable[int] = ()) -> None:
+    def change_members(
+        self, group_pk: int, source: str, *, add: Iterable[int] = (), remove: Iterable[int] = ()
+    ) -> None:
         """Add and remove members (identity primary keys) of a group whose row this session holds."""
         removed = list(remove)
         if removed:

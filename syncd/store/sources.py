@@ -242,7 +242,7 @@ class SourceStore:
             group_id = group_ids[group.external_id]
             wanted.update((group_id, identity_ids[m]) for m in group.members if m in identity_ids)
         query = select(memberships.c.group_id, memberships.c.identity_id).where(memberships.c.source == snapshot.source)
-        current = set(conn.execute(query).tuples())
+        current = {(row[0], row[1]) for row in conn.execute(query)}
         if snapshot.incremental:
             touched = {group_ids[group.external_id] for group in snapshot.groups}
             current = {pair for pair in current if pair[0] in touched}
@@ -267,7 +267,8 @@ class SourceStore:
 
     @staticmethod
     def _ids(conn: Connection, table: Any, source: str) -> dict[str, int]:
-        return dict(conn.execute(select(table.c.external_id, table.c.id).where(table.c.source == source)).tuples())
+        rows = conn.execute(select(table.c.external_id, table.c.id).where(table.c.source == source))
+        return {row[0]: row[1] for row in rows}
 
     @staticmethod
     def _user_ids(conn: Connection, ids: Iterable[int]) -> set[str]:
@@ -339,7 +340,7 @@ class SourceStore:
                 select(groups.c.external_id, identities.c.external_id)
                 .select_from(memberships.join(groups).join(identities))
                 .where(memberships.c.source == source)
-            ).tuples()
+            )
             members: dict[str, set[str]] = {}
             for group_ext, identity_ext in pairs:
                 members.setdefault(group_ext, set()).add(identity_ext)
@@ -366,7 +367,7 @@ class SourceStore:
                 select(memberships.c.group_id, identities.c.external_id)
                 .select_from(memberships.join(identities))
                 .where(identities.c.present)
-            ).tuples()
+            )
             for group_id, identity_ext in pairs:
                 members.setdefault(group_id, set()).add(identity_ext)
             teams = [

@@ -117,8 +117,8 @@ class StateStore:
     def managed_counts(self) -> dict[str, int]:
         """Managed users by state."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(managed_users.c.state, func.count()).group_by(managed_users.c.state)).tuples()
-            return dict(rows.all())
+            rows = conn.execute(select(managed_users.c.state, func.count()).group_by(managed_users.c.state))
+            return {row[0]: row[1] for row in rows}
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def start_run(self, trigger: str, sources: Sequence[str] = ()) -> int:
@@ -221,7 +221,7 @@ class StateStore:
         if run_id is not None:
             query = query.where(changes.c.run_id == run_id)
         with self.engine.connect() as conn:
-            return dict(conn.execute(query).tuples().all())
+            return {row[0]: row[1] for row in conn.execute(query)}
 
     def failed_changes(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest failed changes with their errors."""

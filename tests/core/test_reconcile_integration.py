@@ -1,0 +1,291 @@
+"""Reconcile end to end against the fake LiteLLM over real HTTP, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from syncd.litellm import LiteLLMClient
+from syncd.model import Group, Identity, Snapshot
+from syncd.reconcile import ReconcileOptions, Reconciler
+from syncd.settings import Settings, settings_from_dict
+from syncd.store import make_engine, upgrade
+from syncd.store.repository import SyncStore
+from syncd.testing import serve_in_thread
+from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
+
+MASTER = "sk-integration-master"
+MAPPINGS = [
+    {"group": "llm-users", "role": "internal_user", "models": ["gpt-4o"], "max_budget": 10, "budget_duration": "monthly"},
+    {"group": "llm-power", "models": ["claude-3-5-sonnet"], "max_budget": 100, "budget_duration": "yearly",
+     "tpm_limit": 50000, "auto_create_keys": True},
+    {"group": "llm-admins", "role": "proxy_admin"},
+]
+
+
+class World:
+    """A store, a fake LiteLLM and a client wired as `syncd sync` wires them."""
+
+    def __init__(self, database_url: str, litellm_url: str, fake: FakeLiteLLM) -> None:
+        self.fake, self.url, self.database_url = fake, litellm_url, database_url
+        engine = make_engine(database_url)
+        upgrade(engine)
+        self.store = SyncStore(engine)
+        self.client = LiteLLMClient(litellm_url, MASTER, max_retries=2, backoff_base_s=0.01)
+        self.settings = self.configure()
+
+    def configure(self, **extra: Any) -> Settings:
+        data: dict[str, Any] = {
+            "database": {"url": self.database_url},
+            "litellm": {"url": self.url, "master_key": MASTER, "concurrency": 4},
+            "mappings": MAPPINGS,
+        }
+        for key, value in extra.items():
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        self.settings = settings_from_dict(data)
+        return self.settings
+
+    def record(self, people: dict[str, dict[str, Any]]) -> None:
+        """Record a full snapshot: user_id -> {groups: [...], active: bool, email: ...}."""
+        identities = [
+            Identity("corp", f"ext-{uid}", uid, p.get("email", f"{uid}@example.com"), p.get("name"),
+                     p.get("active", True))
+            for uid, p in people.items()
+        ]
+        names = sorted({g for p in people.values() for g in p.get("groups", ())})
+        groups = [Group("corp", f"g-{n}", n, None,
+                        frozenset(f"ext-{u}" for u, p in people.items() if n in p.get("groups", ()))) for n in names]
+        self.store.record_snapshot(Snapshot("corp", identities, groups))
+
+    def sync(self, **options: Any) -> Any:
+        options.setdefault("drift_check", False)
+        return Reconciler(self.settings, self.store, self.client).run(ReconcileOptions(**options))
+
+
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    app = create_fake_litellm(MASTER)
+    with serve_in_thread(app) as url:
+        w = World(database_url, url, app.state.fake)
+        yield w
+        w.client.close()
+        w.store.engine.dispose()
+
+
+PEOPLE = {
+    "alice": {"groups": ["llm-users"], "name": "Alice"},
+    "bob": {"groups": ["llm-users", "llm-power"]},
+    "carol": {"groups": ["llm-admins", "llm-users"]},
+    "dave": {"groups": ["marketing"]},
+}
+
+
+def test_first_sync_creates_every_mapped_user_with_its_fields_and_marker(world: World) -> None:
+    world.record(PEOPLE)
+    report = world.sync()
+    assert report.status == "success" and report.applied.by_action == {"create": 3}
+    users = world.fake.users
+    assert set(users) == {"alice", "bob", "carol"}
+    bob = users["bob"]
+    assert (bob["user_role"], sorted(bob["models"]), bob["max_budget"], bob["budget_duration"]) == (
+        "internal_user", ["claude-3-5-sonnet", "gpt-4o"], 100.0, "365d")
+    assert bob["tpm_limit"] == 50000 and bob["metadata"]["syncd"] == {"managed": True, "source": "corp",
+                                                                      "external_id": "ext-bob"}
+    assert users["carol"]["user_role"] == "proxy_admin" and users["alice"]["user_alias"] == "Alice"
+    assert len(world.fake.keys_of("bob")) == 1 and world.fake.keys_of("alice") == []
+    assert world.store.journal_counts(report.run_id) == {"done": 3}
+    assert {e["key"] for e in world.store.audit_entries()} == {"alice", "bob", "carol"}
+
+
+def test_a_second_sync_makes_no_write_and_no_read(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.fake.reset_calls()
+    report = world.sync()
+    assert report.plan.empty and report.litellm_reads == 0
+    assert world.fake.calls == []
+
+
+def test_group_changes_update_only_the_changed_fields(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.fake.reset_calls()
+    world.record({**PEOPLE, "alice": {"groups": ["llm-users", "llm-power"]}})
+    report = world.sync()
+    assert report.applied.by_action == {"update": 1}
+    alice = world.fake.users["alice"]
+    assert alice["max_budget"] == 100.0 and alice["tpm_limit"] == 50000
+    assert world.fake.write_calls() == 1
+
+
+def test_a_limit_no_longer_granted_is_cleared_in_litellm(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.record({**PEOPLE, "bob": {"groups": ["llm-users"]}})
+    world.sync()
+    bob = world.fake.users["bob"]
+    assert bob["tpm_limit"] is None and bob["max_budget"] == 10.0 and bob["budget_duration"] == "monthly"
+
+
+def test_suspension_blocks_keys_and_reactivation_unblocks_only_those(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    ours = world.fake.keys_of("bob")[0]["token"]
+    admin_blocked = world.fake.add_key("bob", blocked=True)
+    world.record({**PEOPLE, "bob": {"groups": ["llm-users", "llm-power"], "active": False}})
+    report = world.sync()
+    assert report.applied.by_action == {"suspend": 1}
+    assert world.fake.users["bob"]["metadata"]["scim_active"] is False
+    assert all(k["blocked"] for k in world.fake.keys_of("bob"))
+    assert world.store.load_managed()["bob"].blocked_keys == (ours,)
+    world.record(PEOPLE)
+    report = world.sync()
+    assert report.applied.by_action == {"reactivate": 1}
+    keys = {k["token"]: k["blocked"] for k in world.fake.keys_of("bob")}
+    assert not keys[ours] and keys[world.fake.find_key(admin_blocked)["token"]] is True
+    assert world.fake.users["bob"]["metadata"]["scim_active"] is True
+
+
+def test_people_gone_from_the_source_are_suspended_and_deleted_by_policy(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.record({k: v for k, v in PEOPLE.items() if k != "alice"})
+    assert world.sync().applied.by_action == {"suspend": 1}
+    world.configure(policy={"deactivation": "delete"})
+    world.record({k: v for k, v in PEOPLE.items() if k not in ("alice", "carol")})
+    assert world.sync().applied.by_action == {"delete": 1}
+    assert "carol" not in world.fake.users and "alice" in world.fake.users
+
+
+def test_an_unmanaged_litellm_user_is_never_touched(world: World) -> None:
+    world.fake.add_user("alice", user_email="alice@example.com", user_role="proxy_admin", max_budget=999.0)
+    world.record(PEOPLE)
+    report = world.sync()
+    assert report.plan.counts()["conflict"] == 1 and report.applied.skipped == 1
+    assert world.fake.users["alice"]["user_role"] == "proxy_admin" and world.fake.users["alice"]["max_budget"] == 999
+    world.configure(policy={"adopt_existing": True})
+    report = world.sync()
+    assert report.applied.by_action == {"adopt": 1}
+    assert world.fake.users["alice"]["max_budget"] == 10.0 and world.store.load_managed()["alice"].adopted
+
+
+def test_an_email_held_by_another_litellm_user_fails_that_user_only(world: World) -> None:
+    world.fake.add_user("someone-else", user_email="alice@example.com")
+    world.record(PEOPLE)
+    report = world.sync()
+    assert report.status == "failed" and report.applied.by_action == {"create": 2}
+    ((user, action, error),) = report.applied.errors
+    assert (user, action) == ("alice", "create") and "alice@example.com already exists" in error
+    assert world.store.journal_counts(report.run_id) == {"done": 2, "failed": 1}
+
+
+def test_a_role_litellm_refuses_is_a_clear_error_for_that_user(world: World) -> None:
+    world.configure(mappings=[*MAPPINGS, {"group": "marketing", "role": "customer"}])
+    world.record(PEOPLE)
+    report = world.sync()
+    errors = {u: e for u, _, e in report.applied.errors}
+    assert set(errors) == {"dave"} and "422" in errors["dave"] and "user_role" in errors["dave"]
+    assert report.exit_code == 1 and len(world.fake.users) == 3
+
+
+def test_a_user_created_before_a_crash_is_taken_back_not_duplicated(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.store.forget_all()  # the store lost what it applied, LiteLLM kept the users
+    world.fake.reset_calls()
+    report = world.sync()
+    assert report.applied.by_action == {"adopt": 3} and len(world.fake.users) == 3
+    assert world.fake.write_calls("/user/new") == 0
+
+
+def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
+    people = {f"u{i}": {"groups": ["llm-users"]} for i in range(30)}
+    world.record(people)
+    world.sync()
+    world.record({k: v for k, v in list(people.items())[:20]})
+    world.fake.reset_calls()
+    report = world.sync()
+    assert report.status == "held" and report.exit_code == 3 and "10 deactivations" in (report.plan.held or "")
+    assert world.fake.write_calls() == 0
+    report = world.sync(allow_mass_deactivation=True)
+    assert report.applied.by_action == {"suspend": 10}
+
+
+class _Crash(BaseException):  # like a signal: not a per-user failure
+    pass
+
+
+class _CrashingClient:
+    """Delegates to the real client and raises after `limit` writes, as a process dying half-way would stop."""
+
+    def __init__(self, client: LiteLLMClient, limit: int) -> None:
+        self.client, self.limit, self.writes = client, limit, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if name in ("new_user", "update_user", "block_key", "unblock_key", "delete_users"):
+            def write(*args: Any, **kwargs: Any) -> Any:
+                self.writes += 1
+                if self.writes > self.limit:
+                    raise _Crash("injected")
+                return attr(*args, **kwargs)
+            return write
+        return attr
+
+
+def _end_state(fake: FakeLiteLLM) -> dict[str, Any]:
+    return {
+        uid: (u["user_role"], sorted(u["models"]), u["max_budget"], u["metadata"].get("scim_active"),
+              sorted(bool(k["blocked"]) for k in fake.keys_of(uid)))
+        for uid, u in fake.users.items()
+    }
+
+
+@pytest.mark.parametrize("crash_after", [0, 2, 4])
+def test_an_interrupted_apply_resumes_to_the_same_end_state(world: World, crash_after: int) -> None:
+    people = {f"u{i}": {"groups": ["llm-users", "llm-power"] if i % 2 else ["llm-users"]} for i in range(8)}
+    world.record(people)
+    world.sync()
+    changed = {uid: ({"groups": ["llm-admins"]} if i < 3 else {**p, "active": i % 3 != 0})
+               for i, (uid, p) in enumerate(people.items())}
+    world.record(changed)
+    world.configure(policy={"max_deactivation_ratio": 1.0})
+    real = world.client
+    world.client = _CrashingClient(real, crash_after)  # type: ignore[assignment]
+    with pytest.raises(_Crash):
+        world.sync()
+    world.client = real
+    report = world.sync()
+    assert report.status == "success"
+    assert world.sync().plan.empty
+    expected_users = {uid for uid in people}
+    assert set(world.fake.users) == expected_users
+    state = _end_state(world.fake)
+    for i, uid in enumerate(people):
+        role, _, _, active, blocked = state[uid]
+        if i < 3:
+            assert (role, active) == ("proxy_admin", True)
+        else:
+            assert active is (i % 3 != 0) and all(b is (i % 3 == 0) for b in blocked)
+
+
+def test_a_drift_check_corrects_manual_changes_in_few_list_calls(world: World) -> None:
+    world.record({f"u{i:03}": {"groups": ["llm-users"]} for i in range(250)})
+    world.sync()
+    world.fake.users["u007"]["max_budget"] = 5000.0
+    world.fake.users["u100"]["user_role"] = "proxy_admin"
+    world.fake.reset_calls()
+    report = world.sync(drift_check=True)
+    assert report.drift_checked and report.applied.by_action == {"update": 2}
+    assert world.fake.users["u007"]["max_budget"] == 10.0 and world.fake.users["u100"]["user_role"] == "internal_user"
+    lists = [c for c in world.fake.calls if c.path == "/user/list"]
+    assert len(lists) == 3 and world.fake.write_calls() == 2
+
+
+def test_a_dry_run_changes_nothing(world: World) -> None:
+    world.record(PEOPLE)
+    report = world.sync(dry_run=True)
+    assert report.status == "dry_run" and report.plan.counts()["create"] == 3
+    assert world.fake.users == {} and world.store.load_managed() == {} and world.store.recent_runs() == []
