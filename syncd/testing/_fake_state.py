@@ -6,6 +6,7 @@ Reads are O(page): users are indexed by user_id and lower-cased email and kept i
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import re
@@ -115,11 +116,13 @@ class FakeState:
     teams: dict[str, dict[str, Any]] = field(default_factory=dict)
     team_memberships: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
-    _order: list[str] = field(default_factory=list)
+    _order: list[str] = field(default_factory=list)  # user ids, oldest first
+    _order_seq: list[int] = field(default_factory=list)  # their creation numbers: sorted, for bisect
     _seq: dict[str, int] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _by_email: dict[str, str] = field(default_factory=dict)
     _user_keys: dict[str, list[str]] = field(default_factory=dict)
+    _team_keys: dict[str, list[str]] = field(default_factory=dict)
     _raw_keys: dict[str, str] = field(default_factory=dict)
     _raw_by_token: dict[str, str] = field(default_factory=dict)
     _team_order: list[str] = field(default_factory=list)
@@ -158,8 +161,9 @@ class FakeState:
         user.update(fields)
         user["budget_reset_at"] = budget_reset_at(user["budget_duration"])
         self.users[user["user_id"]] = user
-        self._order.append(user["user_id"])
         self._seq[user["user_id"]] = next(self._counter)
+        self._order.append(user["user_id"])
+        self._order_seq.append(self._seq[user["user_id"]])
         self._index_email(user, None)
         return user
 
@@ -181,8 +185,8 @@ class FakeState:
     def remove_user(self, user_id: str) -> None:
         """Hard-delete a user with their keys and team memberships, as /user/delete does."""
         user = self.users.pop(user_id)
-        self._order.remove(user_id)
-        del self._seq[user_id]
+        position = bisect.bisect_left(self._order_seq, self._seq.pop(user_id))
+        del self._order[position], self._order_seq[position]
         self._index_email({"user_id": user_id, "user_email": None}, user.get("user_email"))
         for token in list(self._user_keys.get(user_id, [])):
             self.remove_key(token)
@@ -254,6 +258,8 @@ class FakeState:
         self._raw_by_token[token] = raw
         if user_id:
             self._user_keys.setdefault(user_id, []).append(token)
+        if record["team_id"]:
+            self._team_keys.setdefault(record["team_id"], []).append(token)
         return record
 
     def find_key(self, key_or_token: str | None) -> dict[str, Any] | None:
@@ -271,9 +277,10 @@ class FakeState:
         """Delete one key."""
         record = self.keys.pop(token)
         del self._raw_keys[self._raw_by_token.pop(token)]
-        owned = self._user_keys.get(record["user_id"] or "", [])
-        if token in owned:
-            owned.remove(token)
+        for index, owner in ((self._user_keys, record["user_id"]), (self._team_keys, record["team_id"])):
+            owned = index.get(owner or "", [])
+            if token in owned:
+                owned.remove(token)
 
     def keys_of(self, user_id: str) -> list[dict[str, Any]]:
         """A user's keys, oldest first."""
@@ -325,7 +332,7 @@ class FakeState:
             user = self.users.get(user_id)
             if user and team_id in user["teams"]:
                 user["teams"].remove(team_id)
-        for token in [t for t, k in self.keys.items() if k["team_id"] == team_id]:
+        for token in list(self._team_keys.pop(team_id, [])):
             self.remove_key(token)
 
     def teams_newest_first(self) -> list[dict[str, Any]]:
@@ -365,5 +372,5 @@ class FakeState:
             user["teams"].remove(team_id)
 
     def team_keys(self, team_id: str) -> list[dict[str, Any]]:
-        """The keys of a team (a scan: teams have few keys and this is a rare read)."""
-        return [record for record in self.keys.values() if record["team_id"] == team_id]
+        """The keys of a team, oldest first."""
+        return [self.keys[token] for token in self._team_keys.get(team_id, [])]

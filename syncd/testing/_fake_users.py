@@ -291,10 +291,9 @@ def user_list(state: FakeState, request: FakeRequest) -> Any:
 def _filtered_users(state: FakeState, query: dict[str, str]) -> list[dict[str, Any]]:
     if query.get("user_ids"):
         wanted = {uid for uid in query["user_ids"].split(",") if uid in state.users}
-        candidates = sorted(wanted, key=state.creation_rank, reverse=True)
+        users = [state.users[uid] for uid in sorted(wanted, key=state.creation_rank, reverse=True)]
     else:
-        candidates = sorted(state.users, key=state.creation_rank, reverse=True)
-    users = [state.users[uid] for uid in candidates]
+        users = state.users_newest_first(1, state.user_count())
     if query.get("role"):
         users = [user for user in users if user["user_role"] == query["role"]]
     if query.get("user_email"):
