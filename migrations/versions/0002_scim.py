@@ -1,4 +1,4 @@
-"""SCIM: a unique userName per source among present users, and the table of indexed SCIM attribute values
+"""SCIM: a unique userName per source among present users, indexed SCIM attribute values, members' display
 
 Revision ID: 0002
 Revises: 0001
@@ -19,6 +19,8 @@ _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("memberships", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("display", sa.String(length=500), nullable=True))
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.create_index(
             "uq_identities_source_user_name_present",
@@ -53,3 +55,5 @@ def downgrade() -> None:
     op.drop_table("scim_user_values")
     with op.batch_alter_table("identities", schema=None) as batch_op:
         batch_op.drop_index("uq_identities_source_user_name_present")
+    with op.batch_alter_table("memberships", schema=None) as batch_op:
+        batch_op.drop_column("display")

@@ -21,7 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Select,
+    RowMapping,
     and_,
     exists,
     false,
@@ -254,14 +254,14 @@ def _compare(column: ColumnElement[Any], op: str, value: Any, *, exact_text: boo
         "lt": column.__lt__,
         "le": column.__le__,
     }
-    return operators[op](value)  # type: ignore[no-any-return]
+    return operators[op](value)
 
 
 def _substring(
     column: ColumnElement[Any], op: str, text: str, *, exact_text: bool, dialect: str
 ) -> ColumnElement[bool]:
     pattern = {"co": "%{}%", "sw": "{}%", "ew": "%{}"}[op].format(_like_escape(text))
-    condition = column.like(pattern, escape="\\")
+    condition: ColumnElement[bool] = column.like(pattern, escape="\\")
     if exact_text and dialect == "sqlite":
         # SQLite's LIKE folds ASCII case: re-check a caseExact attribute byte for byte.
         if op == "co":
@@ -470,7 +470,7 @@ class ScimSession:
         rows = self.connection.execute(query).mappings().all()
         return total, self._users_with_groups(rows)
 
-    def _users_with_groups(self, rows: Sequence[Mapping[str, Any]]) -> list[UserRecord]:
+    def _users_with_groups(self, rows: Sequence[RowMapping]) -> list[UserRecord]:
         pks = [row["id"] for row in rows]
         by_user: dict[int, list[tuple[str, str]]] = {pk: [] for pk in pks}
         if pks:
@@ -546,11 +546,17 @@ class ScimSession:
         rows = self.connection.execute(query).mappings().all()
         return total, self._groups_with_members(rows, members)
 
-    def _groups_with_members(self, rows: Sequence[Mapping[str, Any]], members: bool) -> list[GroupRecord]:
+    def _groups_with_members(self, rows: Sequence[RowMapping], members: bool) -> list[GroupRecord]:
         by_group: dict[int, list[Member]] = {row["id"]: [] for row in rows}
         if members and by_group:
             query = (
-                select(memberships.c.group_id, _I.id, _I.external_id, _I.user_id, _I.display_name)
+                select(
+                    memberships.c.group_id,
+                    _I.id,
+                    _I.external_id,
+                    _I.user_id,
+                    func.coalesce(memberships.c.display, _I.display_name),
+                )
                 .select_from(memberships.join(identities, memberships.c.identity_id == _I.id))
                 .where(memberships.c.group_id.in_(list(by_group)), _I.present.is_(True))
                 .order_by(_I.id)
@@ -590,17 +596,32 @@ class ScimSession:
         return found
 
     def change_members(
-        self, group_pk: int, source: str, *, add: Iterable[int] = (), remove: Iterable[int] = ()
+        self,
+        group_pk: int,
+        source: str,
+        *,
+        add: Iterable[Member] = (),
+        remove: Iterable[Member] = (),
+        relabel: Iterable[Member] = (),
     ) -> None:
-        """Add and remove members (identity primary keys) of a group whose row this session holds."""
-        removed = list(remove)
+        """Add, remove and relabel (display) members of a group whose row this session holds."""
+        removed = [member.pk for member in remove]
         if removed:
             self.connection.execute(
                 memberships.delete().where(memberships.c.group_id == group_pk, memberships.c.identity_id.in_(removed))
             )
-        rows = [{"group_id": group_pk, "identity_id": pk, "source": source, "via": None} for pk in add]
+        rows = [
+            {"group_id": group_pk, "identity_id": m.pk, "source": source, "via": None, "display": m.display}
+            for m in add
+        ]
         if rows:
             self.connection.execute(insert(memberships), rows)
+        for member in relabel:
+            self.connection.execute(
+                update(memberships)
+                .where(memberships.c.group_id == group_pk, memberships.c.identity_id == member.pk)
+                .values(display=member.display)
+            )
 
     def touch_user_versions(self, pks: Iterable[int], now: datetime) -> None:
         """Bump the version of users whose groups changed (their `groups` attribute did)."""
@@ -634,7 +655,7 @@ def _group_columns(write: GroupWrite) -> dict[str, Any]:
     }
 
 
-def _user_record(row: Mapping[str, Any], groups_of_user: tuple[tuple[str, str], ...]) -> UserRecord:
+def _user_record(row: RowMapping, groups_of_user: tuple[tuple[str, str], ...]) -> UserRecord:
     return UserRecord(
         pk=row["id"],
         id=row["external_id"],
@@ -650,7 +671,7 @@ def _user_record(row: Mapping[str, Any], groups_of_user: tuple[tuple[str, str], 
     )
 
 
-def _group_record(row: Mapping[str, Any], members: tuple[Member, ...]) -> GroupRecord:
+def _group_record(row: RowMapping, members: tuple[Member, ...]) -> GroupRecord:
     return GroupRecord(
         pk=row["id"],
         id=row["external_id"],

@@ -226,3 +226,4 @@ scim_user_values = Table(
     Index(None, "path", "key"),
 )
 __all__ += ["scim_user_values"]
+memberships.append_column(Column("display", String(500)))  # a SCIM member's display, as the provider sent it

@@ -1,0 +1,421 @@
+"""The SCIM operations on Users and Groups: validate, write in one transaction, answer, report who changed.
+
+No HTTP here: the router hands over parsed JSON and headers and renders what comes back. Each write runs in one
+store transaction holding the resource's row (`SELECT ... FOR UPDATE` on PostgreSQL, the write lock on SQLite), so
+concurrent PATCHes on one group serialise and lose no member; `on_write` gets the LiteLLM user_ids a committed write
+affected.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from scim2_models import (
+    Context,
+    InvalidFilterException,
+    InvalidValueException,
+    NotFoundException,
+    PatchOp,
+    PreconditionFailedException,
+    SCIMException,
+    UniquenessException,
+)
+
+from syncd.scim.filters import parse_filter, parse_sort
+from syncd.scim.resources import (
+    derive_user,
+    etag,
+    group_json,
+    manager_value,
+    stored_form,
+    tolerate,
+    user_json,
+    validate_resource,
+    validation_error,
+)
+from syncd.scim.schemas import POLICY, ResourceKind, resource_kinds
+from syncd.settings.scim import ScimSettings
+from syncd.store.scim import (
+    Criterion,
+    DuplicateUserName,
+    GroupRecord,
+    GroupWrite,
+    Member,
+    ScimSession,
+    ScimStore,
+    UnsupportedPath,
+    UserRecord,
+)
+
+__all__ = ["ListQuery", "ScimService"]
+
+LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+_READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The parameters of a list or a search (RFC 7644 §3.4.2)."""
+
+    filter: str | None = None
+    sort_by: str | None = None
+    descending: bool = False
+    start_index: int = 1
+    count: int | None = None
+    attributes: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_if_match(if_match: str | None, version: int) -> None:
+    if if_match is None or if_match.strip() == "*":
+        return
+    wanted = {tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")}
+    if str(version) not in wanted:
+        raise PreconditionFailedException(detail=f"the resource is at version {etag(version)}")
+
+
+class ScimService:
+    """Users and Groups of each source, kept in the store."""
+
+    def __init__(
+        self, settings: ScimSettings, store: ScimStore, on_write: Callable[[set[str]], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.on_write = on_write
+        self.kinds = resource_kinds()
+        self.users_kind, self.groups_kind = self.kinds["User"], self.kinds["Group"]
+
+    def _written(self, user_ids: Iterable[str]) -> None:
+        affected = {user_id for user_id in user_ids if user_id}
+        if affected and self.on_write is not None:
+            self.on_write(affected)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def get_user(self, source: str, id: str, base_url: str) -> dict[str, Any]:
+        """The user `id`, or NotFoundException."""
+        with self.store.session() as session:
+            record = session.user(source, id)
+        if record is None:
+            raise NotFoundException(detail=f"no User {id}")
+        return user_json(record, base_url)
+
+    def get_group(self, source: str, id: str, base_url: str, *, members: bool = True) -> dict[str, Any]:
+        """The group `id`, or NotFoundException."""
+        with self.store.session() as session:
+            record = session.group(source, id, members=members)
+        if record is None:
+            raise NotFoundException(detail=f"no Group {id}")
+        return group_json(record, base_url, members=members)
+
+    def criterion(self, kind: ResourceKind, text: str | None, *, lenient: bool = False) -> Criterion:
+        """The parsed filter; invalidFilter when too long or not understood."""
+        if text is not None and len(text) > self.settings.max_filter_length:
+            raise InvalidFilterException(detail=f"the filter is longer than {self.settings.max_filter_length}")
+        return parse_filter(text, kind, lenient=lenient)
+
+    def list_resources(self, kind: ResourceKind, source: str, query: ListQuery, base_url: str) -> dict[str, Any]:
+        """A ListResponse of one resource type."""
+        criterion = self.criterion(kind, query.filter)
+        sort = parse_sort(query.sort_by, query.descending, kind)
+        start, count = max(query.start_index, 1), self._count(query.count)
+        members = not _excludes_members(query)
+        try:
+            with self.store.session() as session:
+                total, resources = self._page(session, kind, source, criterion, sort, start, count, members, base_url)
+        except UnsupportedPath as exc:
+            raise InvalidFilterException(detail=f"{exc.args[0]} cannot be filtered or sorted on") from None
+        return _list_response(total, start, resources)
+
+    def search_all(self, source: str, query: ListQuery, base_url: str) -> dict[str, Any]:
+        """A ListResponse over Users then Groups (POST /.search); an attribute one type lacks is false there."""
+        start, count = max(query.start_index, 1), self._count(query.count)
+        users = self.criterion(self.users_kind, query.filter, lenient=True)
+        groups = self.criterion(self.groups_kind, query.filter, lenient=True)
+        try:
+            with self.store.session() as session:
+                user_total, found = self._page(
+                    session, self.users_kind, source, users, None, start, count, True, base_url
+                )
+                group_start = max(start - user_total, 1)
+                group_count = count - len(found)
+                group_total, more = self._page(
+                    session, self.groups_kind, source, groups, None, group_start, group_count, True, base_url
+                )
+        except UnsupportedPath as exc:
+            raise InvalidFilterException(detail=f"{exc.args[0]} cannot be filtered on") from None
+        return _list_response(user_total + group_total, start, found + more)
+
+    def _count(self, requested: int | None) -> int:
+        limit = self.settings.max_results
+        return limit if requested is None else max(0, min(requested, limit))
+
+    def _page(
+        self,
+        session: ScimSession,
+        kind: ResourceKind,
+        source: str,
+        criterion: Criterion,
+        sort: Any,
+        start: int,
+        count: int,
+        members: bool,
+        base_url: str,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        if kind.name == "User":
+            total, users = session.users(source, criterion, sort, start, count)
+            return total, [user_json(record, base_url) for record in users]
+        total, groups = session.groups(source, criterion, sort, start, count, members=members)
+        return total, [group_json(record, base_url, members=members) for record in groups]
+
+    # --- users --------------------------------------------------------------------------------------------------
+
+    def create_user(self, source: str, payload: Any, base_url: str) -> dict[str, Any]:
+        """POST /Users: 409 uniqueness when a present user of this source has the userName."""
+        kind = self.users_kind
+        body = stored_form(
+            kind, validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_CREATION_REQUEST)
+        )
+        id = str(uuid.uuid4())
+        write = derive_user(body, id, self.settings.user_id_attribute, kind)
+        now = _now()
+        try:
+            with self.store.session(write=True) as session:
+                pk = session.insert_user(source, id, write, now)
+        except DuplicateUserName:
+            raise UniquenessException(detail=f"userName {write.user_name!r} is already taken") from None
+        self._written([write.user_id])
+        record = UserRecord(pk, id, write.user_name, write.user_id, write.active, write.display_name, body, 1, now, now)
+        return user_json(record, base_url)
+
+    def replace_user(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+        """PUT /Users/{id}: the whole user (Okta sends id, meta and groups too: read-only, ignored)."""
+        kind = self.users_kind
+        resource = validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_REPLACEMENT_REQUEST)
+        return self._rewrite_user(source, id, base_url, if_match, lambda _current: stored_form(kind, resource))
+
+    def patch_user(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+        """PATCH /Users/{id}: 200 with the resource."""
+        kind = self.users_kind
+        patch = _patch_op(kind, payload, base_url)
+
+        def change(current: UserRecord) -> dict[str, Any] | None:
+            resource = _loaded(kind, user_json(current, base_url))
+            if not _apply(patch, resource):
+                return None
+            return stored_form(kind, resource)
+
+        return self._rewrite_user(source, id, base_url, if_match, change)
+
+    def _rewrite_user(
+        self,
+        source: str,
+        id: str,
+        base_url: str,
+        if_match: str | None,
+        change: Callable[[UserRecord], dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        kind, now = self.users_kind, _now()
+        try:
+            with self.store.session(write=True) as session:
+                current = self._locked_user(session, source, id, if_match)
+                body = change(current)
+                if body is None:
+                    return user_json(current, base_url)
+                write = derive_user(body, id, self.settings.user_id_attribute, kind)
+                session.update_user(current.pk, write, now)
+        except DuplicateUserName:
+            raise UniquenessException(detail="userName is already taken") from None
+        self._written([current.user_id, write.user_id])
+        record = UserRecord(
+            current.pk, id, write.user_name, write.user_id, write.active, write.display_name, body,
+            current.version + 1, current.created, now, current.groups,
+        )  # fmt: skip
+        return user_json(record, base_url)
+
+    def _locked_user(self, session: ScimSession, source: str, id: str, if_match: str | None) -> UserRecord:
+        current = session.user(source, id, lock=True)
+        if current is None:
+            raise NotFoundException(detail=f"no User {id}")
+        _check_if_match(if_match, current.version)
+        return current
+
+    def delete_user(self, source: str, id: str, if_match: str | None) -> None:
+        """DELETE /Users/{id}: the user is marked gone and inactive (so suspended); a GET then answers 404."""
+        with self.store.session(write=True) as session:
+            current = self._locked_user(session, source, id, if_match)
+            session.delete_user(current.pk, _now())
+        self._written([current.user_id])
+
+    # --- groups -------------------------------------------------------------------------------------------------
+
+    def create_group(self, source: str, payload: Any, base_url: str) -> dict[str, Any]:
+        """POST /Groups: stored whether or not a mapping names it; every member must be a user of this source."""
+        kind = self.groups_kind
+        resource = validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_CREATION_REQUEST)
+        body, wanted = stored_form(kind, resource), _member_ids(resource)
+        id, now = str(uuid.uuid4()), _now()
+        with self.store.session(write=True) as session:
+            members = _resolve_members(session, source, wanted)
+            pk = session.insert_group(source, id, _group_write(body), now)
+            session.change_members(pk, source, add=members)
+        self._written(member.user_id for member in members)
+        record = GroupRecord(pk, id, body["displayName"], body, 1, now, now, tuple(members))
+        return group_json(record, base_url)
+
+    def replace_group(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+        """PUT /Groups/{id}: the whole group, members included."""
+        kind = self.groups_kind
+        resource = validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_REPLACEMENT_REQUEST)
+        return self._rewrite_group(source, id, base_url, if_match, lambda _current: resource)
+
+    def patch_group(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+        """PATCH /Groups/{id}: Okta's and Entra's member adds and removes, renames; 200 with the group."""
+        kind = self.groups_kind
+        patch = _patch_op(kind, payload, base_url)
+
+        def change(current: GroupRecord) -> Any:
+            resource = _loaded(kind, group_json(current, base_url))
+            return resource if _apply(patch, resource) else None
+
+        return self._rewrite_group(source, id, base_url, if_match, change)
+
+    def _rewrite_group(
+        self, source: str, id: str, base_url: str, if_match: str | None, change: Callable[[GroupRecord], Any]
+    ) -> dict[str, Any]:
+        kind, now = self.groups_kind, _now()
+        with self.store.session(write=True) as session:
+            current = self._locked_group(session, source, id, if_match)
+            resource = change(current)
+            if resource is None:
+                return group_json(current, base_url)
+            body = stored_form(kind, resource)
+            before = {member.id: member for member in current.members}
+            after = {member.id: member for member in _resolve_members(session, source, _member_ids(resource))}
+            added = [after[i] for i in after.keys() - before.keys()]
+            removed = [before[i] for i in before.keys() - after.keys()]
+            relabelled = [after[i] for i in after.keys() & before.keys() if after[i].display != before[i].display]
+            session.update_group(current.pk, _group_write(body), now)
+            session.change_members(current.pk, source, add=added, remove=removed, relabel=relabelled)
+        renamed = body.get("displayName") != current.display_name
+        self._written(m.user_id for m in (*added, *removed, *(after.values() if renamed else ())))
+        ordered = tuple(sorted(after.values(), key=lambda member: member.pk))
+        record = GroupRecord(
+            current.pk, id, body["displayName"], body, current.version + 1, current.created, now, ordered
+        )
+        return group_json(record, base_url)
+
+    def _locked_group(self, session: ScimSession, source: str, id: str, if_match: str | None) -> GroupRecord:
+        current = session.group(source, id, lock=True)
+        if current is None:
+            raise NotFoundException(detail=f"no Group {id}")
+        _check_if_match(if_match, current.version)
+        return current
+
+    def delete_group(self, source: str, id: str, if_match: str | None) -> None:
+        """DELETE /Groups/{id}: the group is marked gone and emptied; its members are reconciled."""
+        with self.store.session(write=True) as session:
+            current = self._locked_group(session, source, id, if_match)
+            session.delete_group(current.pk, _now())
+        self._written(member.user_id for member in current.members)
+
+
+def _excludes_members(query: ListQuery) -> bool:
+    if query.attributes:
+        return not any(name.lower().split(".")[0].endswith("members") for name in query.attributes)
+    return any(
+        name.lower() in ("members", "urn:ietf:params:scim:schemas:core:2.0:group:members") for name in query.excluded
+    )
+
+
+def _list_response(total: int, start: int, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schemas": [LIST_SCHEMA],
+        "totalResults": total,
+        "startIndex": start,
+        "itemsPerPage": len(resources),
+        "Resources": resources,
+    }
+
+
+def _group_write(body: dict[str, Any]) -> GroupWrite:
+    return GroupWrite(
+        display_name=str(body.get("displayName") or ""), scim_external_id=body.get("externalId"), resource=body
+    )
+
+
+def _member_ids(resource: Any) -> dict[str, str | None]:
+    """The members' ids (in order, once each) with the display the provider gave."""
+    wanted: dict[str, str | None] = {}
+    for member in resource.members or []:
+        if member.value:
+            wanted[str(member.value)] = member.display or wanted.get(str(member.value))
+    return wanted
+
+
+def _resolve_members(session: ScimSession, source: str, wanted: dict[str, str | None]) -> list[Member]:
+    found = session.members_by_id(source, wanted)
+    missing = sorted(wanted.keys() - found.keys())
+    if missing:
+        raise InvalidValueException(detail=f"members are not users of this provider: {', '.join(missing[:10])}")
+    return [replace(found[id], display=display or found[id].display) for id, display in wanted.items()]
+
+
+# --- PATCH ---------------------------------------------------------------------------------------------------------
+
+
+def _patch_op(kind: ResourceKind, payload: Any, base_url: str) -> Any:
+    """The PatchOp a request carries, with what Okta and Entra send smoothed over; invalidSyntax/Value else."""
+    if not isinstance(payload, dict):
+        raise InvalidValueException(detail="the body must be a PatchOp object")
+    operations = next((value for key, value in payload.items() if key.lower() == "operations"), None)
+    if not isinstance(operations, list) or not operations:
+        raise InvalidValueException(detail="Operations must list one or more operations")
+    cleaned = [_operation(op, base_url) for op in operations]
+    message = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": cleaned}
+    try:
+        return PatchOp[kind.model].model_validate(  # type: ignore[name-defined]
+            message, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _operation(operation: Any, base_url: str) -> Any:
+    if not isinstance(operation, dict):
+        raise InvalidValueException(detail="each operation must be an object")
+    operation = {key.lower(): value for key, value in operation.items()}
+    value = operation.get("value")
+    if isinstance(value, dict) and not operation.get("path"):
+        # a path-less add/replace: Okta repeats read-only attributes (id, meta, schemas) in the value
+        value = {key: item for key, item in value.items() if key.lower() not in _READ_ONLY_KEYS}
+    if "value" in operation and value is not None:
+        operation["value"] = tolerate(value, base_url)
+    path = str(operation.get("path") or "")
+    if path.lower().endswith(":manager") and "value" in operation:
+        operation["value"] = manager_value(operation["value"], base_url)
+    return operation
+
+
+def _loaded(kind: ResourceKind, body: dict[str, Any]) -> Any:
+    body = {key: value for key, value in body.items() if key not in ("meta", "groups")}
+    return kind.model.model_validate(body, scim_policy=POLICY)
+
+
+def _apply(patch: Any, resource: Any) -> bool:
+    try:
+        return bool(patch.patch(resource, POLICY))
+    except SCIMException:
+        raise
+    except ValidationError as exc:
+        raise validation_error(exc) from None
