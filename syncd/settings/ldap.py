@@ -97,6 +97,8 @@ class LdapSourceSettings(Strict):
     page_size: int = Field(500, ge=1, le=10_000)
     connect_timeout_s: float = Field(10.0, gt=0)
     search_timeout_s: float = Field(120.0, gt=0)
+    #: incremental pulls re-read changes this far before the high-water mark (replication lag, clock steps)
+    incremental_overlap_s: float = Field(60.0, ge=0)
     priority: int = 0
     schedule: LdapScheduleSettings = LdapScheduleSettings()
     users: LdapUsersSettings

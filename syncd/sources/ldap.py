@@ -44,8 +44,6 @@ __all__ = ["LdapCheck", "LdapSource", "LdapSourceError"]
 log = logging.getLogger(__name__)
 
 _PAGED = "1.2.840.113556.1.4.319"
-#: how far before the newest change seen the next incremental starts, beyond the pull's own duration
-_MARK_MARGIN = timedelta(seconds=60)
 _BINARY_IDS = {"objectguid"}
 _RESULT_TEXT = {3: "time limit exceeded", 4: "size limit exceeded", 10: "referral", 32: "no such object (base DN)"}
 
@@ -92,11 +90,10 @@ class _Pull:
 class LdapSource:
     """One LDAP directory, pulled in full or incrementally into Snapshots."""
 
-    #: how far before the newest change seen (less the pull's duration) the next incremental starts
-    mark_margin: timedelta = _MARK_MARGIN
-
     def __init__(self, settings: LdapSourceSettings) -> None:
         self.settings = settings
+        #: how far before the newest change seen (less the pull's duration) the next incremental starts
+        self.mark_margin = timedelta(seconds=settings.incremental_overlap_s)
         self.attrs: ResolvedLdap = settings.resolved()
         self._index: DirectoryIndex | None = None
         self._last_groups = 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 import ldap3
 import pytest
@@ -234,8 +233,7 @@ def test_membership_change_is_seen_only_on_the_group(tree: Tree) -> None:
     inner = tree.add_group("inner", [alice])
     tree.add_group("outer", [inner])
     tree.add_group("other", [alice])
-    source = tree.source()
-    source.mark_margin = timedelta(0)
+    source = tree.source(incremental_overlap_s=0)
     first = source.pull()
     time.sleep(2.1)  # timestamps have one-second resolution: let the mark pass the setup's changes
     tree.add_user("zed")
