@@ -63,10 +63,7 @@ def _stamp(second: int) -> str:
 
 
 def _members(rng: random.Random, g: int, users: int, groups: int) -> list[str]:
-    if g < BIG_GROUPS:  # some over 10,000 members
-        count = 10_000 + 1_000 * g
-    else:
-        count = rng.randint(5, 100)
+    count = 10_000 + 1_000 * g if g < BIG_GROUPS else rng.randint(5, 100)  # some over 10,000 members
     chosen = rng.sample(range(users), min(count, users))
     members = [f"uid=u{i:06d},{PEOPLE}" for i in chosen]
     if BIG_GROUPS <= g < BIG_GROUPS + NESTED_PARENTS:  # parents of a few other groups, some of them big
