@@ -21,6 +21,7 @@ import json
 import random
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -136,6 +137,10 @@ class FakeLiteLLM(FakeState):
             return _json(200, self._dispatch(method, path, raw_query, headers, body))
         except FakeError as error:
             return _json(error.status, error.body, error.headers)
+        except Exception as exc:  # a bug in the fake: say so loudly, in LiteLLM's envelope
+            traceback.print_exc()
+            message = f"fake LiteLLM bug: {type(exc).__name__}: {exc}"
+            return _json(500, envelope_error(500, message, "fake_internal_error").body)
 
     def _dispatch(self, method: str, path: str, raw_query: str, headers: dict[str, str], body: bytes) -> Any:
         if path == "/health/liveliness":

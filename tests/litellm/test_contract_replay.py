@@ -24,6 +24,7 @@ from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import create_fake_litellm
 
 RECORDINGS = Path(__file__).parent / "recordings"
+SHARED = Path("/work/shared/litellm-contract")
 FILES = ("exercise.json", "exercise2.json", "exercise3.json")
 MASTER_KEY = "sk-replay-master"
 _GENERATED = re.compile(
@@ -138,6 +139,13 @@ def test_every_recorded_call_is_replayed_or_listed() -> None:
     """The replay covers the three files; nothing is skipped silently."""
     assert len(CALLS) == 61 + 30 + 16
     assert set(NOT_REPRODUCED) <= {name for name, _ in CALLS}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the project's shared litellm-contract is not on this machine")
+@pytest.mark.parametrize("name", FILES)
+def test_recordings_are_the_shared_ones(name: str) -> None:
+    """The copies replayed here are byte for byte the project's recordings."""
+    assert (RECORDINGS / name).read_bytes() == (SHARED / name).read_bytes()
 
 
 @pytest.mark.parametrize(("name", "call"), CALLS, ids=[name for name, _ in CALLS])
