@@ -100,6 +100,8 @@ def tolerate(payload: Any, base_url: str) -> Any:
         if key.lower() == ENTERPRISE.lower() and isinstance(value, dict):
             for name in [name for name in value if name.lower() == "manager"]:
                 value[name] = manager_value(value[name], base_url)
+                if value[name] is None:
+                    del value[name]
         elif key.lower() == _MANAGER:
             cleaned[key] = manager_value(value, base_url)
     return cleaned
@@ -109,7 +111,9 @@ def manager_value(value: Any, base_url: str) -> Any:
     """A manager reference with its `$ref`, from a bare id or a {value} without one."""
     if isinstance(value, str):
         return {"value": value, "$ref": f"{base_url}/Users/{value}"} if value else None
-    if isinstance(value, dict) and value.get("value") and not value.get("$ref"):
+    if isinstance(value, dict) and not value.get("value"):
+        return None
+    if isinstance(value, dict) and not value.get("$ref"):
         return {**value, "$ref": f"{base_url}/Users/{value['value']}"}
     return value
 
