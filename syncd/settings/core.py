@@ -122,3 +122,7 @@ class TeamSettings(Strict):
     tpm_limit: int | None = Field(None, ge=0)
     rpm_limit: int | None = Field(None, ge=0)
     team_member_budget: float | None = Field(None, ge=0)
+    #: groups (name, DN or SCIM displayName) whose members join this team as team admin (LiteLLM Enterprise)
+    admin_groups: list[str] = Field(default_factory=list)
+    #: without an Enterprise licence LiteLLM refuses team admins: add them as plain members instead of failing
+    admin_fallback_to_user: bool = False
