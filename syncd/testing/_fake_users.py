@@ -14,10 +14,9 @@ from syncd.testing._fake_state import (
     detail_error,
     envelope_error,
     parse_budget_duration,
-    timestamp,
 )
 
-__all__ = ["USER_KEY_ROUTES", "FakeRequest", "validate_fields"]
+__all__ = ["USER_ROUTES", "FakeRequest", "check_budget_duration", "page_number", "page_size", "validate_fields"]
 
 _ROLE_MESSAGE = "Input should be " + ", ".join(
     f"<LitellmUserRoles.{name}: '{role}'>"
@@ -111,13 +110,15 @@ def validate_fields(body: Any) -> dict[str, Any]:
     return coerced
 
 
-def _check_budget_duration(value: Any) -> None:
+def check_budget_duration(value: Any) -> None:
+    """The recorded 400 for a budget_duration LiteLLM does not understand."""
     if value is not None and parse_budget_duration(str(value)) is None:
         message = f"Invalid budget_duration '{value}'. Use a format like '1h', '24h', '7d', or '30d'."
         raise envelope_error(400, repr({"error": message}), "internal_server_error")
 
 
-def _page_size(query: dict[str, str], name: str, default: int) -> int:
+def page_size(query: dict[str, str], name: str, default: int) -> int:
+    """A page size from the query; the recorded 422 above 100."""
     raw = query.get(name)
     size = int(raw) if raw and raw.lstrip("-").isdigit() else default
     if size > 100:
@@ -127,7 +128,8 @@ def _page_size(query: dict[str, str], name: str, default: int) -> int:
     return size
 
 
-def _page(query: dict[str, str]) -> int:
+def page_number(query: dict[str, str]) -> int:
+    """The page number from the query (1 when absent)."""
     raw = query.get("page", "1")
     return max(int(raw), 1) if raw.isdigit() else 1
 
@@ -136,7 +138,7 @@ def _page(query: dict[str, str]) -> int:
 def user_new(state: FakeState, request: FakeRequest) -> Any:
     """POST /user/new: 409 on a duplicate id or email, a key unless auto_create_key is false."""
     body = validate_fields(request.body)
-    _check_budget_duration(body.get("budget_duration"))
+    check_budget_duration(body.get("budget_duration"))
     user_id = body.get("user_id")
     if user_id and user_id in state.users:
         raise envelope_error(409, repr({"error": f"User with id {user_id} already exists"}), "internal_server_error")
@@ -185,7 +187,7 @@ def _update_one(state: FakeState, body: Any) -> dict[str, Any]:
     if "blocked" in body:
         message = "Authentication Error, Could not find field at `upsertOneLiteLLM_UserTable.create.blocked`"
         raise envelope_error(400, message, "auth_error", "None")
-    _check_budget_duration(body.get("budget_duration"))
+    check_budget_duration(body.get("budget_duration"))
     user = _user_to_update(state, body)
     changes = {name: body[name] for name in _UPDATABLE if name in body and _applies(name, body[name])}
     state.set_user_fields(user, changes)
@@ -271,20 +273,20 @@ def _user_team_row(state: FakeState, team: dict[str, Any], user_id: str) -> dict
 def user_list(state: FakeState, request: FakeRequest) -> Any:
     """GET /user/list: newest first, paged (page_size <= 100), filtered by ids, role or email."""
     query = request.query
-    page, page_size = _page(query), _page_size(query, "page_size", 25)
+    page, size = page_number(query), page_size(query, "page_size", 25)
     if any(query.get(name) for name in ("user_ids", "role", "user_email")):
         matching = _filtered_users(state, query)
         total = len(matching)
-        users = matching[(page - 1) * page_size : page * page_size]
+        users = matching[(page - 1) * size : page * size]
     else:
         total = state.user_count()
-        users = state.users_newest_first(page, page_size)
+        users = state.users_newest_first(page, size)
     return {
         "users": [state.user_list_row(user) for user in users],
         "total": total,
         "page": page,
-        "page_size": page_size,
-        "total_pages": math.ceil(total / page_size),
+        "page_size": size,
+        "total_pages": math.ceil(total / size),
     }
 
 
@@ -313,115 +315,11 @@ def user_delete(state: FakeState, request: FakeRequest) -> Any:
     return len(set(user_ids))
 
 
-# --- /key/* ------------------------------------------------------------------------------------------------
-_KEY_FIELDS = ("key_alias", "models", "team_id", "metadata", "tpm_limit", "rpm_limit", "max_budget", "budget_duration")
-
-
-def key_generate(state: FakeState, request: FakeRequest) -> Any:
-    """POST /key/generate: a new `sk-` key for a user (and team)."""
-    body = validate_fields(request.body)
-    _check_budget_duration(body.get("budget_duration"))
-    fields = {name: body[name] for name in _KEY_FIELDS if body.get(name) is not None}
-    if body.get("key"):
-        fields["key"] = body["key"]
-    record = state.insert_key(body.get("user_id"), **fields)
-    answer_fields = {name: value for name, value in record.items() if name != "settings_updated_at"}
-    return shapes.render(
-        shapes.GENERATED_KEY,
-        **answer_fields,
-        key=state.raw_key(record),
-        token_id=record["token"],
-        duration=body.get("duration"),
-        router_settings=dict(shapes.ROUTER_SETTINGS),
-    )
-
-
-def _existing_key(state: FakeState, key: Any) -> dict[str, Any]:
-    record = state.find_key(key if isinstance(key, str) else None)
-    if record is None:
-        raise envelope_error(404, "Key not found in database", "not_found_error", "key")
-    return record
-
-
-def key_info(state: FakeState, request: FakeRequest) -> Any:
-    """GET /key/info?key=: the key with `status: revoked` when blocked."""
-    record = _existing_key(state, request.query.get("key"))
-    info = state.key_info_row(record)
-    info["created_at"], info["updated_at"] = (_plus_offset(info["created_at"]), _plus_offset(info["updated_at"]))
-    info["settings_updated_at"] = _plus_offset(info["settings_updated_at"])
-    del info["token"]
-    if record["blocked"]:
-        info["status"] = "revoked"
-    return {"key": request.query["key"], "info": info}
-
-
-def _plus_offset(stamp: str | None) -> str | None:
-    # /key/info prints its timestamps with +00:00 where the other endpoints print Z.
-    return stamp[:-1] + "+00:00" if stamp else None
-
-
-def _set_blocked(state: FakeState, request: FakeRequest, blocked: bool) -> dict[str, Any]:
-    record = _existing_key(state, (request.body or {}).get("key"))
-    record["blocked"] = blocked
-    record["updated_at"] = record["settings_updated_at"] = timestamp()
-    return record
-
-
-def key_block(state: FakeState, request: FakeRequest) -> Any:
-    """POST /key/block by raw key or token."""
-    return state.key_table_row(_set_blocked(state, request, True))
-
-
-def key_unblock(state: FakeState, request: FakeRequest) -> Any:
-    """POST /key/unblock by raw key or token."""
-    return state.key_info_row(_set_blocked(state, request, False))
-
-
-def key_delete(state: FakeState, request: FakeRequest) -> Any:
-    """POST /key/delete {"keys": [...]}: all or nothing."""
-    keys = (request.body or {}).get("keys") or []
-    records = [_existing_key(state, key) for key in keys]
-    for record in records:
-        state.remove_key(record["token"])
-    return {"deleted_keys": keys}
-
-
-def key_list(state: FakeState, request: FakeRequest) -> Any:
-    """GET /key/list: a user's (or team's) keys, newest first, paged by page/size."""
-    query = request.query
-    page, size = _page(query), _page_size(query, "size", 10)
-    if query.get("user_id"):
-        records = list(reversed(state.keys_of(query["user_id"])))
-    else:
-        records = list(reversed(state.keys.values()))
-    if query.get("team_id"):
-        records = [record for record in records if record["team_id"] == query["team_id"]]
-    chosen = records[(page - 1) * size : page * size]
-    full = query.get("return_full_object", "false").lower() == "true"
-    keys = [_full_key(state, record) if full else record["token"] for record in chosen]
-    return {
-        "keys": keys,
-        "total_count": len(records),
-        "current_page": page,
-        "total_pages": math.ceil(len(records) / size),
-    }
-
-
-def _full_key(state: FakeState, record: dict[str, Any]) -> dict[str, Any]:
-    return {**state.key_table_row(record), **shapes.KEY_AUTH_EXTRA}
-
-
-USER_KEY_ROUTES = {
+USER_ROUTES = {
     ("POST", "/user/new"): user_new,
     ("POST", "/user/update"): user_update,
     ("POST", "/user/bulk_update"): user_bulk_update,
     ("GET", "/user/info"): user_info,
     ("GET", "/user/list"): user_list,
     ("POST", "/user/delete"): user_delete,
-    ("POST", "/key/generate"): key_generate,
-    ("GET", "/key/info"): key_info,
-    ("POST", "/key/block"): key_block,
-    ("POST", "/key/unblock"): key_unblock,
-    ("POST", "/key/delete"): key_delete,
-    ("GET", "/key/list"): key_list,
 }

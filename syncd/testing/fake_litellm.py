@@ -34,14 +34,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from syncd.testing import listening_socket
+from syncd.testing._fake_keys import KEY_ROUTES
 from syncd.testing._fake_state import Call, FakeError, FakeState, detail_error, envelope_error
 from syncd.testing._fake_teams import TEAM_ROUTES, TRIAL_NOTICE
-from syncd.testing._fake_users import USER_KEY_ROUTES, FakeRequest
+from syncd.testing._fake_users import USER_ROUTES, FakeRequest
 
 __all__ = ["Call", "FakeLiteLLM", "FaultPlan", "create_fake_litellm", "main"]
 
 Handler = Callable[[FakeState, FakeRequest], Any]
-_ROUTES: dict[tuple[str, str], Handler] = {**USER_KEY_ROUTES, **TEAM_ROUTES}
+_ROUTES: dict[tuple[str, str], Handler] = {**USER_ROUTES, **KEY_ROUTES, **TEAM_ROUTES}
 _CHAT_PATHS = ("/chat/completions", "/v1/chat/completions")
 _READ_METHODS = ("GET", "HEAD")
 
