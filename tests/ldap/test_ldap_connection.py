@@ -137,3 +137,22 @@ def test_server_stopped_in_the_middle_of_a_pull(doomed_slapd: Slapd, monkeypatch
     assert not snapshot.complete
     assert snapshot.identities == [] and snapshot.groups == []
     assert snapshot.problems and "corp" in snapshot.problems[0]
+
+
+def test_lean_entry_decoding_matches_ldap3s_own(alice: Tree) -> None:
+    import ldap3
+
+    from syncd.sources import ldap as ldap_source
+
+    alice.add_user("bob", cn="Bøb Ünïcode", title=["a", "b"])
+    attributes = ["entryUUID", "uid", "cn", "mail", "title", "modifyTimestamp"]
+    plain = ldap3.Connection(ldap3.Server(alice.server.url), auto_bind=True, return_empty_attributes=False)
+    lean = alice.source()._bind(alice.server.url)
+
+    for conn in (plain, lean):
+        assert conn.search(alice.people, "(objectClass=inetOrgPerson)", attributes=attributes)
+
+    assert [e["dn"] for e in lean.response] == [e["dn"] for e in plain.response]
+    assert [ldap_source._raw(e) for e in lean.response] == [ldap_source._raw(e) for e in plain.response]
+    bob = next(e for e in lean.response if e["dn"].startswith("uid=bob"))
+    assert ldap_source._raw(bob)["title"] == [b"a", b"b"] and ldap_source._raw(bob)["cn"] == ["Bøb Ünïcode".encode()]
