@@ -85,22 +85,46 @@ class DesiredState:
 def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules: MappingRules) -> DesiredState:
     """Compute every person's desired LiteLLM user from their identities, groups and the mapping rules."""
     state = DesiredState()
-    groups_of = _groups_by_member(groups)
+    all_groups = list(groups)
+    groups_of = _groups_by_member(all_groups)
+    # people in the same groups get the same grants: combine each distinct set of groups once
+    combined: dict[tuple[int, ...], _Combined] = {}
     for person in _merge_people(identities, rules.source_priorities):
         winner = person[0]
-        member_of = _unique_groups(g for ident in person for g in groups_of.get((ident.source, ident.external_id), ()))
-        grants = _grants_for(member_of, rules)
+        found = {i for ident in person for i in groups_of.get((ident.source, ident.external_id), ())}
+        key = tuple(sorted(found))
+        entry = combined.get(key)
+        if entry is None:
+            entry = combined[key] = _combine_for([all_groups[i] for i in key], rules)
         if winner.user_id in state.users or winner.user_id in state.unmapped:
             state.problems.append(
                 f"user_id {winner.user_id!r} is claimed by two people ({winner.email!r} from {winner.source} and "
                 "another); the first by source priority is kept"
             )
-            continue
-        if not grants:
+        elif entry.values is None:
             state.unmapped[winner.user_id] = winner
-            continue
-        state.users[winner.user_id] = _desired_user(winner, grants, member_of, rules.defaults)
+        else:
+            state.users[winner.user_id] = _desired_user(winner, entry)
     return state
+
+
+@dataclass(frozen=True, slots=True)
+class _Combined:
+    """The grants of one set of groups, combined (values None: no group of the set is mapped)."""
+
+    group_names: tuple[str, ...]
+    values: Mapping[str, Any] | None
+    origins: Mapping[str, FieldOrigin]
+
+
+def _combine_for(member_of: list[Group], rules: MappingRules) -> _Combined:
+    member_of.sort(key=lambda g: (g.source, g.name.lower()))
+    grants = _grants_for(member_of, rules)
+    names = tuple(g.dn or g.name for g in member_of)
+    if not grants:
+        return _Combined(names, None, {})
+    values, origins = combine_grants(grants, rules.defaults)
+    return _Combined(names, values, origins)
 
 
 def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int]) -> list[list[Identity]]:
@@ -117,17 +141,12 @@ def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int])
     return ranked
 
 
-def _groups_by_member(groups: Iterable[Group]) -> dict[tuple[str, str], list[Group]]:
-    index: dict[tuple[str, str], list[Group]] = {}
-    for group in groups:
+def _groups_by_member(groups: Sequence[Group]) -> dict[tuple[str, str], list[int]]:
+    index: dict[tuple[str, str], list[int]] = {}
+    for position, group in enumerate(groups):
         for member in group.members:
-            index.setdefault((group.source, member), []).append(group)
+            index.setdefault((group.source, member), []).append(position)
     return index
-
-
-def _unique_groups(groups: Iterable[Group]) -> list[Group]:
-    unique = {(g.source, g.external_id): g for g in groups}
-    return sorted(unique.values(), key=lambda g: (g.source, g.name.lower()))
 
 
 def _grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
@@ -220,14 +239,14 @@ def _fill_defaults(values: dict[str, Any], origins: dict[str, FieldOrigin], defa
         origins[name] = FieldOrigin("default", "defaults")
 
 
-def _desired_user(
-    winner: Identity, grants: Sequence[Grant], member_of: Sequence[Group], defaults: Mapping[str, Any]
-) -> DesiredUser:
-    values, origins = combine_grants(grants, defaults)
-    for name, value in winner.overrides.items():
-        if name in GRANT_FIELDS and value is not None:
-            values[name] = tuple(value) if isinstance(value, list) else value
-            origins[name] = FieldOrigin("override", winner.dn or winner.user_id)
+def _desired_user(winner: Identity, entry: _Combined) -> DesiredUser:
+    values, origins = entry.values or {}, entry.origins
+    if winner.overrides:
+        values, origins = dict(values), dict(origins)
+        for name, value in winner.overrides.items():
+            if name in GRANT_FIELDS and value is not None:
+                values[name] = tuple(value) if isinstance(value, list) else value
+                origins[name] = FieldOrigin("override", winner.dn or winner.user_id)
     return DesiredUser(
         user_id=winner.user_id,
         email=winner.email,
@@ -245,7 +264,7 @@ def _desired_user(
         user_alias=winner.display_name,
         metadata=values.get("metadata", {}),
         origins=origins,
-        groups=tuple(g.dn or g.name for g in member_of),
+        groups=entry.group_names,
     )
 
 

@@ -1,0 +1,157 @@
+"""The `syncd` command line as a user runs it: real processes, the fake LiteLLM over HTTP, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncd.store import make_engine, schema_revision, upgrade
+from syncd.testing import serve_in_thread
+from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
+
+MASTER = "sk-cli-master-0f9e8d"
+PEOPLE = {
+    "source": "hr",
+    "users": [
+        {"id": "1", "user_id": "alice", "email": "alice@example.com", "name": "Alice"},
+        {"id": "2", "user_id": "bob", "email": "bob@example.com"},
+        {"id": "3", "user_id": "carol", "email": "carol@example.com", "active": False},
+    ],
+    "groups": [{"id": "g1", "name": "llm-users", "members": ["1", "2", "3"]},
+               {"id": "g2", "name": "llm-admins", "members": ["2"]}],
+}
+
+
+class Cli:
+    """Runs `python -m syncd` with a config file in a temporary folder."""
+
+    def __init__(self, folder: Path, database_url: str, litellm_url: str, fake: FakeLiteLLM) -> None:
+        self.folder, self.fake = folder, fake
+        self.config: dict[str, Any] = {
+            "database": {"url": database_url},
+            "litellm": {"url": litellm_url, "master_key": "${TEST_MASTER_KEY}", "max_retries": 0},
+            "mappings": [{"group": "llm-users", "models": ["gpt-4o"], "max_budget": 5, "budget_duration": "weekly"},
+                         {"group": "llm-admins", "role": "proxy_admin"}],
+        }
+        self.write()
+
+    def write(self) -> Path:
+        path = self.folder / "syncd.yaml"
+        path.write_text(yaml.safe_dump(self.config))
+        return path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"TEST_MASTER_KEY": MASTER, "PATH": "/usr/bin:/bin", "SYNCD_LOG_LEVEL": "INFO"}
+        return subprocess.run([sys.executable, "-m", "syncd", *args, "--config", str(self.folder / "syncd.yaml")]
+                              if args[0] != "--version" else [sys.executable, "-m", "syncd", *args],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=self.folder)
+
+    def json(self, *args: str) -> Any:
+        done = self.run(*args, "--json")
+        assert done.returncode in (0, 1, 3), done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, database_url: str) -> Iterator[Cli]:
+    app = create_fake_litellm(MASTER)
+    with serve_in_thread(app) as url:
+        yield Cli(tmp_path, database_url, url, app.state.fake)
+
+
+def test_migrations_upgrade_an_empty_database_and_sync_refuses_an_old_schema(cli: Cli) -> None:
+    refused = cli.run("sync")
+    assert refused.returncode == 2 and "syncd db upgrade" in refused.stderr and "Traceback" not in refused.stderr
+    done = cli.run("db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    current, head = schema_revision(make_engine(cli.config["database"]["url"]))
+    assert current == head and f"-> {head}" in done.stdout
+    again = cli.run("db", "upgrade")
+    assert again.returncode == 0 and f"database schema at {head}" in again.stdout
+
+
+def test_import_plan_sync_end_to_end(cli: Cli) -> None:
+    assert cli.run("db", "upgrade").returncode == 0
+    (cli.folder / "people.json").write_text(json.dumps(PEOPLE))
+    imported = cli.json("import", str(cli.folder / "people.json"))
+    assert imported["users"] == 3 and imported["identities_added"] == 3
+    plan = cli.json("plan")
+    assert plan["summary"]["create"] == 2 and cli.fake.users == {}
+    text = cli.run("plan").stdout
+    assert "+ create bob: in hr, member of llm-admins, llm-users" in text and "user_role: proxy_admin" in text
+    report = cli.json("sync")
+    assert report["status"] == "success" and report["exit_code"] == 0
+    assert set(cli.fake.users) == {"alice", "bob"} and cli.fake.users["bob"]["user_role"] == "proxy_admin"
+    again = cli.run("sync")
+    assert again.returncode == 0 and "Plan: no changes (2 unchanged)." in again.stdout
+    assert MASTER not in again.stdout + again.stderr
+
+
+def test_a_held_run_exits_3_and_an_override_applies_it(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    many = {"source": "hr", "users": [{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in range(20)],
+            "groups": [{"name": "llm-users", "members": [f"u{i}" for i in range(20)]}]}
+    (cli.folder / "many.json").write_text(json.dumps(many))
+    assert cli.run("import", str(cli.folder / "many.json")).returncode == 0
+    assert cli.run("sync").returncode == 0
+    many["groups"][0]["members"] = [f"u{i}" for i in range(15)]  # type: ignore[index]
+    (cli.folder / "many.json").write_text(json.dumps(many))
+    cli.run("import", str(cli.folder / "many.json"))
+    held = cli.run("sync")
+    assert held.returncode == 3 and "HELD: 5 deactivations planned" in held.stdout
+    assert cli.run("sync", "--allow-mass-deactivation").returncode == 0
+    assert sum(1 for u in cli.fake.users.values() if u["metadata"].get("scim_active") is False) == 5
+
+
+def test_a_bad_config_names_the_key_and_shows_no_traceback(cli: Cli) -> None:
+    cli.config["mappings"][0]["budget_duration"] = "yearly2"
+    cli.config["policy"] = {"deactivation": "vanish"}
+    cli.write()
+    done = cli.run("sync")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "mappings[0].budget_duration: 'yearly2' is not a duration" in done.stderr
+    assert "policy.deactivation: 'vanish' is not one of" in done.stderr
+
+
+def test_check_config_tries_everything_and_warns_about_refused_roles(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    cli.config["mappings"].append({"group": "customers", "role": "customer"})
+    cli.write()
+    done = cli.run("check-config")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok    database: reachable" in done.stdout and "ok    litellm:" in done.stdout
+    assert "warn  mappings[2] (customers): role 'customer'" in done.stdout
+    cli.config["litellm"]["master_key"] = "sk-wrong-key"
+    cli.write()
+    bad = cli.run("check-config")
+    assert bad.returncode == 2 and "FAIL  litellm:" in bad.stdout and "sk-wrong-key" not in bad.stdout + bad.stderr
+
+
+def test_an_import_file_with_bad_rows_is_refused_whole(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    bad = {"users": [{"user_id": "x"}, {"user_id": "y", "email": "y@example.com", "active": "maybe"}],
+           "groups": [{"name": "g", "members": ["nobody"]}]}
+    (cli.folder / "bad.json").write_text(json.dumps(bad))
+    done = cli.run("import", str(cli.folder / "bad.json"))
+    assert done.returncode == 2
+    assert "users[0]: email '' is missing or not an address" in done.stderr
+    assert "users[1]: active 'maybe' is not true or false" in done.stderr
+    assert "unknown member(s): nobody" in done.stderr
+
+
+def test_csv_import(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    (cli.folder / "people.csv").write_text(
+        "user_id,email,name,active,groups\nann,ann@example.com,Ann,true,llm-users;llm-admins\nben,ben@example.com,,no,\n"
+    )
+    imported = cli.json("import", str(cli.folder / "people.csv"), "--source", "csv")
+    assert imported == {**imported, "source": "csv", "users": 2, "groups": 2}
+    report = cli.json("sync")
+    assert report["applied"]["by_action"] == {"create": 1} and cli.fake.users["ann"]["user_role"] == "proxy_admin"
