@@ -14,6 +14,7 @@ current to exactly that mark (first pull of the process, or after a failed pull)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import ssl
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 _PAGED = "1.2.840.113556.1.4.319"
 _BINARY_IDS = {"objectguid"}
+#: skipped entries logged one by one per pull; beyond that only the counters say how many
+_SKIPS_LOGGED = 20
 _RESULT_TEXT = {3: "time limit exceeded", 4: "size limit exceeded", 10: "referral", 32: "no such object (base DN)"}
 
 
@@ -76,10 +79,18 @@ class _Pull:
     newest_change: str | None = None
     changed_keys: set[str] = field(default_factory=set)
     changed_groups: set[str] = field(default_factory=set)
+    #: member keys (DN or uid) that an entry had before this pull and has no more: a rename
+    renamed_keys: set[str] = field(default_factory=set)
+    skipped_logged: int = 0
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to one of the snapshot's counters."""
         self.snapshot.counters[name] = self.snapshot.counters.get(name, 0) + amount
+
+    def warn_skipped(self) -> bool:
+        """True for the first few skipped entries of a pull: each is logged, the rest only counted."""
+        self.skipped_logged += 1
+        return self.skipped_logged <= _SKIPS_LOGGED
 
     def saw_change(self, value: str | None) -> None:
         """Remember the newest modifyTimestamp seen."""
@@ -246,6 +257,7 @@ class LdapSource:
         self._read_users(conn, state, since)
         if self.settings.groups is not None:
             self._read_groups(conn, state, since)
+            self._reread_referencing(conn, state)
             self._emit_groups(state, since)
         self._finish(state, since, usn_mark)
 
@@ -303,21 +315,25 @@ class LdapSource:
         user_id, email = _text(raw, a.user_id_attribute), _text(raw, a.email_attribute)
         if not external_id or not user_id:
             state.count("skipped_no_id")
-            log.warning(
-                "LDAP source %s: %s has no %s or %s, skipped",
-                self.name,
-                entry["dn"],
-                a.user_external_id_attribute,
-                a.user_id_attribute,
-            )
+            if state.warn_skipped():
+                log.warning(
+                    "LDAP source %s: %s has no %s or %s, skipped",
+                    self.name,
+                    entry["dn"],
+                    a.user_external_id_attribute,
+                    a.user_id_attribute,
+                )
             return
         key = self._user_key(entry, raw)
         before = state.index.put_user(external_id, key, bool(email))
         if before != (key, bool(email)):
             state.changed_keys.update(k for k in (key, before[0] if before else None) if k)
+        if before is not None and before[0] != key:
+            state.renamed_keys.add(before[0])
         if not email:
             state.count("skipped_no_email")
-            log.warning("LDAP source %s: %s has no %s, skipped", self.name, entry["dn"], a.email_attribute)
+            if state.warn_skipped():
+                log.warning("LDAP source %s: %s has no %s, skipped", self.name, entry["dn"], a.email_attribute)
             return
         active = external_id not in disabled
         state.count("disabled", not active)
@@ -385,6 +401,36 @@ class LdapSource:
         state.changed_groups.add(external_id)
         if before is None or before.dn_key != record.dn_key:
             state.changed_keys.update(k for k in (record.dn_key, before.dn_key if before else None) if k)
+        if before is not None and before.dn_key != record.dn_key:
+            state.renamed_keys.add(before.dn_key)
+
+    def _reread_referencing(self, conn: Connection, state: _Pull) -> None:
+        """Read again the unchanged groups that list a renamed entry by its old name.
+
+        Active Directory (and OpenLDAP's refint) rewrite member values on a rename, but AD leaves the group's
+        uSNChanged alone, so only the directory can say what such a group lists now.
+        """
+        if not state.renamed_keys:
+            return
+        stale = [
+            record.dn
+            for external_id, record in state.index.groups.items()
+            if external_id not in state.changed_groups and not record.member_keys.isdisjoint(state.renamed_keys)
+        ]
+        for dn in stale:
+            entry = self._read_entry(conn, dn, self._group_attributes())
+            if entry is not None:
+                self._group(conn, state, entry)
+        state.count("groups_reread", len(stale))
+
+    def _read_entry(self, conn: Connection, dn: str, attributes: list[str]) -> Any | None:
+        conn.search(dn, "(objectClass=*)", BASE, attributes=attributes, time_limit=int(self.settings.search_timeout_s))
+        result = conn.result or {}
+        if result.get("result") == 32:  # deleted since: the next full pull will say so
+            return None
+        if result.get("result") != 0 or not conn.response:
+            raise _Incomplete(f"reading {dn} failed: {_result_text(result)}")
+        return conn.response[0]
 
     def _member_values(self, conn: Connection, entry: Any, raw: dict[str, list[bytes]]) -> list[bytes]:
         member = (self.attrs.member_attribute or "member").lower()
@@ -443,10 +489,17 @@ class LdapSource:
         usn = _text(raw, "highestcommittedusn")
         if not usn:
             raise _Incomplete("the root DSE has no highestCommittedUSN")
-        return f"usn:{_text(raw, 'dsservicename') or ''}:{usn}"
+        server = hashlib.sha256((_text(raw, "dsservicename") or "").lower().encode()).hexdigest()[:12]
+        return f"usn:{server}:{usn}"  # USNs are per domain controller: the mark says whose it is
 
     def _finish(self, state: _Pull, since: str | None, usn_mark: str | None) -> None:
         snapshot = state.snapshot
+        if state.skipped_logged > _SKIPS_LOGGED:
+            log.warning(
+                "LDAP source %s: %d more entries skipped, not logged one by one",
+                self.name,
+                state.skipped_logged - _SKIPS_LOGGED,
+            )
         snapshot.counters["identities"] = len(snapshot.identities)
         snapshot.counters["groups"] = len(snapshot.groups)
         if usn_mark is not None:

@@ -274,3 +274,21 @@ def test_check_counts_users_and_groups(tree: Tree) -> None:
     check = tree.source().check()
 
     assert (check.server, check.users, check.groups, check.warnings) == (tree.server.url, 2, 1, ())
+
+
+def test_incremental_after_a_rename_rereads_groups_naming_the_old_name(tree: Tree) -> None:
+    alice = tree.add_user("alice")
+    tree.add_user("bob")
+    tree.add_group("posix", ["alice", "bob"], kind="posixGroup")  # memberUid values are not rewritten on a rename
+    time.sleep(2.1)  # so that the mark passes the group's own timestamp: only the rename can bring it back
+    tree.add_user("zed")
+    source = tree.source(groups={"member_attribute": "memberUid"}, incremental_overlap_s=0)
+    first = source.pull()
+    tree.rename(alice, "uid=alicia")
+
+    changed = source.pull(since=first.high_water_mark)
+    full = tree.source(groups={"member_attribute": "memberUid"}).pull()
+
+    assert changed.incremental and changed.counters["groups_read"] == 0
+    assert changed.counters["groups_reread"] == 1
+    assert members_by_name(changed) == members_by_name(full) == {"posix": {by_user_id(first)["bob"]}}
