@@ -101,6 +101,7 @@ def exclusive_ports(wait_s: float = 240) -> Iterator[None]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Samba does: TIME_WAIT is no obstacle
         try:
             probe.bind((HOST, port))
         except OSError:

@@ -84,6 +84,8 @@ def directory(samba_domain: SambaDomain) -> Directory:
     g["cycle-a"] = domain.add_group(conn, "cycle-a", found.groups_dn, [u["alice"]])
     g["cycle-b"] = domain.add_group(conn, "cycle-b", found.groups_dn, [u["bob"], g["cycle-a"]])
     domain.add_members(conn, g["cycle-a"], [g["cycle-b"]])
+    # the sync account's first logon writes lastLogonTimestamp (a USN); have it happen here, not inside a test
+    domain.connect(found.reader_dn, READER_PASSWORD).unbind()
     for name, dn in {**found.users, **found.groups}.items():
         found.guids[name] = domain.guid(conn, dn)
     conn.unbind()

@@ -20,7 +20,19 @@ from syncd.settings.ldap import LdapSourceSettings
 from ._domain import SambaDomain, make_ca
 from .conftest import Directory
 
-pytestmark = pytest.mark.samba
+#: with xdist, `--dist loadgroup` keeps this module on one worker (Samba's ports allow one domain at a time)
+pytestmark = [pytest.mark.samba, pytest.mark.xdist_group("samba-ad")]
+
+#: A group that lists an entry from outside the users (or groups) base keeps that DN as a dangling member in the
+#: source's index. When the entry moves into the base, AD rewrites the group's member value but leaves the group's
+#: uSNChanged alone, and the source knows no old name of the entry to look for, so it neither re-reads nor
+#: re-emits the group: the store keeps the group without the member until the next full pull.
+#: Remove this mark when syncd/sources/ldap.py handles it (AD's extended DN control gives member values a GUID).
+MOVED_INTO_BASE = pytest.mark.xfail(
+    strict=True,
+    reason="bug in syncd/sources/ldap.py: an incremental pull misses a member moved into the users base "
+    "(the group lists it by its old, out-of-base DN and AD does not move the group's uSNChanged)",
+)
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # LDAP_MATCHING_RULE_IN_CHAIN
 
@@ -89,6 +101,19 @@ def _chain(exc: BaseException | None) -> list[str]:
 def raw_entries(conn: ldap3.Connection, base: str, search: str, *attributes: str) -> list[dict[str, Any]]:
     conn.search(base, search, attributes=list(attributes) or [ldap3.NO_ATTRIBUTES])
     return [entry for entry in conn.response if entry["type"] == "searchResEntry"]
+
+
+def usn_of(mark: str | None) -> int:
+    """The update sequence number a high-water mark ends with (AD marks are USNs, never timestamps)."""
+    assert mark is not None
+    match = re.search(r"(\d+)$", mark)
+    assert match, f"{mark!r} does not end with a USN"
+    return int(match.group(1))
+
+
+def highest_committed_usn(conn: ldap3.Connection) -> int:
+    conn.search("", "(objectClass=*)", search_scope=ldap3.BASE, attributes=["highestCommittedUSN"])
+    return int(conn.response[0]["raw_attributes"]["highestCommittedUSN"][0])
 
 
 def usn(conn: ldap3.Connection, dn: str) -> int:
@@ -161,6 +186,22 @@ def test_membership_change_moves_the_group_usn_not_the_member_usn(
     assert usn(admin, user) == user_before
 
 
+def test_samba_returns_a_large_member_list_whole_never_in_ranges(
+    samba_domain: SambaDomain, admin: ldap3.Connection
+) -> None:
+    """Windows AD answers `member;range=0-1499` past 1,500 values; Samba 4.17 does not, so the source's range
+    retrieval is tested elsewhere (issue 3). If this fails, Samba started splitting and can test it here."""
+    bulk = samba_domain.add_ou(admin, "Bulk")
+    contacts = [f"CN=contact-{i:04d},{bulk}" for i in range(1501)]
+    for dn in contacts:
+        admin.add(dn, ["top", "person", "organizationalPerson", "contact"])
+    group = samba_domain.add_group(admin, "bulk-group", bulk, contacts)
+    admin.search(group, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["member"])
+    raw = admin.response[0]["raw_attributes"]
+    assert not [name for name in raw if ";range=" in name.lower()]
+    assert len(raw["member"]) == len(contacts)
+
+
 # ---- the source -------------------------------------------------------------------------------------------------
 
 
@@ -208,7 +249,7 @@ def test_account_without_mail_is_skipped_and_counted(
     with_mail = raw_entries(admin, directory.users_dn, f"(&{user_filter}(mail=*))")
     assert len(without_mail) >= 4  # dave, syncd-reader, and Samba's own Administrator, Guest, krbtgt
     assert len(snapshot.identities) == len(with_mail)
-    assert len(without_mail) in snapshot.counters.values(), snapshot.counters
+    assert snapshot.counters["skipped_no_email"] == len(without_mail), snapshot.counters
 
 
 def test_nested_groups_are_expanded_and_the_cycle_ends(
@@ -264,8 +305,11 @@ def test_incremental_pull_sees_a_membership_change_on_the_group(
     team = samba_domain.add_group(admin, "incr-team", directory.groups_dn, [directory.users["alice"]])
     settings = ad_settings(samba_domain, directory)
     source = ldap_source.LdapSource(settings)
+    usn_before = highest_committed_usn(admin)
     full = source.pull()
-    assert full.complete and full.high_water_mark is not None
+    assert full.complete and not full.incremental
+    # the mark is the DC's highestCommittedUSN when the pull began (the bind itself may write lastLogonTimestamp)
+    assert usn_before <= usn_of(full.high_water_mark) <= highest_committed_usn(admin)
     assert by_name(full)["incr-team"].members == {directory.guids["alice"]}
 
     samba_domain.add_members(admin, team, [ivy])
@@ -275,8 +319,7 @@ def test_incremental_pull_sees_a_membership_change_on_the_group(
     assert set(groups) == {"incr-team"}, "only the group whose member list changed"
     assert groups["incr-team"].members == {directory.guids["alice"], samba_domain.guid(admin, ivy)}
     assert "alice" not in by_user_id(changed), "alice herself did not change"
-    assert changed.high_water_mark is not None
-    assert int(changed.high_water_mark) > int(full.high_water_mark)
+    assert usn_of(changed.high_water_mark) > usn_of(full.high_water_mark)
 
     quiet = source.pull(since=changed.high_water_mark)
     assert quiet.complete and quiet.incremental
@@ -315,3 +358,192 @@ def test_wrong_password_names_the_server_and_reason_not_the_password(
     assert re.search(r"invalid ?credentials", message, re.IGNORECASE), message
     assert wrong not in message
     assert directory.reader_password not in message
+
+
+def test_check_counts_what_the_filters_return(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    settings = ad_settings(samba_domain, directory)
+    resolved = settings.resolved()
+    assert resolved.group_filter is not None
+    found = ldap_source.LdapSource(settings).check()
+    assert found.server == samba_domain.url
+    assert found.users == len(raw_entries(admin, directory.users_dn, resolved.user_filter))
+    assert found.groups == len(raw_entries(admin, directory.groups_dn, resolved.group_filter))
+    assert found.users >= 10
+
+
+def test_check_with_a_wrong_password_raises_without_the_password(
+    ldap_source: ModuleType, samba_domain: SambaDomain, directory: Directory
+) -> None:
+    wrong = "Not-The-Reader-Passw0rd-9913"
+    source = ldap_source.LdapSource(ad_settings(samba_domain, directory, bind_password=wrong))
+    with pytest.raises(ldap_source.LdapSourceError) as raised:
+        source.check()
+    message = "\n".join(_chain(raised.value))
+    assert samba_domain.url in message
+    assert re.search(r"invalid ?credentials", message, re.IGNORECASE), message
+    assert wrong not in message
+
+
+def assert_incremental_matches_full(
+    ldap_source: ModuleType, settings: LdapSourceSettings, before: Snapshot, changed: Snapshot
+) -> None:
+    """The state a store reaches by recording `changed` over the full pull `before` is what a new full pull says.
+
+    (The issue's rule for incremental pulls; deletions excepted, which only a full pull finds.)
+    """
+    assert changed.complete and changed.incremental
+    full = pull(ldap_source, settings)
+    groups = {g.external_id: (g.name, g.members) for g in [*before.groups, *changed.groups]}
+    people = {i.external_id: i for i in [*before.identities, *changed.identities]}
+    for group in full.groups:
+        name, members = groups.get(group.external_id, (None, frozenset()))
+        assert (name, members) == (group.name, group.members), f"group {group.name}: incremental state != full pull"
+    for identity in full.identities:
+        assert people.get(identity.external_id) == identity, f"{identity.user_id}: incremental state != full pull"
+
+
+def test_escaped_and_non_ascii_member_dns_resolve(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    kim = samba_domain.add_user(admin, "kim", mail="kim@syncd.test")
+    zoe = samba_domain.add_user(admin, "zoe", mail="zoe@syncd.test")
+    admin.modify_dn(kim, "CN=Lee\\, Kim")  # AD's usual "Last, First" common names
+    admin.modify_dn(zoe, "CN=Zoë Ørsted")
+    kim, zoe = f"CN=Lee\\, Kim,{directory.users_dn}", f"CN=Zoë Ørsted,{directory.users_dn}"
+    samba_domain.add_group(admin, "escaped-team", directory.groups_dn, [kim, zoe])
+    snapshot = pull(ldap_source, ad_settings(samba_domain, directory))
+    expected = {samba_domain.guid(admin, kim), samba_domain.guid(admin, zoe)}
+    assert by_name(snapshot)["escaped-team"].members == expected
+    assert snapshot.counters.get("dangling_members", 0) == 0
+
+
+@pytest.mark.parametrize(
+    "bind_name", ["syncd-reader@syncd.test", "SYNCD\\syncd-reader"], ids=["user-principal-name", "down-level"]
+)
+def test_bind_with_ad_logon_names(
+    ldap_source: ModuleType, samba_domain: SambaDomain, directory: Directory, bind_name: str
+) -> None:
+    snapshot = pull(ldap_source, ad_settings(samba_domain, directory, bind_dn=bind_name))
+    assert by_user_id(snapshot)["alice"].external_id == directory.guids["alice"]
+
+
+def test_incremental_after_a_member_is_renamed_matches_a_full_pull(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    """AD rewrites the group's member value on a rename but leaves the group's uSNChanged alone."""
+    kurt = samba_domain.add_user(admin, "kurt", mail="kurt@syncd.test")
+    team = samba_domain.add_group(admin, "rename-team", directory.groups_dn, [kurt, directory.users["alice"]])
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    kurt_guid = samba_domain.guid(admin, kurt)
+    assert kurt_guid in by_name(full)["rename-team"].members
+    team_usn = usn(admin, team)
+
+    admin.modify_dn(kurt, "CN=Kurt Renamed")
+    assert usn(admin, team) == team_usn
+    changed = source.pull(since=full.high_water_mark)
+    assert changed.complete and changed.incremental
+    assert by_user_id(changed)["kurt"].external_id == kurt_guid
+    assert_incremental_matches_full(ldap_source, settings, full, changed)
+
+
+def test_incremental_after_a_nested_group_is_renamed_matches_a_full_pull(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    inner = samba_domain.add_group(admin, "nest-inner", directory.groups_dn, [directory.users["frank"]])
+    outer = samba_domain.add_group(admin, "nest-outer", directory.groups_dn, [inner])
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    assert by_name(full)["nest-outer"].members == {directory.guids["frank"]}
+    outer_usn = usn(admin, outer)
+
+    admin.modify_dn(inner, "CN=nest-inner-renamed")
+    assert usn(admin, outer) == outer_usn
+    changed = source.pull(since=full.high_water_mark)
+    assert changed.complete and changed.incremental
+    assert "nest-inner-renamed" in by_name(changed)
+    assert_incremental_matches_full(ldap_source, settings, full, changed)
+
+
+def test_incremental_after_a_change_deep_in_the_nesting_updates_every_parent(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    leaf = samba_domain.add_group(admin, "deep-leaf", directory.groups_dn, [directory.users["gina"]])
+    middle = samba_domain.add_group(admin, "deep-middle", directory.groups_dn, [leaf])
+    samba_domain.add_group(admin, "deep-top", directory.groups_dn, [middle])
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    samba_domain.add_members(admin, leaf, [directory.users["alice"]])
+    changed = source.pull(since=full.high_water_mark)
+    groups = by_name(changed)
+    both = {directory.guids["gina"], directory.guids["alice"]}
+    assert {"deep-leaf", "deep-middle", "deep-top"} <= set(groups)
+    assert groups["deep-top"].members == both
+    assert_incremental_matches_full(ldap_source, settings, full, changed)
+
+
+def test_incremental_after_mail_removed_drops_the_person_from_groups(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    liam = samba_domain.add_user(admin, "liam", mail="liam@syncd.test")
+    samba_domain.add_group(admin, "mail-team", directory.groups_dn, [liam, directory.users["alice"]])
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    assert samba_domain.guid(admin, liam) in by_name(full)["mail-team"].members
+
+    admin.modify(liam, {"mail": [(ldap3.MODIFY_DELETE, [])]})
+    changed = source.pull(since=full.high_water_mark)
+    assert "liam" not in by_user_id(changed)
+    assert changed.counters["skipped_no_email"] >= 1
+    assert by_name(changed)["mail-team"].members == {directory.guids["alice"]}
+    assert_incremental_matches_full(ldap_source, settings, full, changed)
+
+
+@MOVED_INTO_BASE
+def test_incremental_after_a_member_moves_into_the_users_base_matches_a_full_pull(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    elsewhere = samba_domain.add_ou(admin, "Contractors")
+    mona = samba_domain.add_user(admin, "mona", mail="mona@syncd.test", container=elsewhere)
+    samba_domain.add_group(admin, "move-team", directory.groups_dn, [mona, directory.users["alice"]])
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    assert by_name(full)["move-team"].members == {directory.guids["alice"]}, "mona is outside the users base"
+
+    admin.modify_dn(mona, "CN=mona", new_superior=directory.users_dn)
+    changed = source.pull(since=full.high_water_mark)
+    assert "mona" in by_user_id(changed)
+    assert_incremental_matches_full(ldap_source, settings, full, changed)
+    after = pull(ldap_source, settings)
+    assert samba_domain.guid(admin, f"CN=mona,{directory.users_dn}") in by_name(after)["move-team"].members
+
+
+def test_a_deleted_member_leaves_incremental_pulls_alone_and_the_next_full_pull_drops_it(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    """Samba removes the deleted member's link without moving the group's uSNChanged: only a full pull sees it."""
+    nora = samba_domain.add_user(admin, "nora", mail="nora@syncd.test")
+    team = samba_domain.add_group(admin, "delete-team", directory.groups_dn, [nora, directory.users["alice"]])
+    nora_guid = samba_domain.guid(admin, nora)
+    settings = ad_settings(samba_domain, directory)
+    source = ldap_source.LdapSource(settings)
+    full = source.pull()
+    assert nora_guid in by_name(full)["delete-team"].members
+    team_usn = usn(admin, team)
+    admin.delete(nora)
+    assert usn(admin, team) == team_usn
+    assert samba_domain.read(admin, team, "member")["member"] == [directory.users["alice"].encode()]
+
+    changed = source.pull(since=full.high_water_mark)
+    assert changed.complete and changed.incremental
+    assert "nora" not in by_user_id(changed) and "delete-team" not in by_name(changed)
+    after = pull(ldap_source, settings)
+    assert "nora" not in by_user_id(after)
+    assert by_name(after)["delete-team"].members == {directory.guids["alice"]}
