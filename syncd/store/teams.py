@@ -1,0 +1,166 @@
+"""The store's side of teams: the record of the teams syncd uses, team journal rows, SCIM groups as teams.
+
+Team changes are journaled in the same `changes` table as user changes, keyed `team:<alias>`, and audited in
+`audit_log` under the same key; `managed_teams` keeps, per team, its id, whether syncd manages it, and the members
+syncd put there (the only members it ever removes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, insert, select, update
+
+from syncd.store.state import AuditEntry
+from syncd.store.tables import audit_log, changes, groups, identities, managed_teams, memberships
+from syncd.teams import ManagedTeam
+
+__all__ = ["ScimTeamMember", "TeamCompletion", "TeamStore", "team_key"]
+
+_KEY_LENGTH = 255
+
+
+def team_key(alias: str) -> str:
+    """The journal and audit key of a team's changes."""
+    return f"team:{alias}"[:_KEY_LENGTH]
+
+
+@dataclass(frozen=True, slots=True)
+class TeamCompletion:
+    """The outcome of one journaled team change, with its audit entry when it was done."""
+
+    journal_id: int
+    status: str  # done | failed | skipped
+    error: str | None = None
+    audit: AuditEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScimTeamMember:
+    """A present member of a present SCIM group (scim.groups_as_teams)."""
+
+    user_id: str
+    email_lower: str
+    group: str  # the group's displayName
+
+
+class TeamStore:
+    """Managed teams, and team changes in the journal and the audit log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def load_teams(self) -> dict[str, ManagedTeam]:
+        """Every team record by alias key."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(managed_teams)).mappings().all()
+        return {
+            row["alias"]: ManagedTeam(
+                row["alias"], row["team_id"], row["managed"], row["applied"] or {}, frozenset(row["members"] or ())
+            )
+            for row in rows
+        }
+
+    def save_teams(self, records: Iterable[ManagedTeam]) -> None:
+        """Insert or replace team records, in one transaction."""
+        rows = [self._row(record) for record in records]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            existing = set(
+                conn.scalars(select(managed_teams.c.alias).where(managed_teams.c.alias.in_([r["alias"] for r in rows])))
+            )
+            updates = [{**row, "b_alias": row["alias"]} for row in rows if row["alias"] in existing]
+            inserts = [row for row in rows if row["alias"] not in existing]
+            if updates:
+                statement = update(managed_teams).where(managed_teams.c.alias == bindparam("b_alias"))
+                conn.execute(statement.values({name: bindparam(name) for name in rows[0] if name != "alias"}), updates)
+            if inserts:
+                conn.execute(insert(managed_teams), inserts)
+
+    @staticmethod
+    def _row(record: ManagedTeam) -> dict[str, Any]:
+        return {
+            "alias": record.alias,
+            "team_id": record.team_id,
+            "managed": record.managed,
+            "applied": dict(record.applied),
+            "members": sorted(record.members),
+            "updated_at": datetime.now(UTC),
+        }
+
+    def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Record team changes as pending (plan order), superseding team changes an earlier run left pending."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(changes)
+                .where(changes.c.status == "pending", changes.c.key.like("team:%"))
+                .values(status="superseded", updated_at=now)
+            )
+            if not planned:
+                return []
+            rows = [
+                {
+                    "run_id": run_id,
+                    "key": team_key(str(change["alias"])),
+                    "action": change["action"],
+                    "change": dict(change),
+                    "status": "pending",
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for change in planned
+            ]
+            result = conn.execute(insert(changes).returning(changes.c.id, sort_by_parameter_order=True), rows)
+            return [int(row[0]) for row in result]
+
+    def complete(self, completions: Sequence[TeamCompletion], *, run_id: int) -> None:
+        """Mark journaled team changes done/failed/skipped and write their audit entries, in one transaction."""
+        if not completions:
+            return
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(changes)
+                .where(changes.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"),
+                    error=bindparam("b_error"),
+                    attempts=changes.c.attempts + 1,
+                    updated_at=now,
+                ),
+                [{"b_id": c.journal_id, "b_status": c.status, "b_error": c.error} for c in completions],
+            )
+            audits = [self._audit_row(c.audit, run_id, now) for c in completions if c.audit is not None]
+            if audits:
+                conn.execute(insert(audit_log), audits)
+
+    @staticmethod
+    def _audit_row(audit: AuditEntry, run_id: int, now: datetime) -> dict[str, Any]:
+        return {
+            "at": now,
+            "run_id": run_id,
+            "actor": audit.actor,
+            "action": audit.action,
+            "key": audit.key,
+            "before": dict(audit.before) if audit.before is not None else None,
+            "after": dict(audit.after) if audit.after is not None else None,
+            "reason": audit.reason,
+        }
+
+    def scim_team_members(self, sources: Collection[str]) -> list[ScimTeamMember]:
+        """The present members of every present group of these SCIM sources."""
+        if not sources:
+            return []
+        query = (
+            select(identities.c.user_id, identities.c.email_lower, groups.c.name)
+            .select_from(memberships.join(groups).join(identities))
+            .where(groups.c.source.in_(list(sources)), groups.c.present, identities.c.present)
+        )
+        with self.engine.connect() as conn:
+            return [ScimTeamMember(row[0], row[1], row[2]) for row in conn.execute(query)]
