@@ -35,15 +35,21 @@ def main() -> None:
         engine = make_engine(f"sqlite:///{folder}/bench.db")
         upgrade(engine)
         store = SyncStore(engine)
-        settings = settings_from_dict({
-            "database": {"url": f"sqlite:///{folder}/bench.db"},
-            "litellm": {"url": url, "master_key": MASTER, "concurrency": args.concurrency},
-            "mappings": [{"group": "llm-users", "models": ["gpt-4o"], "max_budget": 10, "budget_duration": "monthly"}],
-        })
-        people = [Identity("corp", f"e{i}", f"user{i:06}", f"user{i}@example.com", f"User {i}")
-                  for i in range(args.users)]
-        store.record_snapshot(Snapshot("corp", people, [Group("corp", "g", "llm-users", None,
-                                                               frozenset(p.external_id for p in people))]))
+        settings = settings_from_dict(
+            {
+                "database": {"url": f"sqlite:///{folder}/bench.db"},
+                "litellm": {"url": url, "master_key": MASTER, "concurrency": args.concurrency},
+                "mappings": [
+                    {"group": "llm-users", "models": ["gpt-4o"], "max_budget": 10, "budget_duration": "monthly"}
+                ],
+            }
+        )
+        people = [
+            Identity("corp", f"e{i}", f"user{i:06}", f"user{i}@example.com", f"User {i}") for i in range(args.users)
+        ]
+        store.record_snapshot(
+            Snapshot("corp", people, [Group("corp", "g", "llm-users", None, frozenset(p.external_id for p in people))])
+        )
         with LiteLLMClient(url, MASTER) as client:
             reconciler = Reconciler(settings, store, client)
             rows = []
@@ -54,16 +60,21 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 calls = Counter(f"{c.method} {c.path}" for c in fake.calls)
                 rows.append((label, seconds, report.plan.counts(), fake.write_calls(), calls))
-    print(f"{args.users:,} managed users against the fake LiteLLM, concurrency {args.concurrency}, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"{args.users:,} managed users against the fake LiteLLM, concurrency {args.concurrency}, {os.cpu_count()} cores"
+    )
     print(f"{'run':<24}{'seconds':>9}{'writes':>8}{'/user/list':>12}{'/user/info':>12}  changes")
     for label, seconds, counts, writes, calls in rows:
         changed = {k: v for k, v in counts.items() if v}
-        print(f"{label:<24}{seconds:>9.2f}{writes:>8}{calls['GET /user/list']:>12}{calls['GET /user/info']:>12}  "
-              f"{changed or 'none'}")
+        print(
+            f"{label:<24}{seconds:>9.2f}{writes:>8}{calls['GET /user/list']:>12}{calls['GET /user/info']:>12}  "
+            f"{changed or 'none'}"
+        )
     noop, drift = rows[1], rows[2]
-    print(f"no-op sync: {noop[3]} write calls and {noop[4]['GET /user/list'] + noop[4]['GET /user/info']} reads "
-          "(target 0 and 0)")
+    print(
+        f"no-op sync: {noop[3]} write calls and {noop[4]['GET /user/list'] + noop[4]['GET /user/info']} reads "
+        "(target 0 and 0)"
+    )
     print(f"drift check: {drift[4]['GET /user/list']} list calls (target at most {args.users // 100})")
 
 

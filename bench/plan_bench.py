@@ -25,11 +25,21 @@ GROUPS = 200
 
 
 def _world(users: int, changed: float) -> tuple[Any, list[Identity], list[Group], dict[str, ManagedUser], Any]:
-    settings = settings_from_dict({"mappings": [
-        {"group": f"grp-{g:03}", "models": [f"model-{g % 7}"], "max_budget": float(g % 50),
-         "budget_duration": "monthly", "tpm_limit": 1000 * (g % 9 + 1), "role": "internal_user"}
-        for g in range(GROUPS)
-    ]})
+    settings = settings_from_dict(
+        {
+            "mappings": [
+                {
+                    "group": f"grp-{g:03}",
+                    "models": [f"model-{g % 7}"],
+                    "max_budget": float(g % 50),
+                    "budget_duration": "monthly",
+                    "tpm_limit": 1000 * (g % 9 + 1),
+                    "role": "internal_user",
+                }
+                for g in range(GROUPS)
+            ]
+        }
+    )
     rules = rules_from_settings(settings)
     identities = [Identity("corp", f"e{i}", f"user{i}", f"user{i}@example.com", f"User {i}") for i in range(users)]
     members: list[set[str]] = [set() for _ in range(GROUPS)]
@@ -54,8 +64,12 @@ def scenario(name: str, users: int, changed: float) -> dict[str, Any]:
     current = None
     if name == "vs-litellm":
         current = {
-            uid: CurrentUser(uid, m.applied.get("user_email"), {k: v for k, v in m.applied.items() if k != "metadata"},
-                             m.applied["metadata"])
+            uid: CurrentUser(
+                uid,
+                m.applied.get("user_email"),
+                {k: v for k, v in m.applied.items() if k != "metadata"},
+                m.applied["metadata"],
+            )
             for uid, m in managed.items()
         }
     del desired
@@ -76,8 +90,12 @@ def scenario(name: str, users: int, changed: float) -> dict[str, Any]:
 
 
 def _child(name: str, users: int, changed: float) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", name, "--users", str(users), "--changed", str(changed)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", name, "--users", str(users), "--changed", str(changed)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -91,14 +109,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(scenario(args.child, args.users, args.changed)))
         return
-    print(f"plan benchmark: {args.users:,} users, {GROUPS} mapped groups, {args.changed:.0%} changed, "
-          f"{os.cpu_count()} cores, median of {args.repeat} runs")
+    print(
+        f"plan benchmark: {args.users:,} users, {GROUPS} mapped groups, {args.changed:.0%} changed, "
+        f"{os.cpu_count()} cores, median of {args.repeat} runs"
+    )
     print(f"{'scenario':<14}{'changes':>9}{'mapping s':>11}{'plan s':>9}{'total s':>9}{'peak MiB':>10}")
     for name in ("vs-store", "vs-litellm"):
         runs = [_child(name, args.users, args.changed) for _ in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in ("mapping_s", "plan_s", "total_s", "peak_rss_mib")}
-        print(f"{name:<14}{runs[0]['changes']:>9}{med['mapping_s']:>11.2f}{med['plan_s']:>9.2f}{med['total_s']:>9.2f}"
-              f"{med['peak_rss_mib']:>10.0f}")
+        print(
+            f"{name:<14}{runs[0]['changes']:>9}{med['mapping_s']:>11.2f}{med['plan_s']:>9.2f}{med['total_s']:>9.2f}"
+            f"{med['peak_rss_mib']:>10.0f}"
+        )
     print("target: total under 3 s, peak under 400 MiB (the peak includes building the inputs)")
 
 

@@ -73,10 +73,18 @@ def banner(text: str) -> None:
 def syncd(folder: Path, *args: str) -> int:
     """Run one syncd command as an operator would, showing the command and what it printed."""
     print(f"$ syncd {' '.join(args)} --config {folder}/syncd.yaml", flush=True)
-    env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "LDAP_BIND_PASSWORD": SYNC_PASSWORD,
-           "SYNCD_LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-m", "syncd", *args, "--config", str(folder / "syncd.yaml")], env=env,
-                          text=True, capture_output=True)
+    env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": MASTER_KEY,
+        "LDAP_BIND_PASSWORD": SYNC_PASSWORD,
+        "SYNCD_LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "syncd", *args, "--config", str(folder / "syncd.yaml")],
+        env=env,
+        text=True,
+        capture_output=True,
+    )
     print(done.stdout.rstrip())
     if done.stderr.strip():
         print(done.stderr.rstrip())
@@ -86,16 +94,22 @@ def syncd(folder: Path, *args: str) -> int:
 
 def show_litellm(url: str) -> None:
     """The users the fake LiteLLM holds now, as a table."""
-    users = httpx.get(f"{url}/user/list", params={"page_size": 100},
-                      headers={"Authorization": f"Bearer {MASTER_KEY}"}).json()["users"]
+    users = httpx.get(
+        f"{url}/user/list", params={"page_size": 100}, headers={"Authorization": f"Bearer {MASTER_KEY}"}
+    ).json()["users"]
     print(f"{'user_id':<8} {'role':<15} {'models':<36} {'budget':>7} {'cycle':<8} {'active':<7} keys")
     for user in sorted(users, key=lambda u: u["user_id"]):
-        keys = httpx.get(f"{url}/key/list", params={"user_id": user["user_id"], "return_full_object": "true"},
-                         headers={"Authorization": f"Bearer {MASTER_KEY}"}).json()["keys"]
+        keys = httpx.get(
+            f"{url}/key/list",
+            params={"user_id": user["user_id"], "return_full_object": "true"},
+            headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        ).json()["keys"]
         state = ",".join("blocked" if k.get("blocked") else "ok" for k in keys) or "-"
         active = user["metadata"].get("scim_active", True)
-        print(f"{user['user_id']:<8} {user['user_role']:<15} {','.join(user['models']):<36} "
-              f"{user['max_budget'] or '-':>7} {user['budget_duration'] or '-':<8} {active!s:<7} {state}")
+        print(
+            f"{user['user_id']:<8} {user['user_role']:<15} {','.join(user['models']):<36} "
+            f"{user['max_budget'] or '-':>7} {user['budget_duration'] or '-':<8} {active!s:<7} {state}"
+        )
 
 
 def change_directory(slapd: Slapd) -> None:
@@ -104,11 +118,16 @@ def change_directory(slapd: Slapd) -> None:
         conn.modify(f"cn=llm-admins,{GROUPS}", {"member": [(ldap3.MODIFY_ADD, [f"uid=bob,{PEOPLE}"])]})
         conn.modify(f"cn=llm-users,{GROUPS}", {"member": [(ldap3.MODIFY_DELETE, [f"uid=carol,{PEOPLE}"])]})
         conn.modify(f"uid=dave,{PEOPLE}", {"pwdAccountLockedTime": [(ldap3.MODIFY_REPLACE, ["000001010000Z"])]})
-        conn.add(f"uid=grace,{PEOPLE}", ["inetOrgPerson"], {"cn": "Grace Hopper", "sn": "Hopper",
-                                                           "mail": "grace@example.org"})
+        conn.add(
+            f"uid=grace,{PEOPLE}",
+            ["inetOrgPerson"],
+            {"cn": "Grace Hopper", "sn": "Hopper", "mail": "grace@example.org"},
+        )
         conn.modify(f"cn=research,{GROUPS}", {"member": [(ldap3.MODIFY_ADD, [f"uid=grace,{PEOPLE}"])]})
-    print("bob joined llm-admins; carol left llm-users; dave's account was locked; grace was hired into research "
-          "(nested in llm-users)")
+    print(
+        "bob joined llm-admins; carol left llm-users; dave's account was locked; grace was hired into research "
+        "(nested in llm-users)"
+    )
 
 
 def free_port() -> int:
@@ -119,8 +138,11 @@ def free_port() -> int:
 
 def start_fake_litellm() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "syncd.testing.fake_litellm", "--port", str(port),
-                                "--master-key", MASTER_KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "syncd.testing.fake_litellm", "--port", str(port), "--master-key", MASTER_KEY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -142,8 +164,10 @@ def main() -> int:
     fake, url = start_fake_litellm()
     try:
         (folder / "syncd.yaml").write_text(config(folder, slapd, url))
-        banner(f"A throwaway directory at {slapd.url} (examples/directory.ldif), the FAKE LiteLLM stand-in at {url}, "
-               f"SQLite in {folder}")
+        banner(
+            f"A throwaway directory at {slapd.url} (examples/directory.ldif), the FAKE LiteLLM stand-in at {url}, "
+            f"SQLite in {folder}"
+        )
         syncd(folder, "db", "upgrade")
         syncd(folder, "check-config")
         banner("What would change (nothing is written by plan)")

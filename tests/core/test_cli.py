@@ -24,8 +24,10 @@ PEOPLE = {
         {"id": "2", "user_id": "bob", "email": "bob@example.com"},
         {"id": "3", "user_id": "carol", "email": "carol@example.com", "active": False},
     ],
-    "groups": [{"id": "g1", "name": "llm-users", "members": ["1", "2", "3"]},
-               {"id": "g2", "name": "llm-admins", "members": ["2"]}],
+    "groups": [
+        {"id": "g1", "name": "llm-users", "members": ["1", "2", "3"]},
+        {"id": "g2", "name": "llm-admins", "members": ["2"]},
+    ],
 }
 
 
@@ -37,8 +39,10 @@ class Cli:
         self.config: dict[str, Any] = {
             "database": {"url": database_url},
             "litellm": {"url": litellm_url, "master_key": "${TEST_MASTER_KEY}", "max_retries": 0},
-            "mappings": [{"group": "llm-users", "models": ["gpt-4o"], "max_budget": 5, "budget_duration": "weekly"},
-                         {"group": "llm-admins", "role": "proxy_admin"}],
+            "mappings": [
+                {"group": "llm-users", "models": ["gpt-4o"], "max_budget": 5, "budget_duration": "weekly"},
+                {"group": "llm-admins", "role": "proxy_admin"},
+            ],
         }
         self.write()
 
@@ -49,9 +53,16 @@ class Cli:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {"TEST_MASTER_KEY": MASTER, "PATH": "/usr/bin:/bin", "SYNCD_LOG_LEVEL": "INFO"}
-        return subprocess.run([sys.executable, "-m", "syncd", *args, "--config", str(self.folder / "syncd.yaml")]
-                              if args[0] != "--version" else [sys.executable, "-m", "syncd", *args],
-                              capture_output=True, text=True, env=env, timeout=120, cwd=self.folder)
+        return subprocess.run(
+            [sys.executable, "-m", "syncd", *args, "--config", str(self.folder / "syncd.yaml")]
+            if args[0] != "--version"
+            else [sys.executable, "-m", "syncd", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=self.folder,
+        )
 
     def json(self, *args: str) -> Any:
         done = self.run(*args, "--json")
@@ -96,8 +107,11 @@ def test_import_plan_sync_end_to_end(cli: Cli) -> None:
 
 def test_a_held_run_exits_3_and_an_override_applies_it(cli: Cli) -> None:
     upgrade(make_engine(cli.config["database"]["url"]))
-    many = {"source": "hr", "users": [{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in range(20)],
-            "groups": [{"name": "llm-users", "members": [f"u{i}" for i in range(20)]}]}
+    many = {
+        "source": "hr",
+        "users": [{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in range(20)],
+        "groups": [{"name": "llm-users", "members": [f"u{i}" for i in range(20)]}],
+    }
     (cli.folder / "many.json").write_text(json.dumps(many))
     assert cli.run("import", str(cli.folder / "many.json")).returncode == 0
     assert cli.run("sync").returncode == 0
@@ -137,8 +151,10 @@ def test_check_config_tries_everything_and_warns_about_refused_roles(cli: Cli) -
 
 def test_an_import_file_with_bad_rows_is_refused_whole(cli: Cli) -> None:
     upgrade(make_engine(cli.config["database"]["url"]))
-    bad = {"users": [{"user_id": "x"}, {"user_id": "y", "email": "y@example.com", "active": "maybe"}],
-           "groups": [{"name": "g", "members": ["nobody"]}]}
+    bad = {
+        "users": [{"user_id": "x"}, {"user_id": "y", "email": "y@example.com", "active": "maybe"}],
+        "groups": [{"name": "g", "members": ["nobody"]}],
+    }
     (cli.folder / "bad.json").write_text(json.dumps(bad))
     done = cli.run("import", str(cli.folder / "bad.json"))
     assert done.returncode == 2

@@ -15,8 +15,13 @@ from syncd.plan import Plan, PlanPolicy, desired_fields, make_plan, marker, rend
 
 
 def want(uid: str, *, active: bool = True, **kw: Any) -> DesiredUser:
-    base: dict[str, Any] = {"role": "internal_user", "models": ("gpt-4o",), "max_budget": 10.0,
-                            "budget_duration": "30d", "origins": {"max_budget": FieldOrigin("mapping", "llm")}}
+    base: dict[str, Any] = {
+        "role": "internal_user",
+        "models": ("gpt-4o",),
+        "max_budget": 10.0,
+        "budget_duration": "30d",
+        "origins": {"max_budget": FieldOrigin("mapping", "llm")},
+    }
     base.update(kw)
     return DesiredUser(uid, f"{uid}@example.com", "corp", f"ext-{uid}", active, **base)
 
@@ -68,7 +73,9 @@ def test_a_changed_field_is_an_update_with_a_field_level_diff() -> None:
     (change,) = plan.changes
     assert change.action == "update"
     assert {d.field: (d.before, d.after) for d in change.diffs} == {
-        "max_budget": (10.0, 25.0), "models": (["gpt-4o"], ["gpt-4o", "claude"])}
+        "max_budget": (10.0, 25.0),
+        "models": (["gpt-4o"], ["gpt-4o", "claude"]),
+    }
 
 
 def test_a_limit_no_group_gives_any_more_is_cleared_with_an_explicit_null() -> None:
@@ -89,8 +96,11 @@ def test_drift_made_in_litellm_is_corrected_when_litellm_was_read() -> None:
 
 def test_metadata_others_put_in_litellm_is_kept() -> None:
     alice = want("alice", max_budget=20.0)
-    current = {"alice": current_as(want("alice"), metadata={"team_note": "x", "syncd": marker("corp", "ext-alice"),
-                                                             "scim_active": True})}
+    current = {
+        "alice": current_as(
+            want("alice"), metadata={"team_note": "x", "syncd": marker("corp", "ext-alice"), "scim_active": True}
+        )
+    }
     plan = make_plan(state(alice), {"alice": managed_as(want("alice"))}, current)
     assert plan.changes[0].after is not None and plan.changes[0].after["metadata"]["team_note"] == "x"
 
@@ -126,15 +136,19 @@ def test_unmapped_users_are_ignored_or_deactivated_by_policy() -> None:
     alice = want("alice")
     plan = make_plan(state(unmapped=("alice",)), {"alice": managed_as(alice)})
     assert plan.empty and plan.unmapped_ignored == 1
-    plan = make_plan(state(unmapped=("alice",)), {"alice": managed_as(alice)},
-                     policy=PlanPolicy(unmapped_users="deactivate"))
+    plan = make_plan(
+        state(unmapped=("alice",)), {"alice": managed_as(alice)}, policy=PlanPolicy(unmapped_users="deactivate")
+    )
     assert actions(plan) == {"alice": "suspend"}
 
 
 def test_an_interrupted_suspension_is_finished_without_counting_against_the_guard() -> None:
     alice = want("alice")
-    plan = make_plan(state(), {"alice": managed_as(alice, "suspending", blocked_keys=("k1",))},
-                     policy=PlanPolicy(max_deactivations=0))
+    plan = make_plan(
+        state(),
+        {"alice": managed_as(alice, "suspending", blocked_keys=("k1",))},
+        policy=PlanPolicy(max_deactivations=0),
+    )
     assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",) and not plan.held
 
 
@@ -163,8 +177,7 @@ def test_a_managed_user_deleted_by_hand_in_litellm_is_created_again() -> None:
 def test_the_guard_holds_a_mass_deactivation_and_can_be_overridden() -> None:
     people = [want(f"u{i}") for i in range(20)]
     managed = {p.user_id: managed_as(p) for p in people}
-    plan = make_plan(state(*people[:15]), managed, policy=PlanPolicy(max_deactivations=50,
-                                                                     max_deactivation_ratio=0.10))
+    plan = make_plan(state(*people[:15]), managed, policy=PlanPolicy(max_deactivations=50, max_deactivation_ratio=0.10))
     assert plan.deactivations == 5 and plan.held and "5 deactivations" in plan.held and "limit of 2" in plan.held
     plan = make_plan(state(*people[:15]), managed, policy=PlanPolicy(allow_mass_deactivation=True))
     assert not plan.held
@@ -179,8 +192,10 @@ def test_one_deactivation_in_a_small_fleet_is_not_held() -> None:
 
 
 def test_render_text_and_json_show_actions_fields_and_origins() -> None:
-    plan = make_plan(state(want("alice"), want("bob", max_budget=50.0)),
-                     {"bob": managed_as(want("bob")), "carol": managed_as(want("carol"))})
+    plan = make_plan(
+        state(want("alice"), want("bob", max_budget=50.0)),
+        {"bob": managed_as(want("bob")), "carol": managed_as(want("carol"))},
+    )
     text = render_text(plan)
     assert "Plan: 1 create, 1 update, 1 suspend (0 unchanged)." in text
     assert "~ update bob: desired fields changed" in text and "max_budget: 10.0 -> 50.0   (mapping llm)" in text
@@ -198,8 +213,9 @@ def simulate(plan: Plan, managed: Mapping[str, ManagedUser]) -> dict[str, Manage
             assert c.after is not None
             after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "active", dict(c.after))
         elif c.action == "suspend":
-            after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "suspended",
-                                           dict(c.before or {}), suspended_at=0.0)
+            after[c.user_id] = ManagedUser(
+                c.user_id, c.source or "", c.external_id or "", "suspended", dict(c.before or {}), suspended_at=0.0
+            )
         elif c.action == "delete":
             after[c.user_id] = ManagedUser(c.user_id, c.source or "", c.external_id or "", "deleted", {})
     return after
@@ -208,14 +224,18 @@ def simulate(plan: Plan, managed: Mapping[str, ManagedUser]) -> dict[str, Manage
 _ids = st.sampled_from([f"u{i}" for i in range(8)])
 _desired = st.builds(
     lambda uid, active, budget, models, role: want(uid, active=active, max_budget=budget, models=models, role=role),
-    _ids, st.booleans(), st.sampled_from([None, 1.0, 5.0]), st.sampled_from([(), ("a",), ("a", "b")]),
+    _ids,
+    st.booleans(),
+    st.sampled_from([None, 1.0, 5.0]),
+    st.sampled_from([(), ("a",), ("a", "b")]),
     st.sampled_from(["internal_user", "proxy_admin", "internal_user_viewer"]),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_desired, unique_by=lambda u: u.user_id), st.lists(_desired, unique_by=lambda u: u.user_id),
-       st.sets(_ids))
+@given(
+    st.lists(_desired, unique_by=lambda u: u.user_id), st.lists(_desired, unique_by=lambda u: u.user_id), st.sets(_ids)
+)
 def test_applying_a_plan_then_planning_again_changes_nothing(
     desired: list[DesiredUser], previously: list[DesiredUser], unmanaged: set[str]
 ) -> None:

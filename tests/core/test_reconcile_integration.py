@@ -18,9 +18,21 @@ from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
 MASTER = "sk-integration-master"
 MAPPINGS = [
-    {"group": "llm-users", "role": "internal_user", "models": ["gpt-4o"], "max_budget": 10, "budget_duration": "monthly"},
-    {"group": "llm-power", "models": ["claude-3-5-sonnet"], "max_budget": 100, "budget_duration": "yearly",
-     "tpm_limit": 50000, "auto_create_keys": True},
+    {
+        "group": "llm-users",
+        "role": "internal_user",
+        "models": ["gpt-4o"],
+        "max_budget": 10,
+        "budget_duration": "monthly",
+    },
+    {
+        "group": "llm-power",
+        "models": ["claude-3-5-sonnet"],
+        "max_budget": 100,
+        "budget_duration": "yearly",
+        "tpm_limit": 50000,
+        "auto_create_keys": True,
+    },
     {"group": "llm-admins", "role": "proxy_admin"},
 ]
 
@@ -50,13 +62,18 @@ class World:
     def record(self, people: dict[str, dict[str, Any]]) -> None:
         """Record a full snapshot: user_id -> {groups: [...], active: bool, email: ...}."""
         identities = [
-            Identity("corp", f"ext-{uid}", uid, p.get("email", f"{uid}@example.com"), p.get("name"),
-                     p.get("active", True))
+            Identity(
+                "corp", f"ext-{uid}", uid, p.get("email", f"{uid}@example.com"), p.get("name"), p.get("active", True)
+            )
             for uid, p in people.items()
         ]
         names = sorted({g for p in people.values() for g in p.get("groups", ())})
-        groups = [Group("corp", f"g-{n}", n, None,
-                        frozenset(f"ext-{u}" for u, p in people.items() if n in p.get("groups", ()))) for n in names]
+        groups = [
+            Group(
+                "corp", f"g-{n}", n, None, frozenset(f"ext-{u}" for u, p in people.items() if n in p.get("groups", ()))
+            )
+            for n in names
+        ]
         self.store.record_snapshot(Snapshot("corp", identities, groups))
 
     def sync(self, **options: Any) -> Any:
@@ -90,9 +107,16 @@ def test_first_sync_creates_every_mapped_user_with_its_fields_and_marker(world: 
     assert set(users) == {"alice", "bob", "carol"}
     bob = users["bob"]
     assert (bob["user_role"], sorted(bob["models"]), bob["max_budget"], bob["budget_duration"]) == (
-        "internal_user", ["claude-3-5-sonnet", "gpt-4o"], 100.0, "365d")
-    assert bob["tpm_limit"] == 50000 and bob["metadata"]["syncd"] == {"managed": True, "source": "corp",
-                                                                      "external_id": "ext-bob"}
+        "internal_user",
+        ["claude-3-5-sonnet", "gpt-4o"],
+        100.0,
+        "365d",
+    )
+    assert bob["tpm_limit"] == 50000 and bob["metadata"]["syncd"] == {
+        "managed": True,
+        "source": "corp",
+        "external_id": "ext-bob",
+    }
     assert users["carol"]["user_role"] == "proxy_admin" and users["alice"]["user_alias"] == "Alice"
     assert len(world.fake.keys_of("bob")) == 1 and world.fake.keys_of("alice") == []
     assert world.store.journal_counts(report.run_id) == {"done": 3}
@@ -226,19 +250,26 @@ class _CrashingClient:
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.client, name)
         if name in ("new_user", "update_user", "block_key", "unblock_key", "delete_users"):
+
             def write(*args: Any, **kwargs: Any) -> Any:
                 self.writes += 1
                 if self.writes > self.limit:
                     raise _Crash("injected")
                 return attr(*args, **kwargs)
+
             return write
         return attr
 
 
 def _end_state(fake: FakeLiteLLM) -> dict[str, Any]:
     return {
-        uid: (u["user_role"], sorted(u["models"]), u["max_budget"], u["metadata"].get("scim_active"),
-              sorted(bool(k["blocked"]) for k in fake.keys_of(uid)))
+        uid: (
+            u["user_role"],
+            sorted(u["models"]),
+            u["max_budget"],
+            u["metadata"].get("scim_active"),
+            sorted(bool(k["blocked"]) for k in fake.keys_of(uid)),
+        )
         for uid, u in fake.users.items()
     }
 
@@ -248,8 +279,10 @@ def test_an_interrupted_apply_resumes_to_the_same_end_state(world: World, crash_
     people = {f"u{i}": {"groups": ["llm-users", "llm-power"] if i % 2 else ["llm-users"]} for i in range(8)}
     world.record(people)
     world.sync()
-    changed = {uid: ({"groups": ["llm-admins"]} if i < 3 else {**p, "active": i % 3 != 0})
-               for i, (uid, p) in enumerate(people.items())}
+    changed = {
+        uid: ({"groups": ["llm-admins"]} if i < 3 else {**p, "active": i % 3 != 0})
+        for i, (uid, p) in enumerate(people.items())
+    }
     world.record(changed)
     world.configure(policy={"max_deactivation_ratio": 1.0})
     real = world.client
