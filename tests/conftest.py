@@ -55,7 +55,7 @@ def postgres() -> Iterator[PostgresDatabases]:
     try:
         with databases.admin.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - turned into a clear failure
+    except Exception as exc:
         pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
     yield databases
     databases.drop_all()

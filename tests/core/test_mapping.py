@@ -169,7 +169,7 @@ def test_two_people_claiming_one_user_id_is_a_problem_not_a_merge() -> None:
     a = Identity("corp", "e1", "same", "one@example.com")
     b = Identity("corp", "e2", "same", "two@example.com")
     state = desired_state(
-        [a, b], [group("g", "x")] + [Group("corp", "g", "g", None, frozenset({"e1", "e2"}))], rules([{"group": "g"}])
+        [a, b], [group("g", "x"), Group("corp", "g", "g", None, frozenset({"e1", "e2"}))], rules([{"group": "g"}])
     )
     assert len(state.users) == 1 and state.problems and "claimed by two people" in state.problems[0]
 
