@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 import ssl
 import time
 import uuid
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 _PAGED = "1.2.840.113556.1.4.319"
 _BINARY_IDS = {"objectguid"}
+#: continuation references to Active Directory's own partitions, which hold no users or groups
+_AD_PARTITIONS = re.compile(r"/(DC=DomainDnsZones|DC=ForestDnsZones|CN=Configuration),", re.IGNORECASE)
 #: skipped entries logged one by one per pull; beyond that only the counters say how many
 _SKIPS_LOGGED = 20
 _RESULT_TEXT = {3: "time limit exceeded", 4: "size limit exceeded", 10: "referral", 32: "no such object (base DN)"}
@@ -244,9 +247,11 @@ class LdapSource:
         for entry in self._search(conn, base, flt, attrs):
             if entry.get("type") == "searchResEntry":
                 yield entry
-            else:
-                state.count("referrals_ignored")
-                log.warning("LDAP source %s: continuation reference not followed: %s", self.name, entry.get("uri"))
+                continue
+            uris = [str(uri) for uri in entry.get("uri") or []]
+            if not uris or not all(_AD_PARTITIONS.search(uri) for uri in uris):
+                raise _Incomplete(f"the search of {base} was referred to {', '.join(uris)}; referrals are not followed")
+            state.count("referrals_ignored")  # AD's own DNS and configuration partitions hold no people
 
     def _read(self, conn: Connection, state: _Pull, since: str | None) -> None:
         usn_mark = self._usn_mark(conn) if self.attrs.change_attribute.lower() == "usnchanged" else None

@@ -189,3 +189,16 @@ def test_timestamp_mark_goes_back_by_the_pull_and_never_backwards() -> None:
     assert ldap_source._timestamp_mark("20260102030405Z", timedelta(seconds=65), None) == "ts:20260102030300Z"
     assert ldap_source._timestamp_mark(None, timedelta(0), "ts:20250101000000Z") == "ts:20250101000000Z"
     assert ldap_source._timestamp_mark("20240101000000Z", timedelta(0), "ts:20250101000000Z") == "ts:20250101000000Z"
+
+
+@pytest.mark.parametrize(
+    ("uri", "harmless"),
+    [
+        ("ldap://DomainDnsZones.corp.example.com/DC=DomainDnsZones,DC=corp,DC=example,DC=com", True),
+        ("ldap://ForestDnsZones.corp.example.com/DC=ForestDnsZones,DC=corp,DC=example,DC=com", True),
+        ("ldap://corp.example.com/CN=Configuration,DC=corp,DC=example,DC=com", True),
+        ("ldap://other.example.com/OU=People,DC=other,DC=example,DC=com", False),
+    ],
+)
+def test_only_ads_own_partitions_are_harmless_referrals(uri: str, harmless: bool) -> None:
+    assert bool(ldap_source._AD_PARTITIONS.search(uri)) is harmless

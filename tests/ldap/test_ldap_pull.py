@@ -292,3 +292,15 @@ def test_incremental_after_a_rename_rereads_groups_naming_the_old_name(tree: Tre
     assert changed.incremental and changed.counters["groups_read"] == 0
     assert changed.counters["groups_reread"] == 1
     assert members_by_name(changed) == members_by_name(full) == {"posix": {by_user_id(first)["bob"]}}
+
+
+def test_a_referral_inside_the_tree_makes_the_pull_incomplete(tree: Tree) -> None:
+    tree.add_user("alice")
+    elsewhere = f"ldap://directory.elsewhere.example/ou=people,{SUFFIX}"
+    referral = {"ou": "remote", "ref": elsewhere}
+    assert tree.conn.add(f"ou=remote,{tree.people}", ["referral", "extensibleObject"], referral), tree.conn.result
+
+    snapshot = tree.source().pull()
+
+    assert not snapshot.complete and snapshot.identities == []
+    assert "referred" in snapshot.problems[0] and elsewhere in snapshot.problems[0]
