@@ -6,6 +6,7 @@ the directory or the source is at fault.
 from __future__ import annotations
 
 import re
+import socket
 import uuid
 from types import ModuleType
 from typing import Any
@@ -202,6 +203,17 @@ def test_samba_returns_a_large_member_list_whole_never_in_ranges(
     assert len(raw["member"]) == len(contacts)
 
 
+def test_primary_group_membership_is_not_in_the_member_attribute(
+    admin: ldap3.Connection, samba_domain: SambaDomain, directory: Directory
+) -> None:
+    """Everyone is in Domain Users through primaryGroupID 513, which `member` (and so the source) never shows."""
+    domain_users = f"CN=Domain Users,{directory.users_dn}"
+    alice = raw_entries(admin, directory.users["alice"], "(objectClass=*)", "primaryGroupID")[0]
+    assert alice["raw_attributes"]["primaryGroupID"] == [b"513"]
+    members = samba_domain.read(admin, domain_users, "member")["member"]
+    assert directory.users["alice"].encode() not in members
+
+
 # ---- the source -------------------------------------------------------------------------------------------------
 
 
@@ -338,6 +350,9 @@ def test_incremental_pull_sees_an_account_disabled(
     assert changed.incremental
     assert set(by_user_id(changed)) == {"jack"}
     assert by_user_id(changed)["jack"].active is False
+    samba_domain.samba_tool("user", "enable", "jack")
+    again = source.pull(since=changed.high_water_mark)
+    assert by_user_id(again)["jack"].active is True
 
 
 def test_ldaps_with_the_wrong_ca_is_refused(
@@ -547,3 +562,26 @@ def test_a_deleted_member_leaves_incremental_pulls_alone_and_the_next_full_pull_
     after = pull(ldap_source, settings)
     assert "nora" not in by_user_id(after)
     assert by_name(after)["delete-team"].members == {directory.guids["alice"]}
+
+
+def test_start_tls_on_the_plain_port(ldap_source: ModuleType, samba_domain: SambaDomain, directory: Directory) -> None:
+    settings = ad_settings(samba_domain, directory, url=samba_domain.plain_url, start_tls=True)
+    assert by_user_id(pull(ldap_source, settings))["alice"].external_id == directory.guids["alice"]
+
+
+def test_plain_ldap_without_start_tls_is_refused_by_ad(
+    ldap_source: ModuleType, samba_domain: SambaDomain, directory: Directory
+) -> None:
+    settings = ad_settings(samba_domain, directory, url=samba_domain.plain_url, start_tls=False)
+    message = refusal(ldap_source, settings)
+    assert samba_domain.plain_url in message
+    assert re.search(r"strongerAuthRequired|encryption required", message, re.IGNORECASE), message
+    assert directory.reader_password not in message
+
+
+def test_failover_to_the_next_url(ldap_source: ModuleType, samba_domain: SambaDomain, directory: Directory) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"ldaps://127.0.0.1:{closed.getsockname()[1]}"
+    settings = ad_settings(samba_domain, directory, url=[dead, samba_domain.url], connect_timeout_s=2)
+    assert by_user_id(pull(ldap_source, settings))["alice"].external_id == directory.guids["alice"]
