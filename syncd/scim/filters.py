@@ -34,8 +34,13 @@ def comparison_key(value: str, case_exact: bool) -> str:
     return normalized if case_exact else unicodedata.normalize("NFC", normalized.lower())
 
 
-def parse_filter(text: str | None, kind: ResourceKind, *, lenient: bool = False) -> Criterion:
+def parse_filter(
+    text: str | None, kind: ResourceKind, *, lenient: bool = False, unknown: set[str] | None = None
+) -> Criterion:
     """The criterion a SCIM filter describes for `kind`; `lenient` reads an unknown attribute as false.
+
+    When lenient, the unknown attribute paths are added to `unknown` (a search over several types refuses the
+    attributes none of them has).
 
     Raises InvalidFilterException on a syntax error, an unknown attribute (unless lenient), an operator the
     attribute's type does not take or a value of the wrong type.
@@ -48,7 +53,11 @@ def parse_filter(text: str | None, kind: ResourceKind, *, lenient: bool = False)
         raise
     except Exception as exc:
         raise InvalidFilterException(detail=f"cannot parse the filter: {exc}") from None
-    return _Translator(kind, lenient).node(tree, None)
+    translator = _Translator(kind, lenient)
+    criterion = translator.node(tree, None)
+    if unknown is not None:
+        unknown.update(translator.unknown)
+    return criterion
 
 
 def parse_sort(sort_by: str | None, descending: bool, kind: ResourceKind) -> Sort | None:
@@ -82,6 +91,7 @@ class _Translator:
     def __init__(self, kind: ResourceKind, lenient: bool) -> None:
         self.kind = kind
         self.lenient = lenient
+        self.unknown: set[str] = set()
 
     def node(self, node: FilterNode, within: Attribute | None) -> Criterion:
         if isinstance(node, NotNode):
@@ -101,11 +111,13 @@ class _Translator:
         try:
             return build()
         except _Unknown as exc:
-            if self.lenient:
-                return Const(False)
-            raise InvalidFilterException(
-                detail=f"no attribute {exc.args[0]!r} in the {self.kind.name} schemas"
-            ) from None
+            return self.unknown_attribute(str(exc.args[0]))
+
+    def unknown_attribute(self, path: str) -> Criterion:
+        if not self.lenient:
+            raise InvalidFilterException(detail=f"no attribute {path!r} in the {self.kind.name} schemas")
+        self.unknown.add(path.lower())
+        return Const(False)
 
     def resolve(self, path: AttrPath, within: Attribute | None) -> Attribute:
         """The attribute a path names: a sub-attribute of `within` inside a value filter."""
@@ -132,11 +144,7 @@ class _Translator:
         try:
             attribute = self.resolve(node.attr_path, None)
         except _Unknown as exc:
-            if self.lenient:
-                return Const(False)
-            raise InvalidFilterException(
-                detail=f"no attribute {exc.args[0]!r} in the {self.kind.name} schemas"
-            ) from None
+            return self.unknown_attribute(str(exc.args[0]))
         if not attribute.multi or attribute.type != "complex":
             raise InvalidFilterException(detail=f"{attribute.name} is not a multi-valued complex attribute")
         return Item(attribute.path, self.node(node.val_filter, attribute))

@@ -118,11 +118,11 @@ class ScimService:
             raise NotFoundException(detail=f"no Group {id}")
         return group_json(record, base_url, members=members)
 
-    def criterion(self, kind: ResourceKind, text: str | None, *, lenient: bool = False) -> Criterion:
-        """The parsed filter; invalidFilter when too long or not understood."""
+    def criterion(self, kind: ResourceKind, text: str | None, *, unknown: set[str] | None = None) -> Criterion:
+        """The parsed filter; invalidFilter when too long or not understood (`unknown`: lenient, collected)."""
         if text is not None and len(text) > self.settings.max_filter_length:
             raise InvalidFilterException(detail=f"the filter is longer than {self.settings.max_filter_length}")
-        return parse_filter(text, kind, lenient=lenient)
+        return parse_filter(text, kind, lenient=unknown is not None, unknown=unknown)
 
     def list_resources(self, kind: ResourceKind, source: str, query: ListQuery, base_url: str) -> dict[str, Any]:
         """A ListResponse of one resource type."""
@@ -140,8 +140,13 @@ class ScimService:
     def search_all(self, source: str, query: ListQuery, base_url: str) -> dict[str, Any]:
         """A ListResponse over Users then Groups (POST /.search); an attribute one type lacks is false there."""
         start, count = max(query.start_index, 1), self._count(query.count)
-        users = self.criterion(self.users_kind, query.filter, lenient=True)
-        groups = self.criterion(self.groups_kind, query.filter, lenient=True)
+        unknown_to_users: set[str] = set()
+        unknown_to_groups: set[str] = set()
+        users = self.criterion(self.users_kind, query.filter, unknown=unknown_to_users)
+        groups = self.criterion(self.groups_kind, query.filter, unknown=unknown_to_groups)
+        if unknown_to_users & unknown_to_groups:
+            named = ", ".join(sorted(unknown_to_users & unknown_to_groups))
+            raise InvalidFilterException(detail=f"no resource type has the attributes {named}")
         try:
             with self.store.session() as session:
                 user_total, found = self._page(
@@ -213,7 +218,8 @@ class ScimService:
             resource = _loaded(kind, user_json(current, base_url))
             if not _apply(patch, resource):
                 return None
-            return stored_form(kind, resource)
+            body = stored_form(kind, resource)
+            return None if body == current.resource else body
 
         return self._rewrite_user(source, id, base_url, if_match, change)
 
@@ -305,6 +311,8 @@ class ScimService:
             added = [after[i] for i in after.keys() - before.keys()]
             removed = [before[i] for i in before.keys() - after.keys()]
             relabelled = [after[i] for i in after.keys() & before.keys() if after[i].display != before[i].display]
+            if body == current.resource and not (added or removed or relabelled):
+                return group_json(current, base_url)
             session.update_group(current.pk, _group_write(body), now)
             session.change_members(current.pk, source, add=added, remove=removed, relabel=relabelled)
         renamed = body.get("displayName") != current.display_name

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +105,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def serving(database_url: str) -> Iterator[str]:
     """The SCIM app served by uvicorn in a subprocess on loopback; yields its base URL (token okta-token-1)."""
     port = free_port()
     script = Path(__file__).with_name("serve_app.py")
-    command = [sys.executable, str(script), f"sqlite:///{tmp_path}/served.db", str(port), TOKENS["okta"]]
+    command = [sys.executable, str(script), database_url, str(port), TOKENS["okta"]]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/scim/v2"
     try:
@@ -118,6 +119,13 @@ def served(tmp_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """The SCIM app served by uvicorn over SQLite."""
+    with serving(f"sqlite:///{tmp_path}/served.db") as url:
+        yield url
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
