@@ -585,3 +585,17 @@ def test_failover_to_the_next_url(ldap_source: ModuleType, samba_domain: SambaDo
         dead = f"ldaps://127.0.0.1:{closed.getsockname()[1]}"
     settings = ad_settings(samba_domain, directory, url=[dead, samba_domain.url], connect_timeout_s=2)
     assert by_user_id(pull(ldap_source, settings))["alice"].external_id == directory.guids["alice"]
+
+
+def test_search_from_the_domain_root_ignores_ads_partition_referrals(
+    ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
+    """A subtree search from DC=... answers continuation references to the Configuration and DNS partitions."""
+    admin.search(samba_domain.base_dn, "(objectClass=user)", attributes=[ldap3.NO_ATTRIBUTES])
+    assert [entry for entry in admin.response if entry["type"] == "searchResRef"]
+    settings = ad_settings(
+        samba_domain, directory, users={"base_dn": samba_domain.base_dn}, groups={"base_dn": samba_domain.base_dn}
+    )
+    snapshot = pull(ldap_source, settings)
+    assert by_user_id(snapshot)["alice"].external_id == directory.guids["alice"]
+    assert by_name(snapshot)["llm-admins"].members == {directory.guids["frank"], directory.guids["gina"]}
