@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="a .json or .csv file (see README)")
     imp.add_argument("--source", help="the source name (default: the file's own, else 'import')")
     imp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
+    _add_config(explain)
+    explain.add_argument("user", help="a user_id, an email or a source's external id")
+    explain.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    explain.add_argument("--offline", action="store_true", help="do not read LiteLLM")
     return parser
 
 
@@ -91,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "db": _db,
         "check-config": _check_config,
         "import": _import,
+        "explain": _explain,
     }
     try:
         return handlers[args.command](args)
@@ -323,3 +330,20 @@ def _check_config(args: argparse.Namespace) -> int:
     failures = [r for r in results if not r.ok and not r.warning]
     print("config OK" if not failures else f"{len(failures)} problem(s)")
     return 0 if not failures else EXIT_USAGE
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from syncd.explain import UnknownPerson, explain, render_explanation
+
+    settings = _settings(args)
+    store = _store(settings)
+    try:
+        if args.offline:
+            data = explain(settings, store, None, args.user)
+        else:
+            with _client(settings) as client:
+                data = explain(settings, store, client, args.user)
+    except UnknownPerson as exc:
+        raise _Usage(str(exc)) from None
+    _emit(args, data, render_explanation(data))
+    return 0

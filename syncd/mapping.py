@@ -28,6 +28,7 @@ __all__ = [
     "MappingRules",
     "combine_grants",
     "desired_state",
+    "grants_for",
     "normalise_group_key",
     "rules_from_settings",
 ]
@@ -119,7 +120,7 @@ class _Combined:
 
 def _combine_for(member_of: list[Group], rules: MappingRules) -> _Combined:
     member_of.sort(key=lambda g: (g.source, g.name.lower()))
-    grants = _grants_for(member_of, rules)
+    grants = grants_for(member_of, rules)
     names = tuple(g.dn or g.name for g in member_of)
     if not grants:
         return _Combined(names, None, {})
@@ -149,7 +150,8 @@ def _groups_by_member(groups: Sequence[Group]) -> dict[tuple[str, str], list[int
     return index
 
 
-def _grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
+def grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
+    """Every grant that applies to members of these groups: config mappings, then grants kept on the groups."""
     grants: list[Grant] = []
     for group in member_of:
         keys = {normalise_group_key(group.name)}

@@ -172,3 +172,34 @@ def test_csv_import(cli: Cli) -> None:
     assert imported == {**imported, "source": "csv", "users": 2, "groups": 2}
     report = cli.json("sync")
     assert report["applied"]["by_action"] == {"create": 1} and cli.fake.users["ann"]["user_role"] == "proxy_admin"
+
+
+def test_explain_says_where_each_value_came_from_and_matches_the_plan(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    cli.config["mappings"].append({"group": "llm-admins", "max_budget": 50, "budget_duration": "daily"})
+    cli.write()
+    (cli.folder / "people.json").write_text(json.dumps(PEOPLE))
+    cli.run("import", str(cli.folder / "people.json"))
+    before = cli.json("explain", "bob")
+    assert before["last_applied"] is None and before["litellm"] == "absent"
+    assert [c["action"] for c in before["next_change"]] == ["create"]
+    plan = cli.json("plan")
+    planned = next(c for c in plan["changes"] if c["user_id"] == "bob")
+    assert before["next_change"][0]["after"] == planned["after"]
+    assert cli.run("sync").returncode == 0
+    data = cli.json("explain", "BOB@example.com")
+    assert data["user_id"] == "bob" and [i["source"] for i in data["identities"]] == ["hr"]
+    assert [g["name"] for g in data["groups"]] == ["llm-admins", "llm-users"]
+    assert data["desired"]["role"] == {"value": "proxy_admin", "from": {"kind": "mapping", "name": "llm-admins"}}
+    assert data["desired"]["max_budget"]["value"] == 50.0
+    assert data["desired"]["budget_duration"] == {"value": "daily", "from": {"kind": "mapping", "name": "llm-admins"}}
+    assert data["desired"]["models"]["from"] == {"kind": "mapping", "name": "llm-users"}
+    assert data["last_applied"]["state"] == "active" and data["litellm"]["user_role"] == "proxy_admin"
+    assert data["next_change"] == []
+    text = cli.run("explain", "bob").stdout
+    assert "role              proxy_admin" in text and "<- mapping llm-admins" in text
+    assert "next sync: nothing to change" in text
+    carol = cli.json("explain", "carol")
+    assert carol["identities"][0]["active"] is False and carol["next_change"] == []
+    missing = cli.run("explain", "nobody")
+    assert missing.returncode == 2 and "no identity has the user_id, email or external id 'nobody'" in missing.stderr

@@ -1,0 +1,194 @@
+"""`syncd explain USER`: why a person gets exactly what they get, and what would change it.
+
+Gathers, for one person: their identities by source, their groups, every grant that applies with where it came from
+(config mapping, group attribute, personal override), the resulting LiteLLM fields each with its winning source,
+what syncd last applied, what LiteLLM holds now (one read), and the change the next sync would make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from syncd.mapping import desired_state, grants_for, rules_from_settings
+from syncd.model import Group, Identity
+from syncd.plan import PlanPolicy, make_plan
+from syncd.reconcile import current_user
+
+__all__ = ["UnknownPerson", "explain", "render_explanation"]
+
+_FIELDS = ("role", "models", "tpm_limit", "rpm_limit", "max_budget", "budget_duration", "auto_create_keys", "teams")
+
+
+class UnknownPerson(Exception):
+    """No identity in the store has this user_id or email."""
+
+
+def _person(identities: list[Identity], who: str) -> list[Identity]:
+    lowered = who.lower()
+    hits = [i for i in identities if i.user_id == who or i.email.lower() == lowered or i.external_id == who]
+    emails = {i.email.lower() for i in hits if i.email}
+    return [i for i in identities if i in hits or (i.email and i.email.lower() in emails)]
+
+
+def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str, Any]:
+    """Everything about one person, as JSON-ready data (client None: LiteLLM is not read)."""
+    identities, groups = store.load_people()
+    person = _person(identities, who)
+    if not person:
+        raise UnknownPerson(f"no identity has the user_id, email or external id {who!r}")
+    rules = rules_from_settings(settings)
+    state = desired_state(identities, groups, rules)
+    keys = {(i.source, i.external_id) for i in person}
+    member_of = sorted(
+        (g for g in groups if any((g.source, m) in keys for m in g.members)), key=lambda g: (g.source, g.name.lower())
+    )
+    desired = next((state.users[i.user_id] for i in person if i.user_id in state.users), None)
+    user_id = desired.user_id if desired else person[0].user_id
+    managed = store.load_managed().get(user_id)
+    current_raw = client.get_users([user_id]) if client is not None else []
+    current = {u.user_id: u for u in map(current_user, current_raw) if u.user_id == user_id}
+    plan = make_plan(
+        _only(state, user_id),
+        {user_id: managed} if managed else {},
+        current,
+        PlanPolicy(
+            adopt_existing=settings.policy.adopt_existing,
+            deactivation=settings.policy.deactivation,
+            unmapped_users=settings.policy.unmapped_users,
+            allow_mass_deactivation=True,
+        ),
+        read=[user_id] if client is not None else [],
+    )
+    return {
+        "user_id": user_id,
+        "identities": [_identity(i) for i in person],
+        "groups": [_group(g) for g in member_of],
+        "grants": [
+            {
+                "origin": f"{g.origin.kind} {g.origin.name}",
+                "priority": g.priority,
+                "values": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in g.values.items() if v not in (None, (), {})
+                },
+            }
+            for g in grants_for(member_of, rules)
+        ],
+        "desired": _desired(desired),
+        "unmapped": desired is None and user_id in state.unmapped,
+        "last_applied": None
+        if managed is None
+        else {
+            "state": managed.state,
+            "fields": dict(managed.applied),
+            "blocked_keys": list(managed.blocked_keys),
+            "adopted": managed.adopted,
+        },
+        "litellm": None if client is None else (dict(current_raw[0]) if current else "absent"),
+        "next_change": [change.to_dict() for change in plan.changes],
+    }
+
+
+def _only(state: Any, user_id: str) -> Any:
+    from syncd.mapping import DesiredState
+
+    only = DesiredState()
+    if user_id in state.users:
+        only.users[user_id] = state.users[user_id]
+    if user_id in state.unmapped:
+        only.unmapped[user_id] = state.unmapped[user_id]
+    return only
+
+
+def _identity(identity: Identity) -> dict[str, Any]:
+    return {
+        "source": identity.source,
+        "external_id": identity.external_id,
+        "user_id": identity.user_id,
+        "email": identity.email,
+        "name": identity.display_name,
+        "active": identity.active,
+        "dn": identity.dn,
+        "overrides": dict(identity.overrides),
+    }
+
+
+def _group(group: Group) -> dict[str, Any]:
+    return {"source": group.source, "name": group.name, "dn": group.dn, "grant": dict(group.grant)}
+
+
+def _desired(desired: Any) -> dict[str, Any] | None:
+    if desired is None:
+        return None
+    values = {
+        "role": desired.role,
+        "models": list(desired.models),
+        "tpm_limit": desired.tpm_limit,
+        "rpm_limit": desired.rpm_limit,
+        "max_budget": desired.max_budget,
+        "budget_duration": desired.budget_duration,
+        "auto_create_keys": desired.auto_create_keys,
+        "teams": list(desired.teams),
+    }
+    return {
+        name: {"value": values[name], "from": asdict(desired.origins[name]) if name in desired.origins else None}
+        for name in _FIELDS
+    } | {"active": {"value": desired.active, "from": {"kind": "source", "name": desired.source}}}
+
+
+def render_explanation(data: dict[str, Any]) -> str:
+    """The explanation for a person at a terminal."""
+    lines = [f"{data['user_id']}"]
+    lines.append("identities:")
+    for i in data["identities"]:
+        lines.append(
+            f"  {i['source']}: {i['user_id']} <{i['email']}> {'active' if i['active'] else 'DISABLED'}"
+            + (f" ({i['dn']})" if i["dn"] else "")
+            + (f" overrides {i['overrides']}" if i["overrides"] else "")
+        )
+    lines.append("groups:" if data["groups"] else "groups: none")
+    lines.extend(
+        f"  {g['source']}: {g['dn'] or g['name']}" + (f"  grant {g['grant']}" if g["grant"] else "")
+        for g in data["groups"]
+    )
+    lines.append("grants that apply:" if data["grants"] else "grants that apply: none (in no mapped group)")
+    lines.extend(
+        f"  {g['origin']}" + (f" (priority {g['priority']})" if g["priority"] else "") + f": {g['values']}"
+        for g in data["grants"]
+    )
+    if data["desired"]:
+        lines.append("what LiteLLM should hold:")
+        for name, item in data["desired"].items():
+            origin = item["from"]
+            lines.append(
+                f"  {name:<17} {item['value']!s:<40} "
+                + (f"<- {origin['kind']} {origin['name']}" if origin else "(not set)")
+            )
+    elif data["unmapped"]:
+        lines.append("not provisioned: in no mapped group (policy.unmapped_users decides what happens if managed)")
+    applied = data["last_applied"]
+    lines.append(
+        "last applied: never"
+        if applied is None
+        else f"last applied: {applied['state']}"
+        + (" (adopted)" if applied["adopted"] else "")
+        + (f", keys blocked by syncd: {len(applied['blocked_keys'])}" if applied["blocked_keys"] else "")
+    )
+    if data["litellm"] is not None:
+        held = data["litellm"]
+        lines.append(
+            "LiteLLM now: absent"
+            if held == "absent"
+            else f"LiteLLM now: role {held.get('user_role')}, models {held.get('models')}, budget "
+            f"{held.get('max_budget')} {held.get('budget_duration') or ''}, scim_active "
+            f"{(held.get('metadata') or {}).get('scim_active', True)}"
+        )
+    if data["next_change"]:
+        for change in data["next_change"]:
+            lines.append(f"next sync: {change['action']}: {change['reason']}")
+            lines.extend(
+                f"  {d['field']}: {d['before']} -> {d['after']}" for d in change["diffs"] if d["field"] != "metadata"
+            )
+    else:
+        lines.append("next sync: nothing to change")
+    return "\n".join(lines)
