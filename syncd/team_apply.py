@@ -32,7 +32,7 @@ from syncd.teams import (
     team_groups_of,
 )
 
-__all__ = ["TeamApplier", "TeamApplyResult", "TeamReconciler", "TeamReport"]
+__all__ = ["TeamApplier", "TeamApplyResult", "TeamReconciler", "TeamReport", "users_brought_in"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ class TeamApplyResult:
             "by_action": dict(self.by_action),
             "errors": [{"team": a, "user_id": u, "action": c, "error": e} for a, u, c, e in self.errors],
         }
+
+
+def users_brought_in(user_plan: Any) -> list[str]:
+    """The user_ids a user plan creates, adopts or reactivates: a dry run's team preview counts them as existing."""
+    return [c.user_id for c in user_plan.changes if c.action in ("create", "adopt", "reactivate")]
 
 
 def _describe(exc: Exception) -> str:
