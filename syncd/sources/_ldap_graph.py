@@ -159,7 +159,7 @@ class DirectoryIndex:
         self.group_by_dn[record.dn_key] = record.external_id
         return before
 
-    def direct_members(self, record: GroupRecord) -> tuple[set[str], list[str], int]:
+    def direct_members(self, record: GroupRecord) -> tuple[frozenset[str], list[str], int]:
         """(user external ids, child group ids, dangling count) of one group's direct member keys."""
         users: set[str] = set()
         children: list[str] = []
@@ -175,7 +175,7 @@ class DirectoryIndex:
                 children.append(child)
             else:
                 dangling += 1
-        return users, children, dangling
+        return frozenset(users), children, dangling
 
     def parents_of(self, external_ids: Iterable[str]) -> set[str]:
         """Every group that contains, directly or through nesting, one of these groups."""
@@ -203,7 +203,7 @@ def expand_group(
     *,
     nested: bool,
     max_depth: int,
-    direct: dict[str, tuple[set[str], list[str], int]],
+    direct: dict[str, tuple[frozenset[str], list[str], int]],
     counters: ExpansionCounters,
 ) -> frozenset[str]:
     """The external ids of a group's members, nested groups expanded breadth-first (cycle-safe, depth-limited).
@@ -211,6 +211,7 @@ def expand_group(
     `direct` memoises `index.direct_members` across the groups of one pull.
     """
     members: set[str] = set()
+    own: frozenset[str] = frozenset()
     seen = {external_id}
     level = [external_id]
     cycle = False
@@ -220,6 +221,7 @@ def expand_group(
             users, children, dangling = _direct(index, group, direct)
             members |= users
             if depth == 0:
+                own = users
                 counters.dangling_members += dangling
             if not nested:
                 continue
@@ -232,12 +234,12 @@ def expand_group(
     else:
         counters.depth_limit_reached += 1
     counters.group_cycles += cycle
-    return frozenset(members)
+    return own if len(members) == len(own) else frozenset(members)  # share the set when nesting added nobody
 
 
 def _direct(
-    index: DirectoryIndex, group: str, direct: dict[str, tuple[set[str], list[str], int]]
-) -> tuple[set[str], list[str], int]:
+    index: DirectoryIndex, group: str, direct: dict[str, tuple[frozenset[str], list[str], int]]
+) -> tuple[frozenset[str], list[str], int]:
     found = direct.get(group)
     if found is None:
         found = direct[group] = index.direct_members(index.groups[group])

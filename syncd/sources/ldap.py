@@ -19,6 +19,8 @@ import logging
 import math
 import re
 import ssl
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -111,11 +113,16 @@ class LdapSource:
         self.attrs: ResolvedLdap = settings.resolved()
         self._index: DirectoryIndex | None = None
         self._last_groups = 0
+        self._pulling = threading.Lock()  # a full and an incremental job of one source must not interleave
 
     # -- public -------------------------------------------------------------------------------------------------
 
     def pull(self, *, since: str | None = None) -> Snapshot:
         """Read the directory: everything when `since` is None, else what changed since that high-water mark."""
+        with self._pulling:
+            return self._pull(since)
+
+    def _pull(self, since: str | None) -> Snapshot:
         index = self._index
         incremental = since is not None and index is not None and index.mark == since
         snapshot = Snapshot(source=self.settings.name, incremental=incremental, high_water_mark=since)
@@ -360,7 +367,9 @@ class LdapSource:
         if self.attrs.member_is_uid:
             uid_attribute = self.settings.groups.member_uid_attribute if self.settings.groups else "uid"
             return (_text(raw, uid_attribute) or "").lower()
-        return normalise_dn(entry["dn"])
+        dn = entry["dn"] = sys.intern(entry["dn"])  # interned: groups' member keys then share this one string
+        key = normalise_dn(dn)
+        return dn if key == dn else sys.intern(key)
 
     # -- groups -------------------------------------------------------------------------------------------------
 
@@ -397,7 +406,9 @@ class LdapSource:
             state.count("skipped_no_id")
             return
         values = self._member_values(conn, entry, raw)
-        keys = frozenset(member_key(v.decode("utf-8", "replace"), by_uid=a.member_is_uid) for v in values if v)
+        keys = frozenset(
+            sys.intern(member_key(v.decode("utf-8", "replace"), by_uid=a.member_is_uid)) for v in values if v
+        )
         groups = self.settings.groups
         grant = {f: v for f, attr in (groups.mapping_attributes if groups else {}).items() if (v := _text(raw, attr))}
         name = _text(raw, a.group_name_attribute or "cn") or entry["dn"]
@@ -469,7 +480,7 @@ class LdapSource:
             if self.settings.groups.nested:
                 wanted |= index.parents_of(wanted)
         counters = ExpansionCounters()
-        direct: dict[str, tuple[set[str], list[str], int]] = {}
+        direct: dict[str, tuple[frozenset[str], list[str], int]] = {}
         for external_id in wanted:
             record = index.groups[external_id]
             members = expand_group(
