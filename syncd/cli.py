@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("syncd")
 
-EXIT_USAGE = 2
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 class _Usage(Exception):
@@ -107,6 +107,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # an outage met mid-run: one clear line, the details in the log
+        message = _outage(exc)
+        if message is None:
+            raise
+        log.error("%s", message, exc_info=exc)
+        print(f"syncd: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _outage(exc: Exception) -> str | None:
+    """A one-line description of a LiteLLM or database failure (None for anything else: a bug, shown in full)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from syncd.litellm import LiteLLMError
+
+    if isinstance(exc, LiteLLMError):
+        return f"LiteLLM failed ({exc.endpoint}): {exc}; nothing more was changed, the next run resumes"
+    if isinstance(exc, SQLAlchemyError):
+        return f"the database failed: {type(exc).__name__}: {_first_line(exc)}"
+    return None
 
 
 # -- wiring ---------------------------------------------------------------------------------------------------------

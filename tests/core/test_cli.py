@@ -203,3 +203,20 @@ def test_explain_says_where_each_value_came_from_and_matches_the_plan(cli: Cli) 
     assert carol["identities"][0]["active"] is False and carol["next_change"] == []
     missing = cli.run("explain", "nobody")
     assert missing.returncode == 2 and "no identity has the user_id, email or external id 'nobody'" in missing.stderr
+
+
+def test_litellm_unreachable_is_one_clear_line_and_exit_1(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    (cli.folder / "people.json").write_text(json.dumps(PEOPLE))
+    cli.run("import", str(cli.folder / "people.json"))
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        cli.config["litellm"]["url"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    cli.write()
+    done = cli.run("sync")
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("syncd: LiteLLM failed (/user/") and "the next run resumes" in last
+    assert "Traceback" not in done.stderr.split("\n")[-3:] and MASTER not in done.stderr
