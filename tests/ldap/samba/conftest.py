@@ -1,4 +1,8 @@
-"""Fixtures: one throwaway Samba AD domain per test session, filled with the people and groups the tests read."""
+"""Fixtures: one throwaway Samba AD domain for this package's tests, filled with the people and groups they read.
+
+Package scope rather than session: the domain (and the machine-wide lock on Samba's fixed ports) is released as soon
+as the last AD test has run, not when a long test session ends, so concurrent sessions wait for seconds, not minutes.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "samba: needs Debian's Samba AD DC (samba-ad-dc, samba-ad-provision)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def samba_domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDomain]:
     """A freshly provisioned AD domain served by Samba on 127.0.0.1 (ldaps:636); stopped at the end."""
     missing = missing_programs()
@@ -51,7 +55,7 @@ class Directory:
     reader_password: str = READER_PASSWORD
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def directory(samba_domain: SambaDomain) -> Directory:
     """Users in CN=Users (with and without mail, one disabled), nested groups and a cycle in OU=Groups.
 
