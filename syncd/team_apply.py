@@ -350,7 +350,6 @@ class TeamReconciler:
         on_outcome: Callable[[TeamChange, str], None] | None = None,
     ) -> None:
         self.settings, self.client, self.on_outcome = settings, client, on_outcome
-        self.users = store  # StateStore: load_managed()
         self.teams = TeamStore(store.engine)
 
     def plan(
@@ -371,7 +370,7 @@ class TeamReconciler:
             self.settings.teams,
             current,
             records,
-            self.users.load_managed() if managed_users is None else managed_users,
+            self.teams.user_states() if managed_users is None else managed_users,
             suspended_leave_teams=self.settings.policy.suspended_leave_teams,
             groups_as_teams=scim,
             pending_users=pending_users,

@@ -60,6 +60,7 @@ TEAM_ACTIONS = (
 #: actions on a team itself, applied before its members'
 TEAM_LEVEL = ("create_team", "adopt_team", "update_team", "conflict")
 _SUSPENDED = ("suspended", "suspending")
+_MAPPING, _SCIM = "mapping", "scim"  # how a user came to be wanted in a team
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
@@ -201,7 +202,7 @@ def _same(name: str, want: Any, have: Any) -> bool:
 
 @dataclass(slots=True)
 class _Wanted:
-    """One team the config or the mapping asks for, and who should be in it (user_id -> why)."""
+    """One team the config or the mapping asks for, and who should be in it (user_id -> _MAPPING or _SCIM)."""
 
     alias: str
     spec: TeamSpec | None = None
@@ -220,8 +221,10 @@ class _TeamPlanner:
         *,
         suspended_leave_teams: bool,
         pending_users: Collection[str],
+        team_groups: Mapping[str, Collection[str]],
     ) -> None:
         self.desired, self.managed_teams, self.managed_users = desired, managed_teams, managed_users
+        self.team_groups = team_groups
         self.leave, self.pending = suspended_leave_teams, pending_users
         self.by_id = {team.team_id: team for team in current}
         self.by_alias: dict[str, list[CurrentTeam]] = {}
@@ -314,7 +317,7 @@ class _TeamPlanner:
         why = "managed team missing in LiteLLM: created again" if record is not None else _why_wanted(wanted)
         self._add(TeamChange("create_team", wanted.alias, key, team_id, why, diffs=diffs, payload=payload))
         for user_id in sorted(joiners):
-            self._add_member(key, wanted, team_id, user_id, True, wanted.members[user_id])
+            self._add_member(key, wanted, team_id, user_id, True, self._why_join(wanted, user_id))
         self.records[key] = ManagedTeam(key, team_id, True, self._applied(wanted, True), frozenset())
 
     def _adopt(self, key: str, wanted: _Wanted, team: CurrentTeam, managed: bool) -> None:
@@ -352,7 +355,7 @@ class _TeamPlanner:
     ) -> None:
         for user_id in sorted(joiners - set(team.members)):
             again = " (removed in LiteLLM: added again)" if user_id in recorded else ""
-            self._add_member(key, wanted, team.team_id, user_id, managed, wanted.members[user_id] + again)
+            self._add_member(key, wanted, team.team_id, user_id, managed, self._why_join(wanted, user_id) + again)
         budget = wanted.spec.team_member_budget if wanted.spec is not None and managed else None
         for user_id in sorted(recorded):
             present = user_id in team.members
@@ -409,6 +412,11 @@ class _TeamPlanner:
         if user_id in self.desired:
             return "no longer in a group that gives this team"
         return "no longer in a mapped group"
+
+    def _why_join(self, wanted: _Wanted, user_id: str) -> str:
+        if wanted.members[user_id] == _SCIM:
+            return f"member of SCIM group {wanted.alias!r} (scim.groups_as_teams)"
+        return _why_member(self.desired[user_id], wanted.alias, self.team_groups)
 
     def _add_member(self, key: str, wanted: _Wanted, team_id: str, user_id: str, managed: bool, why: str) -> None:
         spec = wanted.spec
@@ -467,15 +475,14 @@ def _wanted_teams(
     specs: Sequence[TeamSpec],
     groups_as_teams: Mapping[str, Sequence[str]],
     managed_teams: Mapping[str, ManagedTeam],
-    team_groups: Mapping[str, Collection[str]],
 ) -> dict[str, _Wanted]:
     wanted: dict[str, _Wanted] = {alias_key(spec.alias): _Wanted(spec.alias, spec) for spec in specs}
     for user_id in sorted(desired):
         user = desired[user_id]
         for alias in user.teams:
-            _want(wanted, alias).members.setdefault(user_id, _why_member(user, alias, team_groups))
+            _want(wanted, alias).members.setdefault(user_id, _MAPPING)
         for alias in groups_as_teams.get(user_id, ()):
-            _want(wanted, alias).members.setdefault(user_id, f"member of SCIM group {alias!r} (scim.groups_as_teams)")
+            _want(wanted, alias).members.setdefault(user_id, _SCIM)
     for key, record in managed_teams.items():
         wanted.setdefault(key, _Wanted(str(record.applied.get("team_alias") or key)))
     return wanted
@@ -529,8 +536,9 @@ def plan_teams(
         managed_users,
         suspended_leave_teams=suspended_leave_teams,
         pending_users=set(pending_users),
+        team_groups=team_groups or {},
     )
-    wanted = _wanted_teams(desired_users, team_settings, groups_as_teams or {}, managed_teams, team_groups or {})
+    wanted = _wanted_teams(desired_users, team_settings, groups_as_teams or {}, managed_teams)
     for key in sorted(wanted):
         planner.plan_team(key, wanted[key])
     return TeamPlan(

@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 
+from syncd.model import ManagedUser
 from syncd.store.state import AuditEntry
-from syncd.store.tables import audit_log, changes, groups, identities, managed_teams, memberships
+from syncd.store.tables import audit_log, changes, groups, identities, managed_teams, managed_users, memberships
 from syncd.teams import ManagedTeam
 
 __all__ = ["ScimTeamMember", "TeamCompletion", "TeamStore", "team_key"]
@@ -152,6 +153,12 @@ class TeamStore:
             "after": dict(audit.after) if audit.after is not None else None,
             "reason": audit.reason,
         }
+
+    def user_states(self) -> dict[str, ManagedUser]:
+        """Every managed user with its state only (what team planning needs; `applied` left empty, so it is cheap)."""
+        columns = (managed_users.c.user_id, managed_users.c.source, managed_users.c.external_id, managed_users.c.state)
+        with self.engine.connect() as conn:
+            return {row[0]: ManagedUser(row[0], row[1], row[2], row[3], {}) for row in conn.execute(select(*columns))}
 
     def scim_team_members(self, sources: Collection[str]) -> list[ScimTeamMember]:
         """The present members of every present group of these SCIM sources."""
