@@ -125,11 +125,17 @@ def usn(conn: ldap3.Connection, dn: str) -> int:
 # ---- what the directory itself says (no syncd code involved) ----------------------------------------------------
 
 
-def test_samba_returns_object_guid_as_16_raw_bytes(admin: ldap3.Connection, directory: Directory) -> None:
+def test_samba_returns_object_guid_as_16_raw_bytes_in_little_endian_order(
+    samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
+) -> None:
     raw = raw_entries(admin, directory.users["alice"], "(objectClass=*)", "objectGUID")[0]["raw_attributes"]
     value = raw["objectGUID"][0]
     assert isinstance(value, bytes) and len(value) == 16
-    assert str(uuid.UUID(bytes_le=value)) == directory.guids["alice"]
+    shown = samba_domain.samba_tool("user", "show", "alice", "--attributes=objectGUID")
+    match = re.search(r"^objectGUID: ([0-9a-f-]{36})$", shown, re.MULTILINE)
+    assert match, shown
+    assert str(uuid.UUID(bytes_le=value)) == match.group(1) == directory.guids["alice"]
+    assert str(uuid.UUID(bytes=value)) != match.group(1), "read big-endian, the GUID is not the one AD shows"
     assert len(set(directory.guids.values())) == len(directory.guids)
 
 
