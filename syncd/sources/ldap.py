@@ -51,6 +51,8 @@ _PAGED = "1.2.840.113556.1.4.319"
 _BINARY_IDS = {"objectguid"}
 #: continuation references to Active Directory's own partitions, which hold no users or groups
 _AD_PARTITIONS = re.compile(r"/(DC=DomainDnsZones|DC=ForestDnsZones|CN=Configuration),", re.IGNORECASE)
+#: ldap3 sometimes formats a nested error as the text of a one-element tuple
+_TUPLE_TEXT = re.compile(r"""^\(['"](.*)['"],\)$""")
 #: skipped entries logged one by one per pull; beyond that only the counters say how many
 _SKIPS_LOGGED = 20
 _RESULT_TEXT = {3: "time limit exceeded", 4: "size limit exceeded", 10: "referral", 32: "no such object (base DN)"}
@@ -218,8 +220,11 @@ class LdapSource:
         return text.replace(secret, "********") if secret else text
 
     def _failed(self, snapshot: Snapshot, exc: BaseException) -> Snapshot:
-        reason = str(exc) if isinstance(exc, LdapSourceError | _Incomplete) else f"{type(exc).__name__}: {_reason(exc)}"
-        problem = self._scrub(f"LDAP source {self.name}: {reason}")
+        if isinstance(exc, LdapSourceError):
+            problem = self._scrub(str(exc))
+        else:
+            reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {_reason(exc)}"
+            problem = self._scrub(f"LDAP source {self.name}: {reason}")
         log.error("%s; the pull is incomplete, nothing will be deactivated from it", problem)
         snapshot.complete = False
         snapshot.problems.append(problem)
@@ -610,5 +615,13 @@ def _result_text(result: Any) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.replace("\n", " ")
+    """The exception's text, without the tuple wrapping ldap3 puts around messages of nested errors."""
+    value: object = exc
+    while True:
+        parts = value.args if isinstance(value, BaseException) else value
+        if not isinstance(parts, tuple | list) or len(parts) != 1:
+            break
+        value = parts[0]
+    text = str(value) or type(exc).__name__
+    wrapped = _TUPLE_TEXT.match(text)
+    return (wrapped.group(1) if wrapped else text).replace("\n", " ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,29 @@ def test_lean_entry_decoding_matches_ldap3s_own(alice: Tree) -> None:
     assert [ldap_source._raw(e) for e in lean.response] == [ldap_source._raw(e) for e in plain.response]
     bob = next(e for e in lean.response if e["dn"].startswith("uid=bob"))
     assert ldap_source._raw(bob)["title"] == [b"a", b"b"] and ldap_source._raw(bob)["cn"] == ["Bøb Ünïcode".encode()]
+
+
+def test_a_server_that_stops_answering_times_out(doomed_slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = Tree(doomed_slapd, None, f"ou=big,{SUFFIX}")  # type: ignore[arg-type]
+    settings = tree.settings(users={"base_dn": f"ou=big,{SUFFIX}"}, groups=None, page_size=50, search_timeout_s=1)
+    process = doomed_slapd.process
+    assert process is not None
+    real_user = LdapSource._user
+    seen = []
+
+    def user_then_hang(self: LdapSource, state: Any, entry: Any, disabled: set[str]) -> None:
+        seen.append(entry["dn"])
+        if len(seen) == 60:
+            process.send_signal(signal.SIGSTOP)  # alive, connected, silent
+        real_user(self, state, entry, disabled)
+
+    monkeypatch.setattr(LdapSource, "_user", user_then_hang)
+    started = time.monotonic()
+    try:
+        snapshot = LdapSource(settings).pull()
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+    assert not snapshot.complete and snapshot.identities == []
+    assert time.monotonic() - started < 10
+    assert len(seen) < 600
