@@ -268,9 +268,12 @@ class LdapSource:
     def _read(self, conn: Connection, state: _Pull, since: str | None) -> None:
         usn_mark = self._usn_mark(conn) if self.attrs.change_attribute.lower() == "usnchanged" else None
         if usn_mark and since and usn_mark.rsplit(":", 1)[0] != since.rsplit(":", 1)[0]:
-            raise _Incomplete(
-                "this domain controller is not the one the high-water mark came from; the next pull is full"
+            log.info(
+                "LDAP source %s: failed over to another domain controller, whose USNs differ: full pull", self.name
             )
+            since, state.index = None, DirectoryIndex()
+            state.snapshot.incremental = False
+            state.count("incremental_fallback")
         self._read_users(conn, state, since)
         if self.settings.groups is not None:
             self._read_groups(conn, state, since)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import ldap3
@@ -304,3 +305,20 @@ def test_a_referral_inside_the_tree_makes_the_pull_incomplete(tree: Tree) -> Non
 
     assert not snapshot.complete and snapshot.identities == []
     assert "referred" in snapshot.problems[0] and elsewhere in snapshot.problems[0]
+
+
+def test_failover_to_another_domain_controller_turns_an_incremental_into_a_full_pull(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.add_user("alice")
+    source = tree.source()
+    source.attrs = dataclasses.replace(source.attrs, change_attribute="uSNChanged")  # as on Active Directory
+    marks = iter(["usn:dc1:500", "usn:dc2:9000"])
+    monkeypatch.setattr(type(source), "_usn_mark", lambda self, conn: next(marks))
+    first = source.pull()
+
+    second = source.pull(since=first.high_water_mark)  # served by dc2: dc1's USNs mean nothing there
+
+    assert first.high_water_mark == "usn:dc1:500"
+    assert second.complete and not second.incremental and second.counters["incremental_fallback"] == 1
+    assert second.high_water_mark == "usn:dc2:9000" and set(by_user_id(second)) == {"alice"}
