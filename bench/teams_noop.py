@@ -31,7 +31,7 @@ from syncd.store import make_engine, upgrade  # noqa: E402
 from syncd.store.repository import SyncStore  # noqa: E402
 from syncd.store.tables import managed_users  # noqa: E402
 from syncd.store.teams import TeamStore  # noqa: E402
-from syncd.team_apply import TeamReconciler  # noqa: E402
+from syncd.team_reconcile import TeamReconciler  # noqa: E402
 from syncd.teams import MARKER, ManagedTeam, alias_key  # noqa: E402
 from syncd.testing import serve_in_thread  # noqa: E402
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm  # noqa: E402

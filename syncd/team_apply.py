@@ -1,4 +1,4 @@
-"""Apply a team plan to LiteLLM, and `TeamReconciler`: the team step of a reconcile run (plan, journal, apply, audit).
+"""Apply a team plan to LiteLLM: exactly its changes, each one journaled and, once done, audited.
 
 Teams first (create, update, adopt), then memberships, each phase with bounded concurrency. Every change is journaled
 as pending before anything is sent (`changes.key = "team:<alias>"`); before memberships are added, the team's record
@@ -12,27 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from syncd.litellm import AlreadyMemberError, EnterpriseFeatureError, NotFoundError, NotMemberError
-from syncd.model import DesiredUser, ManagedUser
 from syncd.store.state import AuditEntry
 from syncd.store.teams import TeamCompletion, TeamStore, team_key
-from syncd.teams import (
-    TEAM_LEVEL,
-    ManagedTeam,
-    TeamChange,
-    TeamPlan,
-    alias_key,
-    plan_teams,
-    render_team_json,
-    team_groups_of,
-)
+from syncd.team_plan import TEAM_LEVEL, ManagedTeam, TeamChange, TeamPlan, alias_key
 
-__all__ = ["TeamApplier", "TeamApplyResult", "TeamReconciler", "TeamReport", "users_brought_in"]
+__all__ = ["ADMIN_NEEDS_ENTERPRISE", "TeamApplier", "TeamApplyResult", "TeamClient"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +33,9 @@ ADMIN_NEEDS_ENTERPRISE = (
 )
 
 
-class _Client(Protocol):
+class TeamClient(Protocol):
+    """The LiteLLM client methods team changes use (syncd.litellm.LiteLLMClient)."""
+
     def list_teams(self) -> list[dict[str, Any]]: ...
     def new_team(self, payload: dict[str, Any]) -> dict[str, Any]: ...
     def update_team(self, payload: dict[str, Any]) -> dict[str, Any]: ...
@@ -91,11 +83,6 @@ class TeamApplyResult:
         }
 
 
-def users_brought_in(user_plan: Any) -> list[str]:
-    """The user_ids a user plan creates, adopts or reactivates: a dry run's team preview counts them as existing."""
-    return [c.user_id for c in user_plan.changes if c.action in ("create", "adopt", "reactivate")]
-
-
 def _describe(exc: Exception) -> str:
     status = getattr(exc, "status", None)
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -107,7 +94,7 @@ class TeamApplier:
 
     def __init__(
         self,
-        client: _Client,
+        client: TeamClient,
         store: TeamStore,
         *,
         run_id: int,
@@ -312,106 +299,3 @@ class TeamApplier:
         except (NotMemberError, NotFoundError):
             return _Outcome("done", note="already gone")
         return _Outcome("done")
-
-
-@dataclass(slots=True)
-class TeamReport:
-    """What the team step of one run did."""
-
-    plan: TeamPlan
-    status: str  # success | failed | dry_run | nothing (no team configured: LiteLLM not read)
-    applied: TeamApplyResult | None = None
-    litellm_reads: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True unless a team change failed."""
-        return self.status != "failed"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready data."""
-        return {
-            "status": self.status,
-            "litellm_reads": self.litellm_reads,
-            "plan": render_team_json(self.plan),
-            "applied": self.applied.to_dict() if self.applied is not None else None,
-        }
-
-
-class TeamReconciler:
-    """The team step of a reconcile: run it after the user changes are applied, so that members exist."""
-
-    def __init__(
-        self,
-        settings: Any,
-        store: Any,
-        client: _Client,
-        *,
-        on_outcome: Callable[[TeamChange, str], None] | None = None,
-    ) -> None:
-        self.settings, self.client, self.on_outcome = settings, client, on_outcome
-        self.teams = TeamStore(store.engine)
-
-    def plan(
-        self,
-        desired_users: Mapping[str, DesiredUser],
-        managed_users: Mapping[str, ManagedUser] | None = None,
-        *,
-        pending_users: Collection[str] = (),
-    ) -> tuple[TeamPlan, int]:
-        """The team plan (one /team/list read, none when no team is configured or recorded) and the reads made."""
-        records = self.teams.load_teams()
-        scim = self._scim_teams(desired_users)
-        if not (records or scim or self.settings.teams or any(u.teams for u in desired_users.values())):
-            return TeamPlan(), 0
-        current = self.client.list_teams()
-        plan = plan_teams(
-            desired_users,
-            self.settings.teams,
-            current,
-            records,
-            self.teams.user_states() if managed_users is None else managed_users,
-            suspended_leave_teams=self.settings.policy.suspended_leave_teams,
-            groups_as_teams=scim,
-            pending_users=pending_users,
-            team_groups=team_groups_of(self.settings.mappings),
-        )
-        return plan, 1
-
-    def run(
-        self,
-        desired_users: Mapping[str, DesiredUser],
-        managed_users: Mapping[str, ManagedUser] | None,
-        run_id: int | None,
-        *,
-        dry_run: bool = False,
-        pending_users: Collection[str] = (),
-    ) -> TeamReport:
-        """Plan the teams against LiteLLM and, unless dry_run, apply the plan (journaled under run_id)."""
-        plan, reads = self.plan(desired_users, managed_users, pending_users=pending_users)
-        if reads == 0:
-            return TeamReport(plan, "nothing")
-        if dry_run or run_id is None:
-            return TeamReport(plan, "dry_run", litellm_reads=reads)
-        applier = TeamApplier(
-            self.client,
-            self.teams,
-            run_id=run_id,
-            concurrency=self.settings.litellm.concurrency,
-            on_outcome=self.on_outcome,
-        )
-        applied = applier.apply(plan)
-        return TeamReport(plan, "success" if applied.ok else "failed", applied, reads)
-
-    def _scim_teams(self, desired_users: Mapping[str, DesiredUser]) -> dict[str, list[str]]:
-        """user_id -> the SCIM group names that become teams (scim.groups_as_teams), matched by user_id or email."""
-        scim = self.settings.scim
-        if not scim.groups_as_teams:
-            return {}
-        by_email = {user.email.lower(): user.user_id for user in desired_users.values() if user.email}
-        teams: dict[str, list[str]] = {}
-        for member in self.teams.scim_team_members([token.name for token in scim.tokens]):
-            user_id = member.user_id if member.user_id in desired_users else by_email.get(member.email_lower)
-            if user_id is not None:
-                teams.setdefault(user_id, []).append(member.group)
-        return teams

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from syncd.model import ManagedUser
 from syncd.store.state import AuditEntry
 from syncd.store.tables import audit_log, changes, groups, identities, managed_teams, managed_users, memberships
-from syncd.teams import ManagedTeam
+from syncd.team_plan import ManagedTeam
 
 __all__ = ["ScimTeamMember", "TeamCompletion", "TeamStore", "team_key"]
 

@@ -14,7 +14,7 @@ from syncd.settings import Settings, settings_from_dict
 from syncd.store import make_engine, upgrade
 from syncd.store.repository import SyncStore
 from syncd.store.teams import TeamStore
-from syncd.team_apply import TeamReconciler, TeamReport, users_brought_in
+from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
