@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.apply import Applier, ApplyResult
 from syncd.mapping import DesiredState, desired_state, rules_from_settings
 from syncd.metrics import Metrics
-from syncd.model import CurrentUser, Group, Identity, Snapshot
+from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
 from syncd.plan import USER_FIELDS, Plan, PlanPolicy, make_plan
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
@@ -44,6 +44,8 @@ class ReconcileOptions:
     #: sources whose pull failed in this run (reported; their previous state stands)
     failed_sources: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    #: a targeted reconcile of these LiteLLM user_ids only (after a SCIM write); empty: everyone
+    user_ids: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -96,6 +98,24 @@ def current_user(data: Mapping[str, Any]) -> CurrentUser:
     return CurrentUser(str(data["user_id"]), data.get("user_email"), fields, data.get("metadata") or {})
 
 
+def _in_step(
+    tentative: Plan, plan: Plan, managed: Mapping[str, ManagedUser], current: Mapping[str, CurrentUser]
+) -> dict[str, ManagedUser]:
+    """Records to correct: users the store's record says to update but LiteLLM, once read, already holds as desired.
+
+    A write LiteLLM committed but whose answer was lost (a 502 or a timeout after the commit) is journaled as failed
+    and leaves the record behind; left so, a later change back to the recorded value would plan nothing and be lost.
+    """
+    changing = {change.user_id for change in plan.changes}
+    out = {}
+    for change in tentative.changes:
+        user = current.get(change.user_id)
+        if change.action == "update" and change.user_id not in changing and user is not None:
+            applied = dict(user.fields, metadata=user.metadata)
+            out[change.user_id] = replace(managed[change.user_id], applied=applied)
+    return out
+
+
 def overlay(
     identities: list[Identity], groups: list[Group], snapshots: Iterable[Snapshot]
 ) -> tuple[list[Identity], list[Group]]:
@@ -124,9 +144,9 @@ class Reconciler:
         self.rules = rules_from_settings(settings)
 
     # -- planning (reads only) ------------------------------------------------------------------------------------
-    def desired(self, snapshots: Iterable[Snapshot] = ()) -> DesiredState:
-        """The desired state from the store, with unrecorded full snapshots overlaid."""
-        identities, groups = self.store.load_people()
+    def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
+        """The desired state from the store (of everyone, or of `user_ids`), with unrecorded full snapshots overlaid."""
+        identities, groups = self.store.load_people(user_ids)
         identities, groups = overlay(identities, groups, snapshots)
         return desired_state(identities, groups, self.rules)
 
@@ -153,19 +173,27 @@ class Reconciler:
         self, *, snapshots: Iterable[Snapshot] = (), drift_check: bool = False, allow_mass_deactivation: bool = False
     ) -> tuple[Plan, int]:
         """Plan against LiteLLM's state where it matters; returns the plan and the number of users read."""
+        plan, reads, _ = self._plan(snapshots, drift_check, allow_mass_deactivation)
+        return plan, reads
+
+    def _plan(
+        self, snapshots: Iterable[Snapshot], drift_check: bool, allow_mass_deactivation: bool
+    ) -> tuple[Plan, int, dict[str, ManagedUser]]:
+        """The plan, the number of users read, and the records to correct: users LiteLLM already holds as desired."""
         desired = self.desired(snapshots)
         managed = self.store.load_managed()
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
+        tentative = make_plan(desired, managed, {}, policy)
         if drift_check:
             current = self._read_everyone()
-            read = set(current) | set(desired.users) | set(managed)
-            return make_plan(desired, managed, current, policy, read=read), len(current)
-        tentative = make_plan(desired, managed, {}, policy)
-        wanted = [change.user_id for change in tentative.changes]
-        if not wanted:
-            return tentative, 0
-        current = {user.user_id: user for user in map(current_user, self.client.get_users(wanted))}
-        return make_plan(desired, managed, current, policy, read=wanted), len(wanted)
+            read: Collection[str] = set(current) | set(desired.users) | set(managed)
+        else:
+            read = [change.user_id for change in tentative.changes]
+            if not read:
+                return tentative, 0, {}
+            current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
+        plan = make_plan(desired, managed, current, policy, read=read)
+        return plan, len(current) if drift_check else len(read), _in_step(tentative, plan, managed, current)
 
     def _read_everyone(self) -> dict[str, CurrentUser]:
         return {str(data["user_id"]): current_user(data) for data in self.client.iter_all_users()}
@@ -175,17 +203,18 @@ class Reconciler:
         """Plan, guard and apply once; every outcome is recorded as a sync run."""
         started = self.clock()
         drift = self.drift_due() if options.drift_check is None else options.drift_check
+        drift = drift and not options.user_ids
         run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
         try:
-            plan, reads = self.plan(
-                snapshots=snapshots, drift_check=drift, allow_mass_deactivation=options.allow_mass_deactivation
-            )
+            plan, reads, in_step = self._plan(snapshots, drift, options.allow_mass_deactivation)
             report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=reads)
             report.problems.extend(plan.problems)
             report.problems.extend(
                 f"source {name}: pull failed, its previous state stands" for name in options.failed_sources
             )
             if not options.dry_run:
+                for record in in_step.values():  # see _in_step
+                    self.store.save_managed(record)
                 self._apply(report, options)
         except BaseException as exc:
             if run_id is not None:
