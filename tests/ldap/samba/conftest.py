@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import ldap3
 import pytest
@@ -67,16 +68,18 @@ def directory(samba_domain: SambaDomain) -> Directory:
     domain = samba_domain
     conn = domain.connect()
     found = Directory(users_dn=f"CN=Users,{domain.base_dn}", groups_dn=domain.add_ou(conn, "Groups"))
-    people = {
-        "alice": {"mail": "alice@syncd.test", "display_name": "Alice Archer"},
-        "bob": {"mail": "bob@syncd.test", "upn": "robert@syncd.test", "display_name": "Bob Baker"},
+    people: dict[str, dict[str, str]] = {
+        "alice": {"mail": "alice@syncd.test", "name": "Alice Archer"},
+        "bob": {"mail": "bob@syncd.test", "upn": "robert@syncd.test", "name": "Bob Baker"},
         "carol": {"mail": "carol@syncd.test"},
         "dave": {},
         "frank": {"mail": "frank@syncd.test"},
         "gina": {"mail": "gina@syncd.test"},
     }
     for name, attributes in people.items():
-        found.users[name] = domain.add_user(conn, name, **attributes)
+        found.users[name] = domain.add_user(
+            conn, name, mail=attributes.get("mail"), upn=attributes.get("upn"), display_name=attributes.get("name")
+        )
     found.reader_dn = domain.add_user(conn, "syncd-reader", password=READER_PASSWORD)
     domain.samba_tool("user", "disable", "carol")
     u, g = found.users, found.groups
@@ -105,6 +108,6 @@ def admin(samba_domain: SambaDomain) -> Iterator[ldap3.Connection]:
 
 
 @pytest.fixture
-def ldap_source() -> object:
+def ldap_source() -> ModuleType:
     """The module under test; the tests that need it skip until it exists."""
     return pytest.importorskip("syncd.sources.ldap", reason="syncd/sources/ldap.py (issue 3) has not landed yet")
