@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from _slapd import SUFFIX, Slapd, free_port, make_ca
-from conftest import Tree, big_ldif
+from _tree import Tree, big_ldif
 
 from syncd.settings import settings_from_dict
 from syncd.sources.ldap import LdapSource, LdapSourceError

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Tree
+from _tree import Tree
 
 from syncd.sources.ldap import LdapSource
 from syncd.store import make_engine

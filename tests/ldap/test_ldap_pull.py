@@ -7,10 +7,11 @@ import time
 
 import ldap3
 import pytest
-from _slapd import LIMITED_DN, SUFFIX, SYNC_DN, SYNC_PASSWORD
-from conftest import BIG_USERS, Tree
+from _slapd import LIMITED_DN, SUFFIX, SYNC_DN, SYNC_PASSWORD, Slapd
+from _tree import BIG_USERS, Tree
 
 from syncd.model import Snapshot
+from syncd.sources.ldap import LdapSource
 
 pytestmark = pytest.mark.slapd
 
@@ -118,15 +119,14 @@ def test_unique_member_with_optional_uid_and_odd_spelling(tree: Tree) -> None:
     assert members_by_name(snapshot) == {"unique": {ids["alice"], ids["carol"]}}
 
 
-def test_paged_search_reads_past_the_accounts_size_limit(slapd: object) -> None:
+def test_paged_search_reads_past_the_accounts_size_limit(slapd: Slapd) -> None:
     server = slapd
-    conn = ldap3.Connection(ldap3.Server(server.url), SYNC_DN, SYNC_PASSWORD, auto_bind=True)  # type: ignore[attr-defined]
+    conn = ldap3.Connection(ldap3.Server(server.url), SYNC_DN, SYNC_PASSWORD, auto_bind=True)
     conn.search(f"ou=big,{SUFFIX}", "(objectClass=inetOrgPerson)", attributes=["uid"])
     assert conn.result["result"] == 4, "the fixture's sync account must be capped at 1,000 entries without paging"
     conn.unbind()
-    tree = Tree(server, conn, f"ou=big,{SUFFIX}")  # type: ignore[arg-type]
+    tree = Tree(server, conn, f"ou=big,{SUFFIX}")
     settings = tree.settings(users={"base_dn": f"ou=big,{SUFFIX}"}, groups=None, page_size=200)
-    from syncd.sources.ldap import LdapSource
 
     snapshot = LdapSource(settings).pull()
 
@@ -135,9 +135,8 @@ def test_paged_search_reads_past_the_accounts_size_limit(slapd: object) -> None:
     assert len({i.external_id for i in snapshot.identities}) == BIG_USERS
 
 
-def test_size_limit_makes_the_pull_incomplete(slapd: object) -> None:
+def test_size_limit_makes_the_pull_incomplete(slapd: Slapd) -> None:
     tree = Tree(slapd, None, f"ou=big,{SUFFIX}")  # type: ignore[arg-type]
-    from syncd.sources.ldap import LdapSource
 
     source = LdapSource(tree.settings(users={"base_dn": f"ou=big,{SUFFIX}"}, groups=None, bind_dn=LIMITED_DN))
     snapshot = source.pull()
