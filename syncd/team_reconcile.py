@@ -70,8 +70,12 @@ class TeamReconciler:
         managed_users: Mapping[str, ManagedUser] | None = None,
         *,
         pending_users: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> tuple[TeamPlan, int]:
-        """The team plan (one /team/list read, none when no team is configured or recorded) and the reads made."""
+        """The team plan (one /team/list read, none when no team is configured or recorded) and the reads made.
+
+        `only`: a run for these users (desired_users holds just them); everyone else's memberships stand.
+        """
         records = self.teams.load_teams()
         scim = self._scim_teams(desired_users)
         if not (records or scim or self.settings.teams or any(u.teams for u in desired_users.values())):
@@ -87,6 +91,7 @@ class TeamReconciler:
             groups_as_teams=scim,
             pending_users=pending_users,
             team_groups=team_groups_of(self.settings.mappings),
+            only=only,
         )
         return plan, 1
 
@@ -98,9 +103,10 @@ class TeamReconciler:
         *,
         dry_run: bool = False,
         pending_users: Collection[str] = (),
+        only: Collection[str] | None = None,
     ) -> TeamReport:
         """Plan the teams against LiteLLM and, unless dry_run, apply the plan (journaled under run_id)."""
-        plan, reads = self.plan(desired_users, managed_users, pending_users=pending_users)
+        plan, reads = self.plan(desired_users, managed_users, pending_users=pending_users, only=only)
         if reads == 0:
             return TeamReport(plan, "nothing")
         if dry_run or run_id is None:

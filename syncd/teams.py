@@ -89,10 +89,11 @@ class _TeamPlanner:
         suspended_leave_teams: bool,
         pending_users: Collection[str],
         team_groups: Mapping[str, Collection[str]],
+        only: Collection[str] | None,
     ) -> None:
         self.desired, self.managed_teams, self.managed_users = desired, managed_teams, managed_users
         self.team_groups = team_groups
-        self.leave, self.pending = suspended_leave_teams, pending_users
+        self.leave, self.pending, self.only = suspended_leave_teams, pending_users, only
         self.by_id = {team.team_id: team for team in current}
         self.by_alias: dict[str, list[CurrentTeam]] = {}
         for team in reversed(current):  # /team/list is newest first: keep the oldest first
@@ -268,6 +269,8 @@ class _TeamPlanner:
 
     def _held(self, user_id: str) -> bool:
         """A suspended member keeps the teams syncd gave them unless policy.suspended_leave_teams."""
+        if self.only is not None and user_id not in self.only:
+            return True  # a run for some users only: everyone else's memberships stand
         return self._suspended(user_id) and not self.leave
 
     def _why_leave(self, user_id: str) -> str:
@@ -388,13 +391,15 @@ def plan_teams(
     groups_as_teams: Mapping[str, Sequence[str]] | None = None,
     pending_users: Collection[str] = (),
     team_groups: Mapping[str, Collection[str]] | None = None,
+    only: Collection[str] | None = None,
 ) -> TeamPlan:
     """Plan the team changes that bring LiteLLM's teams to what the config and the groups say.
 
     `current_teams` is LiteLLM's /team/list; `managed_users` the store's users after this run's user changes (only
     users that exist in LiteLLM join a team); `pending_users` users about to be created (a dry run's preview);
     `groups_as_teams` maps a user_id to the SCIM group names that become teams (`scim.groups_as_teams`);
-    `team_groups` (see `team_groups_of`) names, in each reason, the group that gave a membership.
+    `team_groups` (see `team_groups_of`) names, in each reason, the group that gave a membership; with `only`
+    (a run for some users, `desired_users` holding just them) no one else's membership changes.
     """
     planner = _TeamPlanner(
         desired_users,
@@ -404,6 +409,7 @@ def plan_teams(
         suspended_leave_teams=suspended_leave_teams,
         pending_users=set(pending_users),
         team_groups=team_groups or {},
+        only=set(only) if only is not None else None,
     )
     wanted = _wanted_teams(desired_users, team_settings, groups_as_teams or {}, managed_teams)
     for key in sorted(wanted):

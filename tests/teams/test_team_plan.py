@@ -287,3 +287,13 @@ def test_applying_a_plan_converges_in_one_step(rounds: list[Any], hand_made: boo
             live = next(t for t in current if t["team_id"] == record.team_id)
             assert record.members <= {m["user_id"] for m in live["members_with_roles"]}, key
     assert not any(t["team_id"] == "h1" and t.get("max_budget") for t in current)
+
+
+def test_a_run_for_some_users_changes_no_one_elses_memberships() -> None:
+    current = [team("t1", "platform", "alice", "bob")]
+    record = ManagedTeam("platform", "t1", True, {"team_alias": "platform"}, frozenset({"alice", "bob"}))
+    users = managed("alice", "bob", "carol")
+    result = plan([user("carol", "platform")], [], current, [record], users=users, only={"carol"})
+    assert actions(result) == [("add_member", "platform", "carol")]
+    assert actions(plan([user("carol")], [], current, [record], users=users, only={"carol", "bob"})) == [
+        ("remove_member", "platform", "bob")]
