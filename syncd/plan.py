@@ -202,8 +202,9 @@ class _Planner:
         self.unchanged = 0
         self.unmapped_ignored = 0
 
-    def run(self) -> None:
-        for user_id in sorted(set(self.desired.users) | set(self.managed)):
+    def run(self, only: Collection[str] | None = None) -> None:
+        everyone = set(self.desired.users) | set(self.managed)
+        for user_id in sorted(everyone if only is None else everyone & set(only)):
             want = self.desired.users.get(user_id)
             have = self.managed.get(user_id)
             if want is not None and want.active:
@@ -413,16 +414,18 @@ def make_plan(
     policy: PlanPolicy | None = None,
     *,
     read: Collection[str] | None = None,
+    only: Collection[str] | None = None,
 ) -> Plan:
     """Plan the changes that bring LiteLLM to the desired state.
 
     `current` holds the LiteLLM users that were read; `read` the user_ids that were looked up (a looked-up id absent
     from `current` does not exist in LiteLLM). Without them, the store's record of what was applied is the base.
+    `only` restricts the plan to these user_ids (a targeted reconcile); the guard still weighs every managed user.
     """
     current = current or {}
     policy = policy or PlanPolicy()
     planner = _Planner(desired, managed, current, set(read if read is not None else current), policy)
-    planner.run()
+    planner.run(only)
     held = _guard(planner.changes, managed, policy)
     return Plan(tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored)
 

@@ -170,20 +170,34 @@ class Reconciler:
         return last is None or self.clock() - last.timestamp() >= self.settings.litellm.drift_check
 
     def plan(
-        self, *, snapshots: Iterable[Snapshot] = (), drift_check: bool = False, allow_mass_deactivation: bool = False
+        self,
+        *,
+        snapshots: Iterable[Snapshot] = (),
+        drift_check: bool = False,
+        allow_mass_deactivation: bool = False,
+        user_ids: Collection[str] | None = None,
     ) -> tuple[Plan, int]:
-        """Plan against LiteLLM's state where it matters; returns the plan and the number of users read."""
-        plan, reads, _ = self._plan(snapshots, drift_check, allow_mass_deactivation)
+        """Plan against LiteLLM's state where it matters; returns the plan and the number of users read.
+
+        With `user_ids`, only those users are planned (and only their identities and groups are loaded).
+        """
+        plan, reads, _ = self._plan(snapshots, drift_check, allow_mass_deactivation, user_ids)
         return plan, reads
 
     def _plan(
-        self, snapshots: Iterable[Snapshot], drift_check: bool, allow_mass_deactivation: bool
+        self,
+        snapshots: Iterable[Snapshot],
+        drift_check: bool,
+        allow_mass_deactivation: bool,
+        user_ids: Collection[str] | None = None,
     ) -> tuple[Plan, int, dict[str, ManagedUser]]:
         """The plan, the number of users read, and the records to correct: users LiteLLM already holds as desired."""
-        desired = self.desired(snapshots)
+        only = set(user_ids) if user_ids else None
+        drift_check = drift_check and only is None
+        desired = self.desired(snapshots, only)
         managed = self.store.load_managed()
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
-        tentative = make_plan(desired, managed, {}, policy)
+        tentative = make_plan(desired, managed, {}, policy, only=only)
         if drift_check:
             current = self._read_everyone()
             read: Collection[str] = set(current) | set(desired.users) | set(managed)
@@ -192,7 +206,7 @@ class Reconciler:
             if not read:
                 return tentative, 0, {}
             current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
-        plan = make_plan(desired, managed, current, policy, read=read)
+        plan = make_plan(desired, managed, current, policy, read=read, only=only)
         return plan, len(current) if drift_check else len(read), _in_step(tentative, plan, managed, current)
 
     def _read_everyone(self) -> dict[str, CurrentUser]:
@@ -206,7 +220,9 @@ class Reconciler:
         drift = drift and not options.user_ids
         run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
         try:
-            plan, reads, in_step = self._plan(snapshots, drift, options.allow_mass_deactivation)
+            plan, reads, in_step = self._plan(
+                snapshots, drift, options.allow_mass_deactivation, options.user_ids or None
+            )
             report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=reads)
             report.problems.extend(plan.problems)
             report.problems.extend(

@@ -6,7 +6,7 @@ it is complete: an incomplete snapshot changes nothing, so the previous state st
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -346,9 +346,21 @@ class SourceStore:
                 members.setdefault(group_ext, set()).add(identity_ext)
         return {"identities": people, "groups": teams, "memberships": members}
 
-    def load_people(self) -> tuple[list[Identity], list[Group]]:
-        """Every present identity and every present group with its present members (the input of the mapping)."""
+    def load_people(self, user_ids: Collection[str] | None = None) -> tuple[list[Identity], list[Group]]:
+        """Present identities and groups with their present members (the input of the mapping).
+
+        With `user_ids`, only those people (every identity sharing their email too) and the groups they are in,
+        each group listing only them: what a targeted reconcile after a SCIM write needs.
+        """
+        wanted: Any = identities.c.present
+        if user_ids is not None:
+            ids = list(user_ids)
+            emails = select(identities.c.email_lower).where(
+                identities.c.user_id.in_(ids), identities.c.email_lower != ""
+            )
+            wanted = wanted & (identities.c.user_id.in_(ids) | identities.c.email_lower.in_(emails))
         with self.engine.connect() as conn:
+            rows = conn.execute(select(identities).where(wanted)).all()
             people = [
                 Identity(
                     source=row.source,
@@ -360,16 +372,19 @@ class SourceStore:
                     dn=row.dn,
                     overrides=row.overrides or {},
                 )
-                for row in conn.execute(select(identities).where(identities.c.present))
+                for row in rows
             ]
+            pairs = select(memberships.c.group_id, identities.c.external_id).select_from(memberships.join(identities))
+            if user_ids is None:
+                pairs = pairs.where(identities.c.present)
+            else:
+                pairs = pairs.where(memberships.c.identity_id.in_([row.id for row in rows]))
             members: dict[int, set[str]] = {}
-            pairs = conn.execute(
-                select(memberships.c.group_id, identities.c.external_id)
-                .select_from(memberships.join(identities))
-                .where(identities.c.present)
-            )
-            for group_id, identity_ext in pairs:
+            for group_id, identity_ext in conn.execute(pairs):
                 members.setdefault(group_id, set()).add(identity_ext)
+            group_query = select(groups).where(groups.c.present)
+            if user_ids is not None:
+                group_query = group_query.where(groups.c.id.in_(list(members)))
             teams = [
                 Group(
                     source=row.source,
@@ -379,6 +394,6 @@ class SourceStore:
                     members=frozenset(members.get(row.id, ())),
                     grant=row.grant or {},
                 )
-                for row in conn.execute(select(groups).where(groups.c.present))
+                for row in conn.execute(group_query)
             ]
         return people, teams

@@ -322,3 +322,27 @@ def test_a_dry_run_changes_nothing(world: World) -> None:
     report = world.sync(dry_run=True)
     assert report.status == "dry_run" and report.plan.counts()["create"] == 3
     assert world.fake.users == {} and world.store.load_managed() == {} and world.store.recent_runs() == []
+
+
+def test_a_targeted_reconcile_changes_only_the_users_named(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.record({**PEOPLE, "alice": {"groups": ["llm-admins"]}, "bob": {"groups": ["llm-users"], "active": False}})
+    world.fake.reset_calls()
+    report = world.sync(user_ids=("alice",))
+    assert [(c.user_id, c.action) for c in report.plan.changes] == [("alice", "update")]
+    assert world.fake.users["alice"]["user_role"] == "proxy_admin"
+    assert world.fake.users["bob"]["metadata"]["scim_active"] is True
+    report = world.sync()
+    assert [(c.user_id, c.action) for c in report.plan.changes] == [("bob", "suspend")]
+
+
+def test_a_targeted_reconcile_of_someone_gone_suspends_them(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.record({k: v for k, v in PEOPLE.items() if k != "carol"})
+    report = world.sync(user_ids=("carol", "alice"))
+    assert [(c.user_id, c.action) for c in report.plan.changes] == [("carol", "suspend")]
+    identities, groups = world.store.load_people(["alice"])
+    assert [i.user_id for i in identities] == ["alice"] and {g.name for g in groups} == {"llm-users"}
+    assert all(g.members == frozenset({"ext-alice"}) for g in groups)
