@@ -84,7 +84,7 @@ class CurrentTeam:
     fields: Mapping[str, Any]
     metadata: Mapping[str, Any]
     members: Mapping[str, str]  # user_id -> role
-    member_budgets: Mapping[str, float | None]  # user_id -> max_budget_in_team
+    member_budgets: Mapping[str, float | None]  # user_id -> max_budget_in_team, for members whose budget was shown
 
     @property
     def managed(self) -> bool:
@@ -166,8 +166,9 @@ def current_team(data: Mapping[str, Any]) -> CurrentTeam:
     budgets: dict[str, float | None] = {}
     for membership in data.get("team_memberships") or ():
         table = membership.get("litellm_budget_table")
-        budget = table.get("max_budget") if isinstance(table, Mapping) else None
-        budgets[str(membership.get("user_id"))] = budget
+        if "litellm_budget_table" not in membership or (table is None and membership.get("budget_id")):
+            continue  # the budget was not included in the answer: unknown, so never "drifted"
+        budgets[str(membership.get("user_id"))] = table.get("max_budget") if isinstance(table, Mapping) else None
     return CurrentTeam(
         team_id=str(data["team_id"]),
         alias=data.get("team_alias"),

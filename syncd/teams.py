@@ -182,7 +182,13 @@ class _TeamPlanner:
         diffs = tuple(
             FieldDiff(name, None, value, _origin(wanted)) for name, value in payload.items() if name != "metadata"
         )
-        why = "managed team missing in LiteLLM: created again" if record is not None else _why_wanted(wanted)
+        why = _why_wanted(wanted)
+        if record is not None:
+            why = (
+                "managed team missing in LiteLLM: created again"
+                if record.managed
+                else f"{why}; the team joined before is gone"
+            )
         self._add(TeamChange("create_team", wanted.alias, key, team_id, why, diffs=diffs, payload=payload))
         for user_id in sorted(joiners):
             self._add_member(key, wanted, team_id, user_id, True, self._why_join(wanted, user_id))
@@ -234,7 +240,7 @@ class _TeamPlanner:
                 self._member_change(
                     "forget_member", key, wanted, team.team_id, user_id, managed, "no longer a member in LiteLLM"
                 )
-            elif present and budget is not None and not _same("budget", budget, team.member_budgets.get(user_id)):
+            elif present and budget is not None and not self._same_budget(budget, team, user_id):
                 self._add(
                     TeamChange(
                         "update_member",
@@ -248,6 +254,10 @@ class _TeamPlanner:
                         before={"max_budget_in_team": team.member_budgets.get(user_id)},
                     )
                 )
+
+    @staticmethod
+    def _same_budget(budget: float, team: CurrentTeam, user_id: str) -> bool:
+        return user_id not in team.member_budgets or _same("budget", budget, team.member_budgets[user_id])
 
     def _joiners(self, wanted: _Wanted) -> set[str]:
         """Who should be a member now: active in the source, existing in LiteLLM, not suspended."""

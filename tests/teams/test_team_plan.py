@@ -297,3 +297,12 @@ def test_a_run_for_some_users_changes_no_one_elses_memberships() -> None:
     assert actions(result) == [("add_member", "platform", "carol")]
     assert actions(plan([user("carol")], [], current, [record], users=users, only={"carol", "bob"})) == [
         ("remove_member", "platform", "bob")]
+
+
+def test_a_member_budget_litellm_did_not_show_is_not_taken_for_drift() -> None:
+    current = [team("t1", "platform", "alice", "bob")]
+    current[0]["team_memberships"] = [{"user_id": "alice", "budget_id": "b1", "litellm_budget_table": None},
+                                      {"user_id": "bob", "budget_id": "b2"}]
+    record = ManagedTeam("platform", "t1", True, {"team_alias": "platform"}, frozenset({"alice", "bob"}))
+    spec = Spec("platform", team_member_budget=5.0)
+    assert plan([user("alice", "platform"), user("bob", "platform")], [spec], current, [record]).empty
