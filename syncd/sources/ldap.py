@@ -88,6 +88,8 @@ class _Pull:
     changed_groups: set[str] = field(default_factory=set)
     #: member keys (DN or uid) that an entry had before this pull and has no more: a rename
     renamed_keys: set[str] = field(default_factory=set)
+    #: groups a user new to the index says it belongs to (memberOf), read again in an incremental pull
+    claimed_groups: set[str] = field(default_factory=set)
     skipped_logged: int = 0
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -291,9 +293,11 @@ class LdapSource:
 
     # -- users --------------------------------------------------------------------------------------------------
 
-    def _user_attributes(self) -> list[str]:
+    def _user_attributes(self, since: str | None) -> list[str]:
         a = self.attrs
         names = [a.user_external_id_attribute, a.user_id_attribute, a.email_attribute, a.name_attribute]
+        if since is not None and not a.member_is_uid:
+            names.append("memberOf")  # see _claimed_groups
         if a.member_is_uid:
             names.append(self.settings.groups.member_uid_attribute if self.settings.groups else "uid")
         names += list(self.settings.users.override_attributes.values())
@@ -317,7 +321,7 @@ class LdapSource:
         disabled = self._disabled(conn, state, since)
         flt = self._changed_filter(self.attrs.user_filter, since)
         seen = 0
-        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, self._user_attributes()):
+        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, self._user_attributes(since)):
             seen += 1
             self._user(state, entry, disabled)
         state.count("users_read", seen)
@@ -350,6 +354,8 @@ class LdapSource:
             state.changed_keys.update(k for k in (key, before[0] if before else None) if k)
         if before is not None and before[0] != key:
             state.renamed_keys.add(before[0])
+        if before is None and "memberof" in raw:
+            self._claimed_groups(state, raw["memberof"])
         if not email:
             state.count("skipped_no_email")
             if state.warn_skipped():
@@ -428,18 +434,28 @@ class LdapSource:
         if before is not None and before.dn_key != record.dn_key:
             state.renamed_keys.add(before.dn_key)
 
-    def _reread_referencing(self, conn: Connection, state: _Pull) -> None:
-        """Read again the unchanged groups that list a renamed entry by its old name.
+    @staticmethod
+    def _claimed_groups(state: _Pull, member_of: list[bytes]) -> None:
+        """Remember the known groups a user new to the index is in: they may list it by a DN it had out of scope."""
+        for value in member_of:
+            group = state.index.group_by_dn.get(normalise_dn(value.decode("utf-8", "replace")))
+            if group is not None:
+                state.claimed_groups.add(group)
 
-        Active Directory (and OpenLDAP's refint) rewrite member values on a rename, but AD leaves the group's
-        uSNChanged alone, so only the directory can say what such a group lists now.
+    def _reread_referencing(self, conn: Connection, state: _Pull) -> None:
+        """Read again the unchanged groups that list a renamed entry by its old name, or that a new user claims.
+
+        Active Directory (and OpenLDAP's refint) rewrite member values on a rename or a move, but AD leaves the
+        group's uSNChanged alone, so only the directory can say what such a group lists now. A user moved into the
+        users base is new to the index, so its old DN is unknown: its memberOf names the groups to read again.
         """
-        if not state.renamed_keys:
+        if not state.renamed_keys and not state.claimed_groups:
             return
         stale = [
             record.dn
             for external_id, record in state.index.groups.items()
-            if external_id not in state.changed_groups and not record.member_keys.isdisjoint(state.renamed_keys)
+            if external_id not in state.changed_groups
+            and (external_id in state.claimed_groups or not record.member_keys.isdisjoint(state.renamed_keys))
         ]
         for dn in stale:
             entry = self._read_entry(conn, dn, self._group_attributes())
