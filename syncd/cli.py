@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="apply the migrations in migrations/")
     _add_config(upgrade)
 
+    serve = commands.add_parser("serve", help="HTTP server (SCIM, health, metrics, status) plus the scheduler")
+    _add_config(serve)
+    serve.add_argument("--migrate", action="store_true", help="apply the database migrations first")
+    serve.add_argument("--host", help="listen address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: server.port)")
+    serve.add_argument(
+        "--wait-db", type=float, default=30.0, metavar="SECONDS", help="wait this long for the database at start"
+    )
+
     check = commands.add_parser("check-config", help="validate the config, then try the database, LDAP and LiteLLM")
     _add_config(check)
 
@@ -92,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(args.log_level)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "serve": _serve,
         "sync": _sync,
         "plan": _plan,
         "db": _db,
@@ -194,56 +204,22 @@ def _pull(
     settings: Any, store: Any, names: list[str], *, record: bool, incremental: bool = False
 ) -> tuple[list[Any], list[str]]:
     """Pull the LDAP sources; record complete snapshots (sync) or return them (plan). Returns (snapshots, failed)."""
-    sources = settings.ldap
-    unknown = sorted(set(names) - {s.name for s in sources})
-    if unknown:
-        known = ", ".join(s.name for s in sources) or "none configured"
-        raise _Usage(f"no LDAP source named {', '.join(unknown)} (known: {known})")
-    selected = [s for s in sources if not names or s.name in names]
-    snapshots, failed = [], []
-    for source_settings in selected:
-        snapshot = _pull_one(source_settings, store, incremental=incremental)
-        if snapshot is None or not snapshot.complete:
-            failed.append(source_settings.name)
-            continue
-        if record:
-            from syncd.store.repository import IncompleteSnapshot
+    from syncd.pull import UnknownSource, pull_sources
 
-            try:
-                result = store.record_snapshot(snapshot)
-            except IncompleteSnapshot as exc:
-                log.error("%s", exc, extra={"source": source_settings.name})
-                store.record_failure(source_settings.name, str(exc))
-                failed.append(source_settings.name)
-                continue
-            log.info(
-                "source recorded",
-                extra={
-                    "source": snapshot.source,
-                    "identities": len(snapshot.identities),
-                    "groups": len(snapshot.groups),
-                    "affected_users": len(result.affected_user_ids),
-                },
-            )
-        snapshots.append(snapshot)
-    return snapshots, failed
-
-
-def _pull_one(source_settings: Any, store: Any, *, incremental: bool) -> Any:
-    from syncd.sources.ldap import LdapSource, LdapSourceError
-
-    since = store.source_state(source_settings.name).high_water_mark if incremental else None
     try:
-        snapshot = LdapSource(source_settings).pull(since=since)
-    except LdapSourceError as exc:
-        log.error("LDAP pull failed: %s", exc, extra={"source": source_settings.name})
-        store.record_failure(source_settings.name, str(exc))
-        return None
-    if not snapshot.complete:
-        problems = "; ".join(snapshot.problems) or "incomplete result"
-        log.error("LDAP pull incomplete, nothing recorded: %s", problems, extra={"source": source_settings.name})
-        store.record_failure(source_settings.name, problems)
-    return snapshot
+        return pull_sources(settings, store, names, record=record, incremental=incremental)
+    except UnknownSource as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from syncd.serve import ServeError, serve
+
+    settings = _settings(args)
+    try:
+        return serve(settings, migrate=args.migrate, host=args.host, port=args.port, wait_db_s=args.wait_db)
+    except ServeError as exc:
+        raise _Usage(str(exc)) from None
 
 
 def _sync(args: argparse.Namespace) -> int:

@@ -6,18 +6,21 @@ argument and exception text before anything is written.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["configure_logging", "redact", "secrets_of"]
+__all__ = ["bind_log_context", "configure_logging", "log_context", "redact", "secrets_of"]
 
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def redact(*secrets: str | None) -> None:
@@ -46,8 +49,29 @@ def secrets_of(settings: Any) -> list[str]:
     return found
 
 
+_CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("syncd_log_context", default=None)
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` (run id, source, trigger) to every event logged by this thread inside the block."""
+    token = _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def bind_log_context(**fields: Any) -> None:
+    """Add `fields` to the current log context (until the enclosing `log_context` block ends)."""
+    _CONTEXT.set({**(_CONTEXT.get() or {}), **fields})
+
+
 class _Redacting(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_CONTEXT.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
         record.msg = scrub(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:

@@ -20,29 +20,63 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.runs = Counter("syncd_runs", "Sync runs by source and outcome", ["source", "outcome"], registry=r)
-        self.run_duration = Histogram("syncd_run_duration_seconds", "Duration of sync runs", ["source"],
-                                      buckets=_RUN_BUCKETS, registry=r)
-        self.last_success = Gauge("syncd_last_success_timestamp_seconds", "Unix time of the last successful run",
-                                  ["source"], registry=r)
+        self.run_duration = Histogram(
+            "syncd_run_duration_seconds", "Duration of sync runs", ["source"], buckets=_RUN_BUCKETS, registry=r
+        )
+        self.last_success = Gauge(
+            "syncd_last_success_timestamp_seconds", "Unix time of the last successful run", ["source"], registry=r
+        )
         self.managed_users = Gauge("syncd_managed_users", "Managed LiteLLM users by state", ["state"], registry=r)
-        self.changes = Counter("syncd_changes", "Changes applied by action and result", ["action", "result"],
-                               registry=r)
+        self.changes = Counter(
+            "syncd_changes", "Changes applied by action and result", ["action", "result"], registry=r
+        )
         self.guard_holds = Counter("syncd_guard_holds", "Runs held by the deactivation guard", registry=r)
-        self.litellm_calls = Counter("syncd_litellm_calls", "LiteLLM admin API calls by endpoint and status",
-                                     ["endpoint", "status"], registry=r)
-        self.litellm_latency = Histogram("syncd_litellm_call_duration_seconds", "LiteLLM admin API call latency",
-                                         ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.scim_requests = Counter("syncd_scim_requests", "SCIM requests by method, resource and status",
-                                     ["method", "resource", "status"], registry=r)
-        self.scim_auth_failures = Counter("syncd_scim_auth_failures", "SCIM requests refused for their token",
-                                          ["reason"], registry=r)
-        self.scim_to_litellm = Histogram("syncd_scim_to_litellm_seconds",
-                                         "Time from a SCIM write to the LiteLLM change it caused",
-                                         buckets=_LATENCY_BUCKETS, registry=r)
-        self.source_problems = Counter("syncd_source_problems", "Entries skipped or problems met while pulling",
-                                       ["source", "kind"], registry=r)
-        self.grant_errors = Counter("syncd_grant_errors", "Malformed grants kept in the directory", ["source"],
-                                    registry=r)
+        self.litellm_calls = Counter(
+            "syncd_litellm_calls", "LiteLLM admin API calls by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.litellm_latency = Histogram(
+            "syncd_litellm_call_duration_seconds",
+            "LiteLLM admin API call latency",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.scim_requests = Counter(
+            "syncd_scim_requests",
+            "SCIM requests by method, resource and status",
+            ["method", "resource", "status"],
+            registry=r,
+        )
+        self.scim_auth_failures = Counter(
+            "syncd_scim_auth_failures", "SCIM requests refused for their token", ["reason"], registry=r
+        )
+        self.scim_to_litellm = Histogram(
+            "syncd_scim_to_litellm_seconds",
+            "Time from a SCIM write to the LiteLLM change it caused",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.source_problems = Counter(
+            "syncd_source_problems", "Entries skipped or problems met while pulling", ["source", "kind"], registry=r
+        )
+        self.grant_errors = Counter(
+            "syncd_grant_errors", "Malformed grants kept in the directory", ["source"], registry=r
+        )
+
+        self._add_daemon_metrics(r)
+
+    def _add_daemon_metrics(self, r: CollectorRegistry) -> None:
+        """The families of `syncd serve`: scheduled pulls, leadership, the reconcile worker."""
+        self.pulls = Counter(
+            "syncd_pulls", "Scheduled LDAP pulls by source, mode and outcome", ["source", "mode", "outcome"], registry=r
+        )
+        self.leader = Gauge("syncd_leader", "1 while this replica runs the scheduled pulls and the applies", registry=r)
+        self.pending_changes = Gauge("syncd_pending_changes", "Journaled changes still pending", registry=r)
+        self.failed_changes = Gauge("syncd_failed_changes", "Changes that failed in the last run", registry=r)
+        self.reconcile_requests = Counter(
+            "syncd_reconcile_requests", "Reconciles asked of the worker, by trigger", ["trigger"], registry=r
+        )
+        self.up_since = Gauge("syncd_start_time_seconds", "Unix time this process started", registry=r)
 
     def record_litellm_call(self, endpoint: str, status: int | None, seconds: float) -> None:
         """The LiteLLM client's on_call hook: one call, its status (None: no answer) and latency."""

@@ -1,0 +1,190 @@
+"""The HTTP side of `syncd serve`: `create_app(...)` builds the FastAPI app (nothing is built at import).
+
+| path | what |
+|---|---|
+| /scim/v2/... | the SCIM 2.0 router, when `scim.enabled` |
+| /healthz | liveness: 200 while the process serves |
+| /readyz | 200 when the database answers, the schema is at head and (if `server.ready_max_sync_age`) the last
+  successful sync is recent enough; 503 with `{"status": "unready", "reason": ...}` otherwise |
+| /metrics | Prometheus text format |
+| /status | JSON (last runs, pending and failed changes, held plans, sources); needs `Authorization: Bearer <admin>` |
+| / | the read-only status page: aggregates for anyone; user ids and errors after POST /login with the admin token |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from syncd.metrics import Metrics
+from syncd.status import collect_status, render_page
+
+__all__ = ["ADMIN_COOKIE", "create_app"]
+
+log = logging.getLogger(__name__)
+
+ADMIN_COOKIE = "syncd_admin"
+_Scope = MutableMapping[str, Any]
+_ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class _BodyLimit:
+    """ASGI middleware answering 413 to a request whose Content-Length is over the limit."""
+
+    def __init__(self, app: _ASGI, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Admin:
+    """The admin token check: bearer header or the status page's cookie, compared in constant time."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        digest = None if token is None else hmac.new(token.encode(), b"syncd-status-page", hashlib.sha256)
+        self.cookie_value = None if digest is None else digest.hexdigest()
+
+    def bearer_ok(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        return self.token is not None and scheme.lower() == "bearer" and self.matches(presented.strip())
+
+    def matches(self, presented: str) -> bool:
+        return self.token is not None and hmac.compare_digest(presented.encode(), self.token.encode())
+
+    def cookie_ok(self, request: Request) -> bool:
+        value = request.cookies.get(ADMIN_COOKIE, "")
+        return self.cookie_value is not None and hmac.compare_digest(value.encode(), self.cookie_value.encode())
+
+
+def create_app(
+    settings: Any,
+    *,
+    store: Any,
+    engine: Any,
+    metrics: Metrics,
+    worker: Any = None,
+    leadership: Any = None,
+    started_at: float | None = None,
+) -> FastAPI:
+    """The app: SCIM (when enabled), health, readiness, metrics, status JSON and page."""
+    app = FastAPI(title="syncd", docs_url=None, redoc_url=None, openapi_url=None)
+    token = settings.server.admin_token
+    admin = _Admin(token.get_secret_value() if token is not None else None)
+    started = time.time() if started_at is None else started_at
+    _mount_scim(app, settings, engine, worker, metrics)
+    _health_routes(app, settings, store, engine, started)
+    _status_routes(app, store, admin, lambda: _replica(leadership, worker))
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(_BodyLimit, limit=settings.server.max_body_bytes)
+    return app
+
+
+def _mount_scim(app: FastAPI, settings: Any, engine: Any, worker: Any, metrics: Metrics) -> None:
+    if not settings.scim.enabled:
+        return
+    try:
+        from syncd.scim import build_scim_router
+    except ImportError as exc:
+        log.error("scim.enabled is true but the SCIM service provider cannot be loaded (%s): /scim/v2 not served", exc)
+        return
+    on_write = worker.on_scim_write if worker is not None else None
+    app.include_router(build_scim_router(settings, engine, on_write=on_write, metrics=metrics), prefix="/scim/v2")
+
+
+def _replica(leadership: Any, worker: Any) -> dict[str, Any]:
+    from syncd.store.leader import replica_id
+
+    return {
+        "id": replica_id(),
+        "leader": bool(leadership.held) if leadership is not None else True,
+        "reconciling": bool(getattr(worker, "busy", False)),
+    }
+
+
+def _health_routes(app: FastAPI, settings: Any, store: Any, engine: Any, started: float) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        reason = _unready_reason(settings, store, engine, started)
+        if reason is not None:
+            return JSONResponse({"status": "unready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+
+def _unready_reason(settings: Any, store: Any, engine: Any, started: float) -> str | None:
+    from syncd.store import schema_revision
+
+    try:
+        current, head = schema_revision(engine)
+    except Exception as exc:
+        return f"database unreachable: {type(exc).__name__}: {_first_line(exc)}"
+    if current != head:
+        return f"database schema at {current or 'empty'}, needs {head}: run `syncd db upgrade`"
+    limit = settings.server.ready_max_sync_age
+    if limit is None:
+        return None
+    last = store.last_success_at()
+    age = time.time() - max(last or 0.0, started)
+    if age > limit:
+        when = "no successful sync yet" if last is None else f"last successful sync {age:.0f} s ago"
+        return f"{when} (server.ready_max_sync_age is {limit:.0f} s)"
+    return None
+
+
+def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[], dict[str, Any]]) -> None:
+    @app.get("/status", include_in_schema=False)
+    def status(request: Request) -> JSONResponse:
+        if admin.token is None:
+            return JSONResponse({"detail": "server.admin_token is not set: /status is off"}, status_code=403)
+        if not admin.bearer_ok(request):
+            headers = {"WWW-Authenticate": 'Bearer realm="syncd"'}
+            return JSONResponse({"detail": "admin token required"}, status_code=401, headers=headers)
+        return JSONResponse(collect_status(store, detailed=True, replica=replica()))
+
+    @app.get("/", include_in_schema=False)
+    def page(request: Request) -> HTMLResponse:
+        detailed = admin.cookie_ok(request) or admin.bearer_ok(request)
+        data = collect_status(store, detailed=detailed, replica=replica())
+        return HTMLResponse(render_page(data), headers={"Cache-Control": "no-store"})
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        presented = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0]
+        if admin.cookie_value is None or not admin.matches(presented):
+            return HTMLResponse("<p>Wrong admin token. <a href='/'>Back</a></p>", status_code=401)
+        response = RedirectResponse("/", status_code=303)
+        secure = request.url.scheme == "https"
+        response.set_cookie(ADMIN_COOKIE, admin.cookie_value, httponly=True, samesite="strict", secure=secure)
+        return response
+
+
+def _first_line(exc: BaseException) -> str:
+    from syncd.logs import scrub
+
+    return scrub((str(exc).strip().splitlines() or [""])[0][:300])

@@ -1,0 +1,103 @@
+"""Pull LDAP sources and record what they say: shared by `syncd sync`, `syncd plan` and the scheduled jobs of serve.
+
+A pull that fails or comes back incomplete records nothing but the failure (the source's previous state stands) and
+is reported in `failed`. Keep one `LdapSource` per source for the life of a process (the `sources` cache): its
+directory index is what makes the next incremental pull possible.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from syncd.model import Snapshot
+
+__all__ = ["UnknownSource", "pull_sources"]
+
+log = logging.getLogger(__name__)
+
+
+class UnknownSource(ValueError):
+    """A source name that no `ldap:` entry of the config has."""
+
+
+def pull_sources(
+    settings: Any,
+    store: Any,
+    names: Sequence[str] = (),
+    *,
+    record: bool,
+    incremental: bool = False,
+    sources: MutableMapping[str, Any] | None = None,
+) -> tuple[list[Snapshot], list[str]]:
+    """Pull the named (or every) LDAP source; record complete snapshots when `record`. Returns (snapshots, failed)."""
+    selected = _selected(settings, names)
+    snapshots: list[Snapshot] = []
+    failed: list[str] = []
+    for source_settings in selected:
+        source = _source(source_settings, sources)
+        snapshot = _pull_one(source, source_settings.name, store, incremental=incremental)
+        if snapshot is None or not snapshot.complete or (record and not _record(store, snapshot)):
+            failed.append(source_settings.name)
+            continue
+        snapshots.append(snapshot)
+    return snapshots, failed
+
+
+def _selected(settings: Any, names: Sequence[str]) -> list[Any]:
+    configured = settings.ldap
+    unknown = sorted(set(names) - {s.name for s in configured})
+    if unknown:
+        known = ", ".join(s.name for s in configured) or "none configured"
+        raise UnknownSource(f"no LDAP source named {', '.join(unknown)} (known: {known})")
+    return [s for s in configured if not names or s.name in names]
+
+
+def _source(source_settings: Any, cache: MutableMapping[str, Any] | None) -> Any:
+    from syncd.sources.ldap import LdapSource
+
+    if cache is None:
+        return LdapSource(source_settings)
+    if source_settings.name not in cache:
+        cache[source_settings.name] = LdapSource(source_settings)
+    return cache[source_settings.name]
+
+
+def _pull_one(source: Any, name: str, store: Any, *, incremental: bool) -> Snapshot | None:
+    from syncd.sources.ldap import LdapSourceError
+
+    since = store.source_state(name).high_water_mark if incremental else None
+    try:
+        snapshot: Snapshot = source.pull(since=since)
+    except LdapSourceError as exc:
+        log.error("LDAP pull failed: %s", exc, extra={"source": name})
+        store.record_failure(name, str(exc))
+        return None
+    if not snapshot.complete:
+        problems = "; ".join(snapshot.problems) or "incomplete result"
+        log.error("LDAP pull incomplete, nothing recorded: %s", problems, extra={"source": name})
+        store.record_failure(name, problems)
+    return snapshot
+
+
+def _record(store: Any, snapshot: Snapshot) -> bool:
+    from syncd.store.repository import IncompleteSnapshot
+
+    try:
+        result = store.record_snapshot(snapshot)
+    except IncompleteSnapshot as exc:
+        log.error("%s", exc, extra={"source": snapshot.source})
+        store.record_failure(snapshot.source, str(exc))
+        return False
+    log.info(
+        "source recorded",
+        extra={
+            "source": snapshot.source,
+            "incremental": snapshot.incremental,
+            "identities": len(snapshot.identities),
+            "groups": len(snapshot.groups),
+            "affected_users": len(result.affected_user_ids),
+        },
+    )
+    return True

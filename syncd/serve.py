@@ -1,0 +1,210 @@
+"""`syncd serve`: the app under uvicorn, the scheduled pulls, the reconcile worker and leader election, wired once.
+
+Start: wait for the database (up to `wait_db_s`), check the schema is at head (or migrate with `--migrate`), take
+the SQLite lock file where there is one, then serve. SIGTERM/SIGINT: the worker stops taking new changes at once,
+uvicorn closes its listeners, the changes in flight finish and are journaled, and `serve` returns 0 (1 if the
+work in flight did not end within `stop_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from syncd.app import create_app
+from syncd.metrics import Metrics
+from syncd.scheduler import PullScheduler
+from syncd.store import SchemaOutOfDate, make_engine, require_current_schema, schema_revision, upgrade
+from syncd.store.leader import AlreadyServing, Leadership, leadership_for, replica_id
+from syncd.store.repository import SyncStore
+from syncd.worker import ReconcileWorker
+
+__all__ = ["ServeError", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class ServeError(Exception):
+    """serve cannot start: the database is unreachable, its schema out of date, or the SQLite file in use."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, telling the daemon about SIGTERM/SIGINT at once and not re-raising the signal after shutdown."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Any) -> None:
+        super().__init__(config)
+        self.on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop taking work; a second SIGINT forces uvicorn out."""
+        self.on_signal(sig)
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+class _Election:
+    """The thread that keeps trying for (or keeps) leadership and acts when it changes hands."""
+
+    def __init__(self, leadership: Leadership, worker: ReconcileWorker, scheduler: PullScheduler, metrics: Metrics):
+        self.leadership, self.worker, self.scheduler, self.metrics = leadership, worker, scheduler, metrics
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="leader-election", daemon=True)
+
+    def _loop(self) -> None:
+        leading = False
+        self.metrics.leader.set(0)
+        while not self.stopping.is_set():
+            self.leadership.step(self._message, 1.0)
+            if self.leadership.held != leading:
+                leading = self.leadership.held
+                self.metrics.leader.set(1 if leading else 0)
+                if leading:
+                    self._took_lead()
+
+    def _took_lead(self) -> None:
+        log.info("this replica leads: scheduled pulls and applies run here", extra={"replica": replica_id()})
+        self.worker.request("leader")
+        try:
+            self.scheduler.catch_up()
+        except Exception:
+            log.exception("could not look for overdue pulls")
+
+    def _message(self, message: dict[str, Any]) -> None:
+        user_ids = [str(u) for u in message.get("user_ids") or []]
+        at = float(message.get("at") or time.time())
+        self.worker.note_writes(user_ids, at)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def _engine(url: str) -> Any:
+    if url.startswith("postgresql"):
+        return make_engine(url, connect_args={"connect_timeout": 5})
+    return make_engine(url)
+
+
+def _prepare_database(engine: Any, *, migrate: bool, wait_db_s: float) -> None:
+    deadline = time.monotonic() + wait_db_s
+    while True:
+        try:
+            current, head = schema_revision(engine)
+            break
+        except Exception as exc:
+            if time.monotonic() >= deadline:
+                raise ServeError(f"cannot reach the database: {type(exc).__name__}: {_first_line(exc)}") from None
+            log.warning("database not reachable yet, retrying: %s", _first_line(exc))
+            time.sleep(1)
+    if migrate and current != head:
+        log.info("migrating the database schema", extra={"from": current or "empty", "to": head})
+        upgrade(engine)
+    try:
+        require_current_schema(engine)
+    except SchemaOutOfDate as exc:
+        raise ServeError(f"{exc} (or start serve with --migrate)") from None
+
+
+def _client(settings: Any, metrics: Metrics) -> Any:
+    from syncd.litellm import LiteLLMClient
+
+    key = settings.litellm.master_key
+    if key is None:
+        raise ServeError("litellm.master_key (or master_key_file) is not set")
+    verify: bool | str = str(settings.litellm.ca_file) if settings.litellm.ca_file else settings.litellm.verify_tls
+    return LiteLLMClient(
+        settings.litellm.url,
+        key.get_secret_value(),
+        timeout_s=settings.litellm.timeout_s,
+        max_retries=settings.litellm.max_retries,
+        verify=verify,
+        on_call=metrics.record_litellm_call,
+    )
+
+
+def serve(
+    settings: Any,
+    *,
+    migrate: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+    wait_db_s: float = 30.0,
+    stop_timeout_s: float = 25.0,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop. Raises ServeError when it cannot start."""
+    engine = _engine(settings.database.url)
+    _prepare_database(engine, migrate=migrate, wait_db_s=wait_db_s)
+    try:
+        leadership = leadership_for(engine)
+    except AlreadyServing as exc:
+        raise ServeError(str(exc)) from None
+    metrics = Metrics()
+    metrics.up_since.set(time.time())
+    store = SyncStore(engine)
+    client = _client(settings, metrics)
+    worker = ReconcileWorker(
+        settings, store, client, metrics=metrics, is_leader=lambda: leadership.held, announce=leadership.announce
+    )
+    scheduler = PullScheduler(
+        settings,
+        store,
+        on_pulled=lambda name, failed: worker.request("schedule", sources=[name], failed=failed),
+        is_leader=lambda: leadership.held,
+        metrics=metrics,
+    )
+    election = _Election(leadership, worker, scheduler, metrics)
+    app = create_app(settings, store=store, engine=engine, metrics=metrics, worker=worker, leadership=leadership)
+    config = uvicorn.Config(
+        app,
+        host=host or settings.server.host,
+        port=settings.server.port if port is None else port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config, on_signal=lambda sig: _stopping(sig, worker, scheduler))
+    worker.start()
+    scheduler.start()
+    election.thread.start()
+    log.info("syncd serve started", extra={"replica": replica_id(), "port": config.port})
+    try:
+        server.run()
+    finally:
+        clean = _shutdown(worker, scheduler, election, leadership, stop_timeout_s)
+        client.close()
+        engine.dispose()
+    return 0 if clean else 1
+
+
+def _stopping(sig: int, worker: ReconcileWorker, scheduler: PullScheduler) -> None:
+    log.info("signal %s: finishing the work in flight, taking no more", signal.Signals(sig).name)
+    worker.begin_stop()
+    scheduler.begin_stop()
+
+
+def _shutdown(
+    worker: ReconcileWorker, scheduler: PullScheduler, election: _Election, leadership: Leadership, timeout_s: float
+) -> bool:
+    scheduler.shutdown()
+    clean = worker.stop(timeout_s)
+    if not clean:
+        log.error("the reconcile in flight did not finish within %.0f s; stopping anyway", timeout_s)
+    election.stop()
+    leadership.release()
+    log.info("syncd serve stopped", extra={"clean": clean})
+    return clean
+
+
+def _first_line(exc: BaseException) -> str:
+    from syncd.logs import scrub
+
+    return scrub((str(exc).strip().splitlines() or [""])[0][:300])

@@ -1,0 +1,236 @@
+"""What `GET /status` and the status page at `/` show: last runs, pending and failed changes, held plans, sources.
+
+`collect_status(store, detailed=...)` gathers it as JSON-ready data; without `detailed` only aggregates (counts,
+statuses, times, source names) are included, never a user id, an error text or a directory DN. `render_page(data)`
+renders the same for a person: a table of the last runs and an inline SVG chart of the changes per run (no script,
+nothing fetched from elsewhere).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["collect_status", "render_page"]
+
+_RUNS = 30
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _run(record: Any, *, detailed: bool) -> dict[str, Any]:
+    summary = record.summary or {}
+    applied = summary.get("applied") or {}
+    started, finished = record.started_at, record.finished_at
+    seconds = (finished - started).total_seconds() if started and finished else None
+    run = {
+        "id": record.id,
+        "trigger": record.trigger,
+        "sources": record.sources,
+        "status": record.status,
+        "started_at": _iso(started),
+        "finished_at": _iso(finished),
+        "seconds": None if seconds is None else round(seconds, 3),
+        "planned": {k: v for k, v in (summary.get("plan") or {}).items() if v},
+        "done": applied.get("done", 0),
+        "failed": applied.get("failed", 0),
+        "skipped": applied.get("skipped", 0),
+    }
+    if detailed:
+        run["problems"] = summary.get("problems") or []
+        run["error"] = record.error
+    return run
+
+
+def _source(state: Any, *, detailed: bool) -> dict[str, Any]:
+    data = {
+        "source": state.source,
+        "last_full_at": _iso(state.last_full_at),
+        "last_success_at": _iso(state.last_success_at),
+        "last_attempt_at": _iso(state.last_attempt_at),
+        "failing": bool(state.last_error),
+    }
+    if detailed:
+        data["last_error"] = state.last_error
+        data["high_water_mark"] = state.high_water_mark
+    return data
+
+
+def collect_status(store: Any, *, detailed: bool, replica: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The daemon's state for /status and the page; `detailed` adds user ids and error texts."""
+    runs = [_run(record, detailed=detailed) for record in store.recent_runs(_RUNS)]
+    journal = store.journal_counts()
+    data: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "replica": dict(replica or {}),
+        "last_success_at": _iso_ts(store.last_success_at()),
+        "runs": runs,
+        "held": [run for run in runs if run["status"] == "held"],
+        "changes": {"pending": journal.get("pending", 0), "failed_total": journal.get("failed", 0)},
+        "managed_users": store.managed_counts(),
+        "sources": [_source(state, detailed=detailed) for state in store.source_states()],
+        "detailed": detailed,
+    }
+    if detailed:
+        data["failed_changes"] = [
+            {k: row[k] for k in ("id", "run_id", "key", "action", "error")} for row in store.failed_changes(20)
+        ]
+    return data
+
+
+def _iso_ts(value: float | None) -> str | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+
+
+# -- the page ---------------------------------------------------------------------------------------------------------
+_STYLE = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px} .muted{color:#667085}
+.cards{display:flex;gap:12px;flex-wrap:wrap} .card{background:#fff;border:1px solid #e3e6ea;border-radius:8px;
+padding:10px 14px;min-width:150px} .card b{display:block;font-size:20px}
+table{border-collapse:collapse;background:#fff;width:100%;border:1px solid #e3e6ea}
+th,td{padding:5px 8px;border-bottom:1px solid #eef0f3;text-align:left;white-space:nowrap} th{background:#f0f2f5}
+td.num{text-align:right} .success{color:#067647} .failed{color:#b42318} .held{color:#b54708} .running{color:#175cd3}
+svg{background:#fff;border:1px solid #e3e6ea;border-radius:8px} form{margin-top:8px}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _cards(data: Mapping[str, Any]) -> str:
+    replica = data.get("replica") or {}
+    managed = data.get("managed_users") or {}
+    cards = [
+        ("Last successful run", data.get("last_success_at") or "never"),
+        ("Pending changes", data["changes"]["pending"]),
+        ("Held plans (recent)", len(data["held"])),
+        ("Managed users", ", ".join(f"{n} {state}" for state, n in sorted(managed.items())) or "none"),
+        ("This replica", f"{replica.get('id', '?')} ({'leader' if replica.get('leader') else 'follower'})"),
+    ]
+    inner = "".join(f'<div class="card"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>' for k, v in cards)
+    return f'<div class="cards">{inner}</div>'
+
+
+def _chart(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Changes per run (done green, failed red), oldest on the left, as inline SVG."""
+    ordered = list(reversed(runs))
+    width, height, left, bottom = 1100, 220, 40, 30
+    peak = max([run["done"] + run["failed"] for run in ordered] + [1])
+    slot = (width - left - 10) / max(len(ordered), 1)
+    bars, labels = [], []
+    for i, run in enumerate(ordered):
+        x = left + i * slot + slot * 0.15
+        w = slot * 0.7
+        done_h = (height - bottom - 10) * run["done"] / peak
+        fail_h = (height - bottom - 10) * run["failed"] / peak
+        y_done = height - bottom - done_h
+        tip = f"run {run['id']} {run['status']}: {run['done']} done, {run['failed']} failed ({run['started_at']})"
+        bars.append(
+            f'<g><title>{_esc(tip)}</title><rect x="{x:.1f}" y="{y_done:.1f}" width="{w:.1f}" height="{done_h:.1f}" '
+            f'fill="#32a467"/><rect x="{x:.1f}" y="{y_done - fail_h:.1f}" width="{w:.1f}" height="{fail_h:.1f}" '
+            f'fill="#d92d20"/></g>'
+        )
+        if i % max(1, len(ordered) // 10) == 0:
+            label = (run["started_at"] or "")[11:19]
+            labels.append(
+                f'<text x="{x + w / 2:.1f}" y="{height - 10}" font-size="10" text-anchor="middle">{label}</text>'
+            )
+    axis = (
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" stroke="#98a2b3"/>'
+        f'<text x="{left - 6}" y="16" font-size="10" text-anchor="end">{peak}</text>'
+        f'<text x="{left - 6}" y="{height - bottom}" font-size="10" text-anchor="end">0</text>'
+    )
+    legend = (
+        f'<rect x="{width - 190}" y="8" width="10" height="10" fill="#32a467"/>'
+        f'<text x="{width - 176}" y="17" font-size="11">done</text>'
+        f'<rect x="{width - 130}" y="8" width="10" height="10" fill="#d92d20"/>'
+        f'<text x="{width - 116}" y="17" font-size="11">failed</text>'
+    )
+    return (
+        f'<svg id="changes-chart" role="img" aria-label="changes per run" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{legend}{"".join(bars)}{"".join(labels)}</svg>'
+    )
+
+
+def _runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    head = "<tr><th>Run</th><th>Started (UTC)</th><th>Trigger</th><th>Sources</th><th>Status</th>"
+    head += "<th>Seconds</th><th>Planned</th><th>Done</th><th>Failed</th><th>Skipped</th></tr>"
+    rows = []
+    for run in runs:
+        planned = ", ".join(f"{n} {action}" for action, n in sorted(run["planned"].items())) or "-"
+        rows.append(
+            f"<tr><td>{run['id']}</td><td>{_esc((run['started_at'] or '')[:19].replace('T', ' '))}</td>"
+            f"<td>{_esc(run['trigger'])}</td><td>{_esc(run['sources'] or 'all')}</td>"
+            f'<td class="{_esc(run["status"])}">{_esc(run["status"])}</td>'
+            f'<td class="num">{_esc(run["seconds"])}</td><td>{_esc(planned)}</td>'
+            f'<td class="num">{run["done"]}</td><td class="num">{run["failed"]}</td>'
+            f'<td class="num">{run["skipped"]}</td>'
+            "</tr>"
+        )
+    return f'<table id="runs">{head}{"".join(rows) or "<tr><td colspan=10>no runs yet</td></tr>"}</table>'
+
+
+def _sources_table(sources: Sequence[Mapping[str, Any]], *, detailed: bool) -> str:
+    head = "<tr><th>Source</th><th>Last success</th><th>Last full pull</th><th>State</th>"
+    head += "<th>Last error</th></tr>" if detailed else "</tr>"
+    rows = []
+    for source in sources:
+        state = '<span class="failed">failing</span>' if source["failing"] else '<span class="success">ok</span>'
+        row = f"<tr><td>{_esc(source['source'])}</td><td>{_esc(source['last_success_at'])}</td>"
+        row += f"<td>{_esc(source['last_full_at'])}</td><td>{state}</td>"
+        row += f"<td>{_esc(source.get('last_error'))}</td></tr>" if detailed else "</tr>"
+        rows.append(row)
+    return f'<table id="sources">{head}{"".join(rows) or "<tr><td>none recorded yet</td></tr>"}</table>'
+
+
+def _failed_table(failed: Sequence[Mapping[str, Any]]) -> str:
+    head = "<tr><th>Change</th><th>Run</th><th>User</th><th>Action</th><th>Error</th></tr>"
+    rows = [
+        f"<tr><td>{row['id']}</td><td>{row['run_id']}</td><td>{_esc(row['key'])}</td><td>{_esc(row['action'])}</td>"
+        f"<td>{_esc(row['error'])}</td></tr>"
+        for row in failed
+    ]
+    return f'<table id="failed">{head}{"".join(rows) or "<tr><td colspan=5>none</td></tr>"}</table>'
+
+
+def _login_form() -> str:
+    return (
+        '<form method="post" action="/login"><span class="muted">User ids and error texts are shown with the admin '
+        'token:</span> <input type="password" name="token" placeholder="admin token" autocomplete="off"> '
+        '<button type="submit">Show details</button></form>'
+    )
+
+
+def render_page(data: Mapping[str, Any]) -> str:
+    """The status page as one self-contained HTML document."""
+    detailed = bool(data.get("detailed"))
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>syncd status</title>",
+        f'<meta http-equiv="refresh" content="30"><style>{_STYLE}</style></head><body>',
+        f'<h1>syncd</h1><div class="muted">status at {_esc(data["generated_at"])}'
+        f"{' (details shown)' if detailed else ''}</div>",
+        _cards(data),
+        "<h2>Changes per run</h2>",
+        _chart(data["runs"]),
+        "<h2>Last runs</h2>",
+        _runs_table(data["runs"]),
+        "<h2>Sources</h2>",
+        _sources_table(data["sources"], detailed=detailed),
+    ]
+    if detailed:
+        parts += ["<h2>Failed changes</h2>", _failed_table(data.get("failed_changes") or [])]
+    else:
+        parts.append(_login_form())
+    parts.append('<p class="muted">Read-only; refreshes every 30 s. JSON: GET /status with the admin token.</p>')
+    parts.append("</body></html>")
+    return "".join(parts)

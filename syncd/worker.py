@@ -1,0 +1,288 @@
+"""The reconcile worker of `syncd serve`: one reconcile at a time in a background thread, fed by SCIM and schedules.
+
+Requests coalesce: SCIM writes wait `scim.debounce_s` for more writes (at most ten times that in all), scheduled
+pulls run at once, and everything asked while a run is going becomes one next run. Only the leader runs
+reconciles; a follower's SCIM writes are announced to the leader instead. Stopping (SIGTERM, or leadership lost)
+lets the changes in flight finish and be journaled, leaves the not yet started ones pending (the next run
+supersedes and re-plans them) and takes no new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.logs import bind_log_context, log_context
+from syncd.metrics import Metrics
+from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
+from syncd.store.repository import SyncStore
+
+__all__ = ["ReconcileWorker", "ShutdownRequested"]
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 30.0  # how often an idle leader looks whether a drift check or a retry is due
+_RETRY_S = (30.0, 60.0, 120.0, 300.0, 600.0)  # after a failed run, the next try waits this long (then the last)
+_MAX_TRACKED_WRITES = 50_000
+
+
+class ShutdownRequested(Exception):
+    """The run stopped taking new changes: the process is stopping or lost leadership."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """What the next run must cover and when it is due (requests coalesce into one)."""
+
+    debounce_s: float
+    triggers: list[str] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    asked_due: float = math.inf  # the earliest due time of the non-SCIM requests
+    first_write: float | None = None
+    last_write: float | None = None
+
+    @property
+    def due(self) -> float:
+        """Monotonic time the run should start: SCIM writes wait for a quiet spell, capped at 10 debounces."""
+        if self.first_write is None or self.last_write is None:
+            return self.asked_due
+        quiet = min(self.last_write + self.debounce_s, self.first_write + 10 * self.debounce_s)
+        return min(self.asked_due, quiet)
+
+    def add(self, trigger: str, sources: Iterable[str], failed: Iterable[str]) -> None:
+        """Cover this trigger and these sources too."""
+        if trigger not in self.triggers:
+            self.triggers.append(trigger)
+        self.sources.update(sources)
+        self.failed.update(failed)
+
+
+class _RunTaggingStore(SyncStore):
+    """The store, binding each run's id to the log context of the thread that runs it."""
+
+    def start_run(self, trigger: str, sources: Any = ()) -> int:
+        """Open a run and tag this thread's logs with its id."""
+        run_id = super().start_run(trigger, sources)
+        bind_log_context(run_id=run_id)
+        return run_id
+
+
+class _StoppableReconciler(Reconciler):
+    """A Reconciler whose apply stops taking new changes once `should_stop()` says so."""
+
+    def __init__(self, *args: Any, should_stop: Callable[[], bool], on_done: Callable[[str], None], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._should_stop, self._on_done, self._stopped = should_stop, on_done, False
+
+    def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
+        if self._should_stop():
+            raise ShutdownRequested("stopped before applying")
+        super()._apply(report, options)
+
+    def _count_change(self, change: Any, status: str) -> None:
+        # called by the Applier after each journaled outcome: raising here makes it cancel what has not started
+        # and journal the changes in flight before the exception leaves apply(); raise once only
+        super()._count_change(change, status)
+        if status == "done":
+            self._on_done(change.user_id)
+        if not self._stopped and self._should_stop():
+            self._stopped = True
+            raise ShutdownRequested("stopped taking new changes")
+
+
+class ReconcileWorker:
+    """Runs reconciles one at a time on a background thread, when this replica leads."""
+
+    def __init__(
+        self,
+        settings: Any,
+        store: SyncStore,
+        client: Any,
+        *,
+        metrics: Metrics | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
+        announce: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.settings, self.client, self.metrics = settings, client, metrics
+        self.store = _RunTaggingStore(store.engine)
+        self.is_leader, self.announce = is_leader, announce
+        self.debounce_s = float(settings.scim.debounce_s)
+        self._cond = threading.Condition()
+        self._request: _Request | None = None
+        self._written: dict[str, float] = {}  # user_id -> unix time of its earliest unapplied SCIM write
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._next_tick = 0.0
+        self.busy = False
+        self.last_report: RunReport | None = None
+
+    # -- asking for work ---------------------------------------------------------------------------------------
+    def request(
+        self, trigger: str, *, sources: Iterable[str] = (), failed: Iterable[str] = (), delay_s: float = 0.0
+    ) -> None:
+        """Ask for a reconcile `delay_s` from now (coalesced with whatever is already asked)."""
+        with self._cond:
+            request = self._pending()
+            request.add(trigger, sources, failed)
+            request.asked_due = min(request.asked_due, time.monotonic() + delay_s)
+            self._cond.notify_all()
+        self._count_request(trigger)
+
+    def on_scim_write(self, user_ids: set[str]) -> None:
+        """The SCIM router's on_write: reconcile soon here, or tell the leader when this replica follows."""
+        now = time.time()
+        if not self.is_leader() and self.announce is not None:
+            self.announce({"user_ids": sorted(user_ids), "at": now})
+            return
+        self.note_writes(user_ids, now)
+
+    def note_writes(self, user_ids: Iterable[str], at: float) -> None:
+        """Remember when these users were written (for syncd_scim_to_litellm_seconds); reconcile after the debounce."""
+        with self._cond:
+            for user_id in user_ids:
+                if len(self._written) < _MAX_TRACKED_WRITES:
+                    self._written.setdefault(user_id, at)
+            request = self._pending()
+            request.add("scim", (), ())
+            now = time.monotonic()
+            request.first_write = now if request.first_write is None else request.first_write
+            request.last_write = now
+            self._cond.notify_all()
+        self._count_request("scim")
+
+    def _pending(self) -> _Request:
+        if self._request is None:
+            self._request = _Request(self.debounce_s)
+        return self._request
+
+    def _count_request(self, trigger: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reconcile_requests.labels(trigger).inc()
+
+    # -- the thread ------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread = threading.Thread(target=self._loop, name="reconcile-worker", daemon=True)
+        self._thread.start()
+
+    def begin_stop(self) -> None:
+        """Take no new work from now on (safe from a signal handler: no lock taken)."""
+        self._stopping.set()
+
+    def stop(self, timeout_s: float = 25.0) -> bool:
+        """Take no new work, let the changes in flight finish; True if the thread ended within `timeout_s`."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            request = self._next_request()
+            if request is not None:
+                self._run(request)
+
+    def _next_request(self) -> _Request | None:
+        while not self._stopping.is_set():
+            now, leading = time.monotonic(), self.is_leader()
+            if leading and now >= self._next_tick:
+                self._next_tick = now + _TICK_S
+                self._tick()
+                continue
+            with self._cond:
+                request = self._request
+                if leading and request is not None and request.due <= now:
+                    self._request = None
+                    return request
+                due = request.due if leading and request is not None else math.inf
+                self._cond.wait(max(0.01, min(1.0, due - now, self._next_tick - now)))
+        return None
+
+    def _tick(self) -> None:
+        """Idle leader: a drift check when due, a retry after a failed run."""
+        try:
+            if self._reconciler().drift_due():
+                self.request("drift")
+        except Exception as exc:  # the database may be away; the next tick tries again
+            log.warning("could not check whether a drift check is due: %s", exc)
+
+    def _run(self, request: _Request) -> None:
+        with self._cond:
+            written, self._written = self._written, {}
+        trigger = "+".join(request.triggers)
+        options = ReconcileOptions(
+            trigger=trigger[:50], failed_sources=tuple(sorted(request.failed)), sources=tuple(sorted(request.sources))
+        )
+        self.busy = True
+        try:
+            with log_context(trigger=options.trigger, source=",".join(options.sources) or "all"):
+                self._reconcile(options, written)
+        finally:
+            self.busy = False
+            self._refresh_gauges()
+
+    def _reconcile(self, options: ReconcileOptions, written: dict[str, float]) -> None:
+        def done(user_id: str) -> None:
+            at = written.pop(user_id, None)
+            if at is not None and self.metrics is not None:
+                self.metrics.scim_to_litellm.observe(max(0.0, time.time() - at))
+
+        try:
+            report = self._reconciler(on_done=done).run(options)
+        except ShutdownRequested as exc:
+            log.warning("run interrupted after the changes in flight: %s", exc)
+            self._restore(written)
+            return
+        except Exception:
+            log.exception("reconcile failed")
+            self._restore(written)
+            self._schedule_retry()
+            return
+        self.last_report = report
+        log.info("run finished", extra={"status": report.status, "seconds": round(report.seconds, 3)})
+        if report.status == "failed":
+            self._schedule_retry()
+        else:
+            self._failures = 0
+
+    def _reconciler(self, on_done: Callable[[str], None] = lambda _user_id: None) -> _StoppableReconciler:
+        return _StoppableReconciler(
+            self.settings,
+            self.store,
+            self.client,
+            metrics=self.metrics,
+            should_stop=lambda: self._stopping.is_set() or not self.is_leader(),
+            on_done=on_done,
+        )
+
+    def _restore(self, written: dict[str, float]) -> None:
+        with self._cond:
+            for user_id, at in written.items():
+                self._written.setdefault(user_id, at)
+
+    def _schedule_retry(self) -> None:
+        delay = _RETRY_S[min(self._failures, len(_RETRY_S) - 1)]
+        self._failures += 1
+        log.info("next try in %.0f s", delay)
+        self.request("retry", delay_s=delay)
+
+    def _refresh_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.pending_changes.set(self.store.journal_counts().get("pending", 0))
+            if self.last_report is not None and self.last_report.run_id is not None:
+                failed = self.store.journal_counts(self.last_report.run_id).get("failed", 0)
+                self.metrics.failed_changes.set(failed)
+        except Exception as exc:  # gauges wait for the next run
+            log.debug("could not refresh the journal gauges: %s", exc)
