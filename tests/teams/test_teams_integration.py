@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from syncd.model import Group, Identity, Snapshot
 from syncd.team_apply import ADMIN_NEEDS_ENTERPRISE
 from syncd.teams import MARKER
 
@@ -279,3 +280,16 @@ def test_a_crash_after_creating_a_team_adopts_it_instead_of_creating_another(wor
     assert report.status == "success" and len(world.fake.teams) == 2
     assert report.plan.counts()["adopt_team"] == 1
     assert world.members("platform") == {"alice", "bob", "carol"}
+
+
+def test_a_scim_group_reaches_the_person_another_source_names(world: TeamWorld) -> None:
+    world.configure(
+        scim={"groups_as_teams": True, "tokens": [{"name": "okta", "token": "t0ken"}]},
+        ldap=[], teams=[], mappings=[{"group": "llm-users"}],
+    )
+    world.record({"erin": {"groups": ["llm-users"]}})  # LDAP: user_id erin, the winner
+    okta = Identity("okta", "00u1", "erin.s@okta", "erin@example.com")
+    science = Group("okta", "00g1", "Data Science", None, frozenset({"00u1"}))
+    world.store.record_snapshot(Snapshot("okta", [okta], [science]))
+    world.sync()
+    assert world.members("Data Science") == {"erin"}
