@@ -179,6 +179,10 @@ class TeamApplier:
                     if len(batch) >= _FLUSH_EVERY:
                         self._complete(batch, result)
                         batch = []
+            except BaseException:
+                # interrupted (a signal, a crash): finish the calls in flight, send no more; the rest stays pending
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             finally:
                 self._complete(batch, result)
         return finished

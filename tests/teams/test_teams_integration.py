@@ -293,3 +293,17 @@ def test_a_scim_group_reaches_the_person_another_source_names(world: TeamWorld) 
     world.store.record_snapshot(Snapshot("okta", [okta], [science]))
     world.sync()
     assert world.members("Data Science") == {"erin"}
+
+
+def test_an_interruption_sends_no_more_team_writes(world: TeamWorld) -> None:
+    people = {f"p{i:02}": {"groups": ["llm-admins"]} for i in range(40)}
+    world.record(people)
+    world.sync()
+    world.record({uid: {"groups": ["llm-users"]} for uid in people})
+    real = world.client
+    world.client = _CrashingClient(real, 2)
+    with pytest.raises(_Crash):
+        world.sync()
+    world.client = real
+    assert len(world.members("platform")) <= 2 + 4  # the writes before the crash + the calls in flight
+    assert world.sync().status == "success" and len(world.members("platform")) == 40
