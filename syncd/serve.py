@@ -21,7 +21,7 @@ from syncd.app import create_app
 from syncd.metrics import Metrics
 from syncd.scheduler import PullScheduler
 from syncd.store import SchemaOutOfDate, make_engine, require_current_schema, schema_revision, upgrade
-from syncd.store.leader import AlreadyServing, Leadership, leadership_for, replica_id
+from syncd.store.leader import AlreadyServing, Leadership, leadership_for, migration_lock, replica_id
 from syncd.store.repository import SyncStore
 from syncd.worker import ReconcileWorker
 
@@ -105,8 +105,11 @@ def _prepare_database(engine: Any, *, migrate: bool, wait_db_s: float) -> None:
             log.warning("database not reachable yet, retrying: %s", _first_line(exc))
             time.sleep(1)
     if migrate and current != head:
-        log.info("migrating the database schema", extra={"from": current or "empty", "to": head})
-        upgrade(engine)
+        with migration_lock(engine):
+            current, head = schema_revision(engine)
+            if current != head:
+                log.info("migrating the database schema", extra={"from": current or "empty", "to": head})
+                upgrade(engine)
     try:
         require_current_schema(engine)
     except SchemaOutOfDate as exc:

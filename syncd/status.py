@@ -66,7 +66,11 @@ def _source(state: Any, *, detailed: bool) -> dict[str, Any]:
 
 def collect_status(store: Any, *, detailed: bool, replica: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The daemon's state for /status and the page; `detailed` adds user ids and error texts."""
+    from syncd.reconcile import DRIFT_STATE
+
     runs = [_run(record, detailed=detailed) for record in store.recent_runs(_RUNS)]
+    states = store.source_states()
+    drift = next((state for state in states if state.source == DRIFT_STATE), None)
     journal = store.journal_counts()
     data: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -76,7 +80,8 @@ def collect_status(store: Any, *, detailed: bool, replica: Mapping[str, Any] | N
         "held": [run for run in runs if run["status"] == "held"],
         "changes": {"pending": journal.get("pending", 0), "failed_total": journal.get("failed", 0)},
         "managed_users": store.managed_counts(),
-        "sources": [_source(state, detailed=detailed) for state in store.source_states()],
+        "sources": [_source(state, detailed=detailed) for state in states if state is not drift],
+        "last_drift_check_at": _iso(drift.last_success_at) if drift is not None else None,
         "detailed": detailed,
     }
     if detailed:
@@ -113,6 +118,7 @@ def _cards(data: Mapping[str, Any]) -> str:
     cards = [
         ("Last successful run", data.get("last_success_at") or "never"),
         ("Pending changes", data["changes"]["pending"]),
+        ("Last drift check", data.get("last_drift_check_at") or "never"),
         ("Held plans (recent)", len(data["held"])),
         ("Managed users", ", ".join(f"{n} {state}" for state, n in sorted(managed.items())) or "none"),
         ("This replica", f"{replica.get('id', '?')} ({'leader' if replica.get('leader') else 'follower'})"),

@@ -18,19 +18,29 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["AdvisoryLeadership", "AlreadyServing", "FileLeadership", "Leadership", "leadership_for", "replica_id"]
+__all__ = [
+    "AdvisoryLeadership",
+    "AlreadyServing",
+    "FileLeadership",
+    "Leadership",
+    "leadership_for",
+    "migration_lock",
+    "replica_id",
+]
 
 log = logging.getLogger(__name__)
 
 #: the advisory lock key: the first 8 bytes of "syncd-leader" as a signed 64-bit integer
 LOCK_KEY = int.from_bytes(b"syncd-ld", "big", signed=True)
+#: held while one replica runs `serve --migrate`, so replicas starting together migrate one after the other
+MIGRATION_KEY = int.from_bytes(b"syncd-mg", "big", signed=True)
 CHANNEL = "syncd_writes"
 _MAX_PAYLOAD = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
 
@@ -59,6 +69,21 @@ class Leadership(Protocol):
 def replica_id() -> str:
     """This process, as logs and the status page name it: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock for the block (replicas migrating at once wait in turn)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_KEY})
+            conn.commit()
 
 
 def leadership_for(engine: Engine) -> Leadership:
@@ -123,7 +148,9 @@ class AdvisoryLeadership:
 
     def __init__(self, engine: Engine, *, key: int = LOCK_KEY, channel: str = CHANNEL) -> None:
         self.engine, self.key, self.channel = engine, key, channel
-        self._conn: Any = None  # the psycopg connection that holds the lock
+        self._fairy: Any = None  # SQLAlchemy's handle of the lock's connection (closing it ends the session)
+        self._conn: Any = None  # the psycopg connection under it, which holds the lock
+        self._last_problem: str | None = None
         self._held = False
         self._lock_engine = _lock_engine(engine)
 
@@ -146,12 +173,13 @@ class AdvisoryLeadership:
 
     def _try_acquire(self) -> None:
         if self._conn is None:
-            self._conn = self._lock_engine.raw_connection().driver_connection
+            self._fairy = self._lock_engine.raw_connection()
+            self._conn = self._fairy.driver_connection
             self._conn.autocommit = True
         got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
         if got:
             self._conn.execute(f"LISTEN {self.channel}")
-            self._held = True
+            self._held, self._last_problem = True, None
             log.info("leadership acquired", extra={"replica": replica_id()})
 
     def _receive(self, on_message: Callable[[dict[str, Any]], None], wait_s: float) -> None:
@@ -168,6 +196,9 @@ class AdvisoryLeadership:
     def _step_down(self, reason: str) -> None:
         if self._held:
             log.error("leadership lost: %s", reason, extra={"replica": replica_id()})
+        elif reason != self._last_problem:
+            log.warning("cannot try for leadership: %s", reason, extra={"replica": replica_id()})
+        self._last_problem = reason
         self._held = False
         self._close()
 
@@ -191,10 +222,10 @@ class AdvisoryLeadership:
         self._lock_engine.dispose()
 
     def _close(self) -> None:
-        if self._conn is not None:
+        if self._fairy is not None:
             with contextlib.suppress(Exception):  # closing a broken connection
-                self._conn.close()
-            self._conn = None
+                self._fairy.invalidate()
+            self._fairy = self._conn = None
 
 
 def _lock_engine(engine: Engine) -> Engine:
