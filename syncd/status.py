@@ -116,15 +116,19 @@ def _cards(data: Mapping[str, Any]) -> str:
     replica = data.get("replica") or {}
     managed = data.get("managed_users") or {}
     cards = [
-        ("Last successful run", data.get("last_success_at") or "never"),
+        ("Last successful run", _short(data.get("last_success_at"))),
         ("Pending changes", data["changes"]["pending"]),
-        ("Last drift check", data.get("last_drift_check_at") or "never"),
+        ("Last drift check", _short(data.get("last_drift_check_at"))),
         ("Held plans (recent)", len(data["held"])),
         ("Managed users", ", ".join(f"{n} {state}" for state, n in sorted(managed.items())) or "none"),
         ("This replica", f"{replica.get('id', '?')} ({'leader' if replica.get('leader') else 'follower'})"),
     ]
     inner = "".join(f'<div class="card"><span class="muted">{_esc(k)}</span><b>{_esc(v)}</b></div>' for k, v in cards)
     return f'<div class="cards">{inner}</div>'
+
+
+def _short(iso: str | None) -> str:
+    return "never" if not iso else iso[:19].replace("T", " ") + " UTC"
 
 
 def _chart(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -141,6 +145,12 @@ def _chart(runs: Sequence[Mapping[str, Any]]) -> str:
         fail_h = (height - bottom - 10) * run["failed"] / peak
         y_done = height - bottom - done_h
         tip = f"run {run['id']} {run['status']}: {run['done']} done, {run['failed']} failed ({run['started_at']})"
+        if run["status"] == "held":  # a held plan changed nothing: mark it where its bar would be
+            bars.append(
+                f'<g><title>{_esc(tip)}</title><rect x="{x:.1f}" y="{height - bottom - 6}" width="{w:.1f}" '
+                f'height="6" fill="#f79009"/><text x="{x + w / 2:.1f}" y="{height - bottom - 10}" font-size="11" '
+                f'text-anchor="middle" fill="#b54708">held</text></g>'
+            )
         bars.append(
             f'<g><title>{_esc(tip)}</title><rect x="{x:.1f}" y="{y_done:.1f}" width="{w:.1f}" height="{done_h:.1f}" '
             f'fill="#32a467"/><rect x="{x:.1f}" y="{y_done - fail_h:.1f}" width="{w:.1f}" height="{fail_h:.1f}" '

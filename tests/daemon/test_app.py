@@ -1,0 +1,154 @@
+"""The app in-process: readiness, the admin token of /status and the page, limits, metrics names; the status page
+rendered in headless Chromium with a screenshot kept in the test output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ADMIN_TOKEN, MASTER_KEY
+from fastapi.testclient import TestClient
+
+from syncd.app import ADMIN_COOKIE, create_app
+from syncd.metrics import Metrics
+from syncd.model import Group, Identity, Snapshot
+from syncd.reconcile import ReconcileOptions, Reconciler
+from syncd.settings import settings_from_dict
+from syncd.store import make_engine, upgrade
+from syncd.store.repository import SyncStore
+from syncd.testing import serve_in_thread
+from syncd.testing.fake_litellm import FaultPlan, create_fake_litellm
+
+
+def _snapshot(count: int) -> Snapshot:
+    people = [
+        Identity("hr", f"e{i}", f"person{i:02d}", f"person{i:02d}@example.org", f"Person {i}") for i in range(count)
+    ]
+    group = Group("hr", "g1", "engineers", members=frozenset(p.external_id for p in people))
+    return Snapshot("hr", identities=people, groups=[group])
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A migrated SQLite store with a history of runs (successes, failures, a held plan) against the fake."""
+    fake_app = create_fake_litellm(MASTER_KEY)
+    with serve_in_thread(fake_app) as fake_url:
+        settings = settings_from_dict(
+            {
+                "database": {"url": f"sqlite:///{tmp_path}/syncd.db"},
+                "litellm": {"url": fake_url, "master_key": MASTER_KEY, "max_retries": 0},
+                "server": {"admin_token": ADMIN_TOKEN, "ready_max_sync_age": "1h", "max_body_bytes": 2048},
+                "mappings": [{"group": "engineers", "models": ["gpt-4o"]}],
+                "policy": {"max_deactivations": 3},
+            }
+        )
+        engine = make_engine(settings.database.url)
+        upgrade(engine)
+        store, metrics = SyncStore(engine), Metrics()
+        _history(settings, store, metrics, fake_app.state.fake)
+        yield {"settings": settings, "store": store, "engine": engine, "metrics": metrics}
+        engine.dispose()
+
+
+def _history(settings: Any, store: SyncStore, metrics: Metrics, fake: Any) -> None:
+    from syncd.litellm import LiteLLMClient
+
+    with LiteLLMClient(settings.litellm.url, MASTER_KEY, max_retries=0, on_call=metrics.record_litellm_call) as client:
+        reconciler = Reconciler(settings, store, client, metrics=metrics)
+        for count, faults in ((8, None), (14, None), (20, FaultPlan(seed=3, error_rate=0.5, paths=("/user/new",)))):
+            fake.faults = faults or FaultPlan()
+            store.record_snapshot(_snapshot(count))
+            reconciler.run(ReconcileOptions(trigger="schedule", sources=("hr",)))
+        fake.faults = FaultPlan()
+        reconciler.run(ReconcileOptions(trigger="retry"))
+        store.record_snapshot(_snapshot(6))
+        reconciler.run(ReconcileOptions(trigger="schedule", sources=("hr",)))  # 14 suspensions: held
+
+
+def _client(world: dict[str, Any]) -> TestClient:
+    return TestClient(create_app(world["settings"], **{k: world[k] for k in ("store", "engine", "metrics")}))
+
+
+def test_status_needs_the_admin_token(world: dict[str, Any]) -> None:
+    client = _client(world)
+    assert client.get("/status").status_code == 401
+    assert client.get("/status", headers={"Authorization": "Bearer nope"}).status_code == 401
+    status = client.get("/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    assert [run["status"] for run in status["runs"]][:2] == ["held", "success"]
+    assert status["held"] and status["failed_changes"]
+    assert status["managed_users"] == {"active": 20}
+
+
+def test_page_shows_aggregates_without_the_token_and_details_with_it(world: dict[str, Any]) -> None:
+    client = _client(world)
+    public = client.get("/").text
+    assert "Last runs" in public and 'id="changes-chart"' in public
+    assert "person" not in public and "Failed changes" not in public
+    assert client.post("/login", data={"token": "wrong"}).status_code == 401
+    answer = client.post("/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+    assert answer.status_code == 303 and ADMIN_COOKIE in answer.cookies
+    assert ADMIN_TOKEN not in answer.headers["set-cookie"]
+    detailed = client.get("/").text
+    assert "Failed changes" in detailed and "person" in detailed
+
+
+def test_readyz_checks_the_age_of_the_last_successful_sync(world: dict[str, Any]) -> None:
+    client = _client(world)
+    assert client.get("/readyz").json() == {"status": "ready"}
+    stale = world["settings"].model_copy(
+        update={"server": world["settings"].server.model_copy(update={"ready_max_sync_age": 0.001})}
+    )
+    app = create_app(stale, started_at=0.0, **{k: world[k] for k in ("store", "engine", "metrics")})
+    answer = TestClient(app).get("/readyz")
+    assert answer.status_code == 503 and "last successful sync" in answer.json()["reason"]
+
+
+def test_bodies_over_the_limit_are_refused(world: dict[str, Any]) -> None:
+    client = _client(world)
+    assert client.post("/login", content=b"token=" + b"x" * 4096).status_code == 413
+
+
+def test_every_metric_is_named_syncd(world: dict[str, Any]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = list(text_string_to_metric_families(_client(world).get("/metrics").text))
+    assert families and all(family.name.startswith("syncd_") for family in families)
+    names = {family.name for family in families}
+    assert {"syncd_runs", "syncd_changes", "syncd_guard_holds", "syncd_litellm_calls", "syncd_leader"} <= names
+
+
+def test_status_page_in_headless_chromium(world: dict[str, Any], tmp_path: Path, output_dir: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    screenshot = output_dir / "status-page.png"
+    screenshot.unlink(missing_ok=True)
+    app = create_app(world["settings"], **{k: world[k] for k in ("store", "engine", "metrics")})
+    with serve_in_thread(app) as url:
+        done = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={tmp_path / 'chromium'}",
+                f"--screenshot={screenshot}",
+                "--window-size=1200,900",
+                f"{url}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
