@@ -21,6 +21,7 @@ from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
 from syncd.plan import USER_FIELDS, Plan, PlanPolicy, make_plan
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
+from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
 
 __all__ = ["DRIFT_STATE", "ReconcileOptions", "Reconciler", "RunReport", "current_user", "overlay"]
 
@@ -60,6 +61,8 @@ class RunReport:
     drift_checked: bool = False
     litellm_reads: int = 0
     seconds: float = 0.0
+    #: the team step (issue 5), run after the user changes; None when the run did not get that far
+    teams: TeamReport | None = None
 
     @property
     def exit_code(self) -> int:
@@ -89,6 +92,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "plan": render_json(self.plan),
             "applied": applied,
+            "teams": self.teams.to_dict() if self.teams is not None else None,
         }
 
 
@@ -142,6 +146,7 @@ class Reconciler:
     ) -> None:
         self.settings, self.store, self.client, self.metrics, self.clock = settings, store, client, metrics, clock
         self.rules = rules_from_settings(settings)
+        self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
 
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
@@ -195,6 +200,7 @@ class Reconciler:
         only = set(user_ids) if user_ids else None
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
+        self._desired_users = desired.users
         managed = self.store.load_managed()
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
         tentative = make_plan(desired, managed, {}, policy, only=only)
@@ -232,6 +238,7 @@ class Reconciler:
                 for record in in_step.values():  # see _in_step
                     self.store.save_managed(record)
                 self._apply(report, options)
+            self._teams(report, options)
         except BaseException as exc:
             if run_id is not None:
                 self.store.finish_run(run_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
@@ -241,6 +248,8 @@ class Reconciler:
         if run_id is not None:
             data = report.to_dict()
             summary = {"plan": data["plan"]["summary"], "applied": data["applied"], "problems": report.problems}
+            if data["teams"] is not None:
+                summary["teams"] = {"plan": data["teams"]["plan"]["summary"], "applied": data["teams"]["applied"]}
             self.store.finish_run(run_id, report.status, summary, error=report.plan.held)
         self._count_run(options, report.status, started)
         return report
@@ -268,6 +277,24 @@ class Reconciler:
             self.store.mark_success(DRIFT_STATE)
         ok = report.applied.ok and not options.failed_sources
         report.status = "success" if ok else "failed"
+
+    def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
+        """The team step, after the user changes so that members exist; never when the run is held."""
+        if report.status == "held":
+            return
+        step = TeamReconciler(self.settings, self.store, self.client, on_outcome=self._count_change)
+        pending = users_brought_in(report.plan) if options.dry_run else ()
+        report.teams = step.run(
+            self._desired_users,
+            None,
+            report.run_id,
+            dry_run=options.dry_run,
+            pending_users=pending,
+            only=options.user_ids or None,
+        )
+        report.problems.extend(report.teams.plan.problems)
+        if not report.teams.ok and report.status == "success":
+            report.status = "failed"
 
     def _count_change(self, change: Any, status: str) -> None:
         if self.metrics is not None:

@@ -79,9 +79,9 @@ class TeamWorld:
         options.setdefault("drift_check", False)
         reconciler = Reconciler(self.settings, self.store, self.client)
         report = reconciler.run(ReconcileOptions(**options))
-        wired = getattr(report, "teams", None)
-        if isinstance(wired, TeamReport):
-            return wired
+        if hasattr(report, "teams"):  # the Reconciler runs the team step itself
+            assert isinstance(report.teams, TeamReport), report.status
+            return report.teams
         assert report.status != "held", report.plan.held
         desired = reconciler.desired().users
         dry = bool(options.get("dry_run"))
