@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from syncd.model import ManagedUser
 from syncd.plan import Change, Plan, marker
-from syncd.store.repository import AuditEntry, SyncStore
+from syncd.store.repository import AuditEntry, Completion, SyncStore
 
 __all__ = ["Applier", "ApplyResult", "PlanHeld"]
 
@@ -128,12 +128,22 @@ class Applier:
         self, running: dict[Future[_Outcome], tuple[int, Change]], result: ApplyResult, *, block: bool
     ) -> None:
         finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=None if block else 0)
+        batch, crash = [], None
         for future in finished:
             journal_id, change = running.pop(future)
-            self._record(journal_id, change, future.result(), result)
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # a worker interrupted: recorded, then raised once the batch is written
+                crash = crash or exc
+                outcome = _Outcome("failed", error=f"interrupted: {exc!r}")
+            batch.append((journal_id, change, outcome))
+        self._record(batch, result)
+        if crash is not None:
+            raise crash
 
     def _drain(self, running: dict[Future[_Outcome], tuple[int, Change]], result: ApplyResult) -> None:
         # finish the changes in flight so the journal says what really happened; cancelled ones stay pending
+        batch = []
         for future, (journal_id, change) in list(running.items()):
             if future.cancelled():
                 continue
@@ -141,23 +151,26 @@ class Applier:
                 outcome = future.result()
             except BaseException as exc:
                 outcome = _Outcome("failed", error=f"interrupted: {exc!r}")
-            self._record(journal_id, change, outcome, result)
+            batch.append((journal_id, change, outcome))
+        self._record(batch, result)
 
-    def _record(self, journal_id: int, change: Change, outcome: _Outcome, result: ApplyResult) -> None:
+    def _record(self, batch: list[tuple[int, Change, _Outcome]], result: ApplyResult) -> None:
+        """Write what finished together in one transaction, then count it."""
+        completions = []
+        for journal_id, change, outcome in batch:
+            audit = None
+            if outcome.status == "done":
+                action = outcome.action or change.action
+                audit = AuditEntry(
+                    change.source or "syncd", action, change.user_id, change.before, outcome.after, change.reason
+                )
+            completions.append(Completion(journal_id, outcome.status, outcome.error, outcome.managed, audit))
+        self.store.complete_changes(completions, run_id=self.run_id)
+        for _, change, outcome in batch:
+            self._count(change, outcome, result)
+
+    def _count(self, change: Change, outcome: _Outcome, result: ApplyResult) -> None:
         action = outcome.action or change.action
-        audit = None
-        if outcome.status == "done":
-            audit = AuditEntry(
-                change.source or "syncd", action, change.user_id, change.before, outcome.after, change.reason
-            )
-        self.store.complete_change(
-            journal_id,
-            status=outcome.status,
-            error=outcome.error,
-            managed=outcome.managed,
-            audit=audit,
-            run_id=self.run_id,
-        )
         if outcome.status == "done":
             result.done += 1
             result.by_action[action] = result.by_action.get(action, 0) + 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from syncd.mapping import DesiredState
@@ -104,10 +104,18 @@ class Change:
     guarded: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """The change as JSON-ready data."""
-        data = asdict(self)
-        data["diffs"] = [asdict(diff) for diff in self.diffs]
+        """The change as JSON-ready data (shallow copies: the plan is immutable, its values plain)."""
+        data = {name: getattr(self, name) for name in _CHANGE_FIELDS}
+        data["after"] = None if self.after is None else dict(self.after)
+        data["before"] = None if self.before is None else dict(self.before)
+        data["blocked_keys"] = list(self.blocked_keys)
+        data["diffs"] = [
+            {"field": d.field, "before": d.before, "after": d.after, "origin": d.origin} for d in self.diffs
+        ]
         return data
+
+
+_CHANGE_FIELDS = tuple(f.name for f in fields(Change))
 
 
 @dataclass(frozen=True, slots=True)

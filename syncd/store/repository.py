@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from syncd.store.sources import IncompleteSnapshot, RecordResult, SourceState, SourceStore
-from syncd.store.state import AuditEntry, RunRecord, StateStore
+from syncd.store.state import AuditEntry, Completion, RunRecord, StateStore
 
-__all__ = ["AuditEntry", "IncompleteSnapshot", "RecordResult", "RunRecord", "SourceState", "SyncStore"]
+__all__ = ["AuditEntry", "Completion", "IncompleteSnapshot", "RecordResult", "RunRecord", "SourceState", "SyncStore"]
 
 
 class SyncStore(SourceStore, StateStore):

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from syncd.model import ManagedUser
 from syncd.store.tables import audit_log, changes, managed_users, sync_runs
 
-__all__ = ["AuditEntry", "RunRecord", "StateStore"]
+__all__ = ["AuditEntry", "Completion", "RunRecord", "StateStore"]
 
 
 def _now() -> datetime:
@@ -37,6 +39,17 @@ class AuditEntry:
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one journaled change, with the records to write beside it."""
+
+    journal_id: int
+    status: str  # done | failed | skipped
+    error: str | None = None
+    managed: ManagedUser | None = None
+    audit: AuditEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +99,34 @@ class StateStore:
 
     @staticmethod
     def _save_managed(conn: Connection, user: ManagedUser, *, checked: bool = False) -> None:
+        StateStore._save_many(conn, [user], checked=checked)
+
+    @staticmethod
+    def _save_many(conn: Connection, users: Sequence[ManagedUser], *, checked: bool = False) -> None:
+        """Insert or replace managed-user records in one statement (an upsert on SQLite and PostgreSQL)."""
+        if not users:
+            return
         now = _now()
-        values = {
-            "source": user.source,
-            "external_id": user.external_id,
-            "state": user.state,
-            "applied": dict(user.applied),
-            "blocked_keys": list(user.blocked_keys),
-            "adopted": user.adopted,
-            "suspended_at": datetime.fromtimestamp(user.suspended_at, UTC) if user.suspended_at else None,
-            "updated_at": now,
-        }
-        if checked:
-            values["checked_at"] = now
-        done = conn.execute(update(managed_users).where(managed_users.c.user_id == user.user_id).values(**values))
-        if done.rowcount == 0:
-            conn.execute(insert(managed_users).values(user_id=user.user_id, created_at=now, **values))
+        rows = [
+            {
+                "user_id": user.user_id,
+                "source": user.source,
+                "external_id": user.external_id,
+                "state": user.state,
+                "applied": dict(user.applied),
+                "blocked_keys": list(user.blocked_keys),
+                "adopted": user.adopted,
+                "suspended_at": datetime.fromtimestamp(user.suspended_at, UTC) if user.suspended_at else None,
+                "created_at": now,
+                "updated_at": now,
+                **({"checked_at": now} if checked else {}),
+            }
+            for user in {u.user_id: u for u in users}.values()  # one row per user: the last record wins
+        ]
+        insert_for = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        statement = insert_for(managed_users)
+        replaced = {name: statement.excluded[name] for name in rows[0] if name not in ("user_id", "created_at")}
+        conn.execute(statement.on_conflict_do_update(index_elements=["user_id"], set_=replaced), rows)
 
     def mark_checked(self, user_ids: Iterable[str]) -> None:
         """Remember that LiteLLM itself was read for these users (drift check)."""
@@ -160,26 +185,27 @@ class StateStore:
     def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
         """Record each planned change as pending (in plan order); return their journal ids."""
         now = _now()
-        ids: list[int] = []
+        if not planned:
+            return []
+        rows = [
+            {
+                "run_id": run_id,
+                "key": change.get("user_id") or change.get("key"),
+                "action": change["action"],
+                "change": dict(change),
+                "status": "pending",
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for change in planned
+        ]
         with self.engine.begin() as conn:
             conn.execute(
                 update(changes).where(changes.c.status == "pending").values(status="superseded", updated_at=now)
             )
-            for change in planned:
-                result = conn.execute(
-                    insert(changes).values(
-                        run_id=run_id,
-                        key=change["user_id"],
-                        action=change["action"],
-                        change=dict(change),
-                        status="pending",
-                        attempts=0,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
-        return ids
+            result = conn.execute(insert(changes).returning(changes.c.id, sort_by_parameter_order=True), rows)
+            return [int(row[0]) for row in result]
 
     def complete_change(
         self,
@@ -192,28 +218,37 @@ class StateStore:
         run_id: int | None = None,
     ) -> None:
         """Mark one journaled change done/failed/skipped and, in the same transaction, save the user and audit it."""
+        self.complete_changes([Completion(journal_id, status, error, managed, audit)], run_id=run_id)
+
+    def complete_changes(self, completions: Sequence[Completion], *, run_id: int | None = None) -> None:
+        """Record several outcomes in one transaction (apply batches what finished together)."""
+        if not completions:
+            return
         now = _now()
         with self.engine.begin() as conn:
             conn.execute(
                 update(changes)
-                .where(changes.c.id == journal_id)
-                .values(status=status, error=error, attempts=changes.c.attempts + 1, updated_at=now)
+                .where(changes.c.id == bindparam("b_id"))
+                .values(attempts=changes.c.attempts + 1, updated_at=now),
+                [{"b_id": c.journal_id, "status": c.status, "error": c.error} for c in completions],
             )
-            if audit is not None:
-                conn.execute(
-                    insert(audit_log).values(
-                        at=now,
-                        run_id=run_id,
-                        actor=audit.actor,
-                        action=audit.action,
-                        key=audit.key,
-                        before=_jsonable(audit.before),
-                        after=_jsonable(audit.after),
-                        reason=audit.reason,
-                    )
-                )
-            if managed is not None:
-                self._save_managed(conn, managed)
+            audits = [
+                {
+                    "at": now,
+                    "run_id": run_id,
+                    "actor": c.audit.actor,
+                    "action": c.audit.action,
+                    "key": c.audit.key,
+                    "before": _jsonable(c.audit.before),
+                    "after": _jsonable(c.audit.after),
+                    "reason": c.audit.reason,
+                }
+                for c in completions
+                if c.audit is not None
+            ]
+            if audits:
+                conn.execute(insert(audit_log), audits)
+            self._save_many(conn, [c.managed for c in completions if c.managed is not None])
 
     def journal_counts(self, run_id: int | None = None) -> dict[str, int]:
         """Journaled changes by status (of one run, or all)."""
