@@ -24,17 +24,6 @@ from .conftest import Directory
 #: with xdist, `--dist loadgroup` keeps this module on one worker (Samba's ports allow one domain at a time)
 pytestmark = [pytest.mark.samba, pytest.mark.xdist_group("samba-ad")]
 
-#: A group that lists an entry from outside the users (or groups) base keeps that DN as a dangling member in the
-#: source's index. When the entry moves into the base, AD rewrites the group's member value but leaves the group's
-#: uSNChanged alone, and the source knows no old name of the entry to look for, so it neither re-reads nor
-#: re-emits the group: the store keeps the group without the member until the next full pull.
-#: Remove this mark when syncd/sources/ldap.py handles it (AD's extended DN control gives member values a GUID).
-MOVED_INTO_BASE = pytest.mark.xfail(
-    strict=True,
-    reason="bug in syncd/sources/ldap.py: an incremental pull misses a member moved into the users base "
-    "(the group lists it by its old, out-of-base DN and AD does not move the group's uSNChanged)",
-)
-
 #: The source expands nesting only through groups it read under groups.base_dn; a member group elsewhere in the
 #: tree counts as a dangling member, so its people are dropped, where AD's own in-chain rule includes them.
 NESTED_OUTSIDE_BASE = pytest.mark.xfail(
@@ -534,7 +523,6 @@ def test_incremental_after_mail_removed_drops_the_person_from_groups(
     assert_incremental_matches_full(ldap_source, settings, full, changed)
 
 
-@MOVED_INTO_BASE
 def test_incremental_after_a_member_moves_into_the_users_base_matches_a_full_pull(
     ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
 ) -> None:
