@@ -81,6 +81,8 @@ class LdapGroupsSettings(Strict):
     #: grants kept in the directory (issue 9): LiteLLM field -> attribute
     mapping_attributes: dict[str, str] = Field(default_factory=dict)
     grant_attribute: str | None = None
+    #: when set, only groups (and people) under these DNs may grant proxy_admin from the directory
+    allow_admin_grants_from: list[str] = Field(default_factory=list)
 
 
 class LdapSourceSettings(Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "DirectoryIndex",
@@ -124,7 +125,7 @@ class GroupRecord:
     dn: str
     dn_key: str
     member_keys: frozenset[str]
-    grant: Mapping[str, str] = field(default_factory=dict)
+    grant: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
+from syncd.grants import admin_allowed, parse_grant
 from syncd.model import Group, Identity, Snapshot
 from syncd.settings.ldap import LdapSourceSettings, ResolvedLdap
 from syncd.sources._ldap_graph import (
@@ -363,7 +364,7 @@ class LdapSource:
             return
         active = external_id not in disabled
         state.count("disabled", not active)
-        overrides = {f: v for f, attr in self.settings.users.override_attributes.items() if (v := _text(raw, attr))}
+        overrides = self._grant(state, entry["dn"], raw, self.settings.users.override_attributes, None)
         state.snapshot.identities.append(
             Identity(
                 source=self.name,
@@ -376,6 +377,35 @@ class LdapSource:
                 overrides=overrides,
             )
         )
+
+    def _grant(
+        self,
+        state: _Pull,
+        dn: str,
+        raw: dict[str, list[bytes]],
+        attributes: Mapping[str, str],
+        json_attribute: str | None,
+    ) -> dict[str, Any]:
+        """The grant (or personal override) an entry carries, validated; a malformed one is dropped and counted."""
+        if not attributes and not json_attribute:
+            return {}
+        texts = {name: [v.decode("utf-8", "replace") for v in values] for name, values in raw.items()}
+        result = parse_grant(dn, texts, attributes, json_attribute)
+        for warning in result.warnings:
+            state.count("grant_errors")
+            log.warning("LDAP source %s: %s", self.name, warning)
+        grant = result.grant
+        allowed = self.settings.groups.allow_admin_grants_from if self.settings.groups else []
+        if grant.get("role") == "proxy_admin" and not admin_allowed(dn, allowed):
+            state.count("grant_errors")
+            log.warning(
+                "LDAP source %s: %s may not grant proxy_admin (not under groups.allow_admin_grants_from); "
+                "its role is ignored",
+                self.name,
+                dn,
+            )
+            grant = {k: v for k, v in grant.items() if k != "role"}
+        return grant
 
     def _user_key(self, entry: Any, raw: dict[str, list[bytes]]) -> str:
         if self.attrs.member_is_uid:
@@ -392,6 +422,7 @@ class LdapSource:
         groups = self.settings.groups
         names = [a.group_external_id_attribute or "", a.group_name_attribute or "cn", a.member_attribute or "member"]
         names += list(groups.mapping_attributes.values()) if groups else []
+        names += [groups.grant_attribute] if groups and groups.grant_attribute else []
         if a.change_attribute.lower() == "modifytimestamp":
             names.append("modifyTimestamp")
         return list(dict.fromkeys(names))
@@ -424,7 +455,9 @@ class LdapSource:
             sys.intern(member_key(v.decode("utf-8", "replace"), by_uid=a.member_is_uid)) for v in values if v
         )
         groups = self.settings.groups
-        grant = {f: v for f, attr in (groups.mapping_attributes if groups else {}).items() if (v := _text(raw, attr))}
+        grant = (
+            self._grant(state, entry["dn"], raw, groups.mapping_attributes, groups.grant_attribute) if groups else {}
+        )
         name = _text(raw, a.group_name_attribute or "cn") or entry["dn"]
         record = GroupRecord(external_id, name, entry["dn"], normalise_dn(entry["dn"]), keys, grant)
         before = state.index.put_group(record)

@@ -26,6 +26,7 @@ SYNC_PASSWORD = "s3cret-Sync-Pw"
 #: a second reader whose paged searches are capped too, to provoke a size limit
 LIMITED_DN = f"cn=limited,{SUFFIX}"
 SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
+LITELLM_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "ldap" / "litellm.ldif"
 
 
 def make_ca(folder: Path, name: str) -> Path:
@@ -102,6 +103,7 @@ def free_port() -> int:
 
 def _config_ldif(root: Path, cert: Path, key: Path, ca: Path) -> str:
     schemas = "".join(f"include: file:///etc/ldap/schema/{name}.ldif\n\n" for name in SCHEMAS)
+    schemas += f"include: file://{LITELLM_SCHEMA}\n\n"  # the schema syncd ships for grants kept in the directory
     database = "olcDatabase={1}mdb,cn=config"
     return f"""dn: cn=config
 objectClass: olcGlobal
