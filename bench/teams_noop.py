@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ MEMBER_BUDGET = 20.0
 
 
 def team_alias(index: int) -> str:
+    """The alias of the team with this index."""
     return f"team-{index:05d}"
 
 
@@ -53,8 +55,15 @@ def seed_fake(fake: FakeLiteLLM, users: int, teams: int, per_user: int) -> dict[
     """Users, syncd's teams and memberships stored directly in the fake; answers team index -> team_id."""
     team_ids: dict[int, str] = {}
     for t in range(teams):
-        team = fake.add_team(f"tid-{t:05d}", team_alias=team_alias(t), metadata={"syncd": dict(MARKER)},
-                             max_budget=100.0, budget_duration="monthly", tpm_limit=1000, models=["gpt-4o"])
+        team = fake.add_team(
+            f"tid-{t:05d}",
+            team_alias=team_alias(t),
+            metadata={"syncd": dict(MARKER)},
+            max_budget=100.0,
+            budget_duration="monthly",
+            tpm_limit=1000,
+            models=["gpt-4o"],
+        )
         team_ids[t] = team["team_id"]
     for u in range(users):
         user = fake.add_user(f"u{u:06d}", user_email=f"u{u:06d}@example.org", user_role="internal_user")
@@ -68,13 +77,19 @@ def seed_fake(fake: FakeLiteLLM, users: int, teams: int, per_user: int) -> dict[
 
 def seed_store(store: SyncStore, users: int, teams: int, per_user: int, team_ids: dict[int, str]) -> None:
     """The managed users and team records a previous run left."""
-    now = time.time()
-    from datetime import UTC, datetime
-
-    stamp = datetime.fromtimestamp(now, UTC)
+    stamp = datetime.now(UTC)
     rows = [
-        {"user_id": f"u{u:06d}", "source": "corp", "external_id": f"x{u}", "state": "active", "applied": {},
-         "blocked_keys": [], "adopted": False, "created_at": stamp, "updated_at": stamp}
+        {
+            "user_id": f"u{u:06d}",
+            "source": "corp",
+            "external_id": f"x{u}",
+            "state": "active",
+            "applied": {},
+            "blocked_keys": [],
+            "adopted": False,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
         for u in range(users)
     ]
     with store.engine.begin() as conn:
@@ -92,8 +107,15 @@ def seed_store(store: SyncStore, users: int, teams: int, per_user: int, team_ids
 def desired_users(users: int, teams: int, per_user: int) -> dict[str, DesiredUser]:
     """Every user as the mapping would give them: their teams by alias."""
     return {
-        f"u{u:06d}": DesiredUser(f"u{u:06d}", f"u{u:06d}@example.org", "corp", f"x{u}", True, "internal_user",
-                                 teams=tuple(team_alias(t) for t in teams_of(u, teams, per_user)))
+        f"u{u:06d}": DesiredUser(
+            f"u{u:06d}",
+            f"u{u:06d}@example.org",
+            "corp",
+            f"x{u}",
+            True,
+            "internal_user",
+            teams=tuple(team_alias(t) for t in teams_of(u, teams, per_user)),
+        )
         for u in range(users)
     }
 
@@ -133,18 +155,26 @@ def run(url: str, teams: int, users: int, per_user: int) -> None:
     store = SyncStore(engine)
     seed_store(store, users, teams, per_user, team_ids)
     desired = desired_users(users, teams, per_user)
-    spec = {"max_budget": 100.0, "budget_duration": "monthly", "tpm_limit": 1000, "models": ["gpt-4o"],
-            "team_member_budget": MEMBER_BUDGET}
+    spec = {
+        "max_budget": 100.0,
+        "budget_duration": "monthly",
+        "tpm_limit": 1000,
+        "models": ["gpt-4o"],
+        "team_member_budget": MEMBER_BUDGET,
+    }
     seeded = time.perf_counter() - started
     with serve_in_thread(app) as litellm_url:
-        settings = settings_from_dict({
-            "database": {"url": url},
-            "litellm": {"url": litellm_url, "master_key": MASTER, "timeout_s": 300},
-            "teams": [{"alias": team_alias(t), **spec} for t in range(teams)],
-        })
+        settings = settings_from_dict(
+            {
+                "database": {"url": url},
+                "litellm": {"url": litellm_url, "master_key": MASTER, "timeout_s": 300},
+                "teams": [{"alias": team_alias(t), **spec} for t in range(teams)],
+            }
+        )
         list_seconds: list[float] = []
-        client = LiteLLMClient(litellm_url, MASTER, timeout_s=300,
-                               on_call=lambda endpoint, _s, secs: list_seconds.append(secs))
+        client = LiteLLMClient(
+            litellm_url, MASTER, timeout_s=300, on_call=lambda endpoint, _s, secs: list_seconds.append(secs)
+        )
         reconciler = TeamReconciler(settings, store, client)
         run_id = store.start_run("bench")
         writes = count_store_writes(engine)
