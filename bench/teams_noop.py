@@ -134,6 +134,7 @@ def count_store_writes(engine: Any) -> Counter[str]:
 
 
 def main() -> None:
+    """Parse the arguments and run the benchmark on a temporary SQLite file or the given database."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teams", type=int, default=2000)
     parser.add_argument("--users", type=int, default=50_000)
@@ -146,6 +147,7 @@ def main() -> None:
 
 
 def run(url: str, teams: int, users: int, per_user: int) -> None:
+    """Seed, run the team step twice (no-op, then one change by hand), print the figures."""
     app = create_fake_litellm(MASTER)
     fake: FakeLiteLLM = app.state.fake
     started = time.perf_counter()
@@ -212,11 +214,16 @@ def run(url: str, teams: int, users: int, per_user: int) -> None:
         ("one member removed by hand: LiteLLM writes", str(fake.write_calls())),
         ("one member removed by hand: wall time (s)", f"{one_seconds:.2f}"),
     ]
+    print_table(rows)
+    engine.dispose()
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+    """Two aligned columns: figure, value."""
     width = max(len(name) for name, _ in rows)
     print(f"{'figure':<{width}}  value")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    engine.dispose()
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ class _TeamPlanner:
 
     # -- one team ---------------------------------------------------------------------------------------------------
     def plan_team(self, key: str, wanted: _Wanted) -> None:
+        """Plan one team: find or create it, keep its settings if it is syncd's, then its memberships."""
         record = self.managed_teams.get(key)
         start = len(self.changes)
         joiners = self._joiners(wanted)
