@@ -168,7 +168,8 @@ class ReconcileWorker:
 
     # -- the thread ------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the background thread."""
+        """Start the background thread (the first drift look waits a tick: taking the lead already runs once)."""
+        self._next_tick = time.monotonic() + _TICK_S
         self._thread = threading.Thread(target=self._loop, name="reconcile-worker", daemon=True)
         self._thread.start()
 

@@ -2,9 +2,10 @@
 
 PostgreSQL (`AdvisoryLeadership`): the leader holds a session-level advisory lock on a dedicated connection and
 LISTENs on a channel there; every other replica tries the lock every second. When the leader dies, even by SIGKILL,
-PostgreSQL ends its session and frees the lock, and the next try of another replica wins. A follower that records a
-SCIM write NOTIFYs the channel, so the leader reconciles it within about a second. A leader whose connection breaks
-steps down at once (its `held` turns False) before anyone else can take over.
+PostgreSQL ends its session and frees the lock, and the next try of another replica wins; a leader whose host
+vanishes without closing its connection is cut off by `idle_session_timeout` (15 s, PostgreSQL 14+). A follower
+that records a SCIM write NOTIFYs the channel, so the leader reconciles it within about a second. A leader whose
+connection breaks steps down at once (its `held` turns False) before anyone else can take over.
 
 SQLite (`FileLeadership`): one replica only. An exclusive lock on `<database>.lock` beside the file is taken at start;
 a second `syncd serve` on the same file is refused with `AlreadyServing`.
@@ -42,6 +43,7 @@ LOCK_KEY = int.from_bytes(b"syncd-ld", "big", signed=True)
 #: held while one replica runs `serve --migrate`, so replicas starting together migrate one after the other
 MIGRATION_KEY = int.from_bytes(b"syncd-mg", "big", signed=True)
 CHANNEL = "syncd_writes"
+SESSION_TIMEOUT_S = 15
 _MAX_PAYLOAD = 7000  # PostgreSQL caps a NOTIFY payload at 8000 bytes
 
 
@@ -176,6 +178,10 @@ class AdvisoryLeadership:
             self._fairy = self._lock_engine.raw_connection()
             self._conn = self._fairy.driver_connection
             self._conn.autocommit = True
+            # a leader whose host vanishes stops answering: PostgreSQL then ends its session (and frees the lock)
+            # after this much silence, even where TCP would take hours to notice; the leader speaks every second
+            with contextlib.suppress(Exception):
+                self._conn.execute(f"SET idle_session_timeout = '{SESSION_TIMEOUT_S}s'")
         got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
         if got:
             self._conn.execute(f"LISTEN {self.channel}")
@@ -183,15 +189,12 @@ class AdvisoryLeadership:
             log.info("leadership acquired", extra={"replica": replica_id()})
 
     def _receive(self, on_message: Callable[[dict[str, Any]], None], wait_s: float) -> None:
-        received = False
         for notify in self._conn.notifies(timeout=wait_s, stop_after=100):
-            received = True
             try:
                 on_message(json.loads(notify.payload))
             except ValueError:
                 log.warning("ignored a malformed notification")
-        if not received:
-            self._conn.execute("SELECT 1")  # notices a dead connection within one step
+        self._conn.execute("SELECT 1")  # notices a dead connection within one step, and keeps the session alive
 
     def _step_down(self, reason: str) -> None:
         if self._held:
