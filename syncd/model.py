@@ -59,6 +59,8 @@ class Group:
     members: frozenset[str] = frozenset()
     #: a grant carried by the group itself (issue 9); field name -> value
     grant: Mapping[str, Any] = field(default_factory=dict)
+    #: members reached through a nested group: member external id -> the direct child group's external id
+    via: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -206,20 +206,26 @@ def expand_group(
     max_depth: int,
     direct: dict[str, tuple[frozenset[str], list[str], int]],
     counters: ExpansionCounters,
+    via: dict[str, str] | None = None,
 ) -> frozenset[str]:
     """The external ids of a group's members, nested groups expanded breadth-first (cycle-safe, depth-limited).
 
-    `direct` memoises `index.direct_members` across the groups of one pull.
+    `direct` memoises `index.direct_members` across the groups of one pull. `via`, when given, receives for each
+    member reached through nesting the direct child group it came through (the first found), so a nesting path can
+    be told: the child's own `via` continues it.
     """
     members: set[str] = set()
     own: frozenset[str] = frozenset()
     seen = {external_id}
-    level = [external_id]
+    level: list[tuple[str, str | None]] = [(external_id, None)]
     cycle = False
     for depth in range(max_depth + 1):
-        following: list[str] = []
-        for group in level:
+        following: list[tuple[str, str | None]] = []
+        for group, top in level:
             users, children, dangling = _direct(index, group, direct)
+            if via is not None and top is not None:
+                for user in users - own:
+                    via.setdefault(user, top)
             members |= users
             if depth == 0:
                 own = users
@@ -227,7 +233,7 @@ def expand_group(
             if not nested:
                 continue
             cycle = cycle or external_id in children
-            following += [child for child in children if child not in seen]
+            following += [(child, top or child) for child in children if child not in seen]
             seen.update(children)
         if not following:
             break

@@ -540,6 +540,7 @@ class LdapSource:
         direct: dict[str, tuple[frozenset[str], list[str], int]] = {}
         for external_id in wanted:
             record = index.groups[external_id]
+            via: dict[str, str] = {}
             members = expand_group(
                 index,
                 external_id,
@@ -547,8 +548,10 @@ class LdapSource:
                 max_depth=self.settings.groups.max_depth,
                 direct=direct,
                 counters=counters,
+                via=via,
             )
-            state.snapshot.groups.append(Group(self.name, external_id, record.name, record.dn, members, record.grant))
+            group = Group(self.name, external_id, record.name, record.dn, members, record.grant, via)
+            state.snapshot.groups.append(group)
         for name in ("dangling_members", "group_cycles", "depth_limit_reached"):
             if getattr(counters, name):
                 state.count(name, getattr(counters, name))

@@ -102,6 +102,13 @@ class SourceStore:
                         f"source {snapshot.source}: the pull returned no users where {present} were known; "
                         "treated as incomplete"
                     )
+            if not snapshot.incremental and snapshot.identities and not snapshot.groups:
+                known = conn.scalar(select(func.count()).where(groups.c.source == snapshot.source, groups.c.present))
+                if known:
+                    raise IncompleteSnapshot(
+                        f"source {snapshot.source}: the pull returned no groups where {known} were known; "
+                        "treated as incomplete"
+                    )
             ids = self._record_identities(conn, snapshot, result)
             group_ids = self._record_groups(conn, snapshot, result)
             self._record_memberships(conn, snapshot, ids, group_ids, result)
@@ -237,19 +244,26 @@ class SourceStore:
         group_ids: Mapping[str, int],
         result: RecordResult,
     ) -> None:
-        wanted: set[tuple[int, int]] = set()
+        wanted: dict[tuple[int, int], str | None] = {}
         for group in snapshot.groups:
             group_id = group_ids[group.external_id]
-            wanted.update((group_id, identity_ids[m]) for m in group.members if m in identity_ids)
-        query = select(memberships.c.group_id, memberships.c.identity_id).where(memberships.c.source == snapshot.source)
-        current = {(row[0], row[1]) for row in conn.execute(query)}
+            for member in group.members:
+                if member in identity_ids:
+                    wanted[(group_id, identity_ids[member])] = group.via.get(member)
+        query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
+            memberships.c.source == snapshot.source
+        )
+        current = {(row[0], row[1]): row[2] for row in conn.execute(query)}
         if snapshot.incremental:
             touched = {group_ids[group.external_id] for group in snapshot.groups}
-            current = {pair for pair in current if pair[0] in touched}
-        added, removed = wanted - current, current - wanted
+            current = {pair: via for pair, via in current.items() if pair[0] in touched}
+        added = wanted.keys() - current.keys()
+        removed = current.keys() - wanted.keys()
+        rerouted = [pair for pair in wanted.keys() & current.keys() if wanted[pair] != current[pair]]
         if added:
             conn.execute(
-                insert(memberships), [{"group_id": g, "identity_id": i, "source": snapshot.source} for g, i in added]
+                insert(memberships),
+                [{"group_id": g, "identity_id": i, "source": snapshot.source, "via": wanted[(g, i)]} for g, i in added],
             )
         if removed:
             conn.execute(
@@ -258,6 +272,15 @@ class SourceStore:
                     memberships.c.identity_id == bindparam("b_identity"),
                 ),
                 [{"b_group": g, "b_identity": i} for g, i in removed],
+            )
+        if rerouted:
+            conn.execute(
+                update(memberships)
+                .where(
+                    memberships.c.group_id == bindparam("b_group"), memberships.c.identity_id == bindparam("b_identity")
+                )
+                .values(via=bindparam("b_via")),
+                [{"b_group": g, "b_identity": i, "b_via": wanted[(g, i)]} for g, i in rerouted],
             )
         result.memberships_added, result.memberships_removed = len(added), len(removed)
         changed_ids = {i for _, i in added | removed}
@@ -336,14 +359,14 @@ class SourceStore:
                 row.external_id: {name: getattr(row, name) for name in ("present", *_GROUP_FIELDS)}
                 for row in conn.execute(select(groups).where(groups.c.source == source))
             }
-            pairs = conn.execute(
-                select(groups.c.external_id, identities.c.external_id)
+            rows = conn.execute(
+                select(groups.c.external_id, identities.c.external_id, memberships.c.via)
                 .select_from(memberships.join(groups).join(identities))
                 .where(memberships.c.source == source)
             )
-            members: dict[str, set[str]] = {}
-            for group_ext, identity_ext in pairs:
-                members.setdefault(group_ext, set()).add(identity_ext)
+            members: dict[str, dict[str, str | None]] = {}
+            for group_ext, identity_ext, via in rows:
+                members.setdefault(group_ext, {})[identity_ext] = via
         return {"identities": people, "groups": teams, "memberships": members}
 
     def load_people(self, user_ids: Collection[str] | None = None) -> tuple[list[Identity], list[Group]]:
