@@ -348,6 +348,16 @@ class SourceStore:
         return [SourceState(**{key: row[key] for key in SourceState.__slots__}) for row in rows]
 
     # -- reading ---------------------------------------------------------------------------------------------
+    def memberships_of(self, source: str, external_id: str) -> dict[str, str | None]:
+        """One identity's groups in its source: group external id -> the child group it came through (None: direct)."""
+        query = (
+            select(groups.c.external_id, memberships.c.via)
+            .select_from(memberships.join(groups).join(identities))
+            .where(identities.c.source == source, identities.c.external_id == external_id)
+        )
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(query)}
+
     def dump_source(self, source: str) -> dict[str, Any]:
         """A comparable view of what the store holds for one source (for tests and `syncd explain`)."""
         with self.engine.connect() as conn:
