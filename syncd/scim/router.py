@@ -59,12 +59,17 @@ class ScimRoute(APIRoute):
                 response = _refusal(exc, self.metrics)
             except Exception:
                 _log.exception("SCIM %s %s failed", request.method, request.url.path)
-                response = error_response(SCIMException(detail="internal error"), None)
-                response.status_code = 500
+                response = error_response(_internal_error(), None)
             _count(self.metrics, request.method, resource, response.status_code)
             return response
 
         return scim_handler
+
+
+def _internal_error() -> SCIMException:
+    error = SCIMException(detail="internal error")
+    error.status = 500
+    return error
 
 
 def _refusal(exc: SCIMException, metrics: Any) -> Response:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from scim2_models import (
+    ConflictException,
     Context,
     InvalidFilterException,
     InvalidValueException,
@@ -31,6 +32,7 @@ from syncd.scim.resources import (
     derive_user,
     etag,
     group_json,
+    index_values,
     manager_value,
     stored_form,
     tolerate,
@@ -55,6 +57,7 @@ from syncd.store.scim import (
 __all__ = ["ListQuery", "ScimService"]
 
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+_ATTEMPTS = 5
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
 
 
@@ -195,7 +198,7 @@ class ScimService:
         write = derive_user(body, id, self.settings.user_id_attribute, kind)
         now = _now()
         try:
-            with self.store.session(write=True) as session:
+            with self.store.session(write=True, atomic=True) as session:
                 pk = session.insert_user(source, id, write, now)
         except DuplicateUserName:
             raise UniquenessException(detail=f"userName {write.user_name!r} is already taken") from None
@@ -231,17 +234,38 @@ class ScimService:
         if_match: str | None,
         change: Callable[[UserRecord], dict[str, Any] | None],
     ) -> dict[str, Any]:
+        """Read, change, write: under the row lock, or (PostgreSQL) as one statement at the version read, retried."""
+        for _attempt in range(_ATTEMPTS):
+            written = self._try_rewrite_user(source, id, base_url, if_match, change)
+            if written is not None:
+                return written
+        raise ConflictException(detail="the user kept changing under this request; send it again")
+
+    def _try_rewrite_user(
+        self,
+        source: str,
+        id: str,
+        base_url: str,
+        if_match: str | None,
+        change: Callable[[UserRecord], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
         kind, now = self.users_kind, _now()
         try:
-            with self.store.session(write=True) as session:
+            with self.store.session(write=True, atomic=True) as session:
                 current = self._locked_user(session, source, id, if_match)
                 body = change(current)
                 if body is None:
                     return user_json(current, base_url)
                 write = derive_user(body, id, self.settings.user_id_attribute, kind)
-                session.update_user(current.pk, write, now)
+                renamed = write.user_name.lower() != current.user_name.lower()
+                before = tuple(index_values(current.resource, kind))
+                stored = session.update_user(
+                    current.pk, write, now, renamed=renamed, before=before, version=current.version
+                )
         except DuplicateUserName:
             raise UniquenessException(detail="userName is already taken") from None
+        if not stored:
+            return None
         self._written([current.user_id, write.user_id])
         record = UserRecord(
             current.pk, id, write.user_name, write.user_id, write.active, write.display_name, body,

@@ -15,14 +15,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Float,
+    Integer,
     RowMapping,
+    String,
     and_,
+    any_,
+    bindparam,
+    delete,
     exists,
     false,
     func,
@@ -412,6 +419,187 @@ def _order(sort: Sort | None, resource: str) -> list[ColumnElement[Any]]:
     return [ordered.nulls_last(), base]
 
 
+def _dialect_insert(dialect: str, table: Any) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
+def _index_changes(
+    before: Sequence[IndexedValue], after: Sequence[IndexedValue]
+) -> tuple[list[str], list[IndexedValue]]:
+    """(the paths whose rows must go, the rows to add): only the top-level attributes that changed."""
+    old, new = _by_attribute(before), _by_attribute(after)
+    changed = sorted(top for top in old.keys() | new.keys() if old.get(top) != new.get(top))
+    stale = sorted({v.path for top in changed for v in old.get(top, [])})
+    return stale, [v for top in changed for v in new.get(top, [])]
+
+
+def _value_arrays(values: Sequence[IndexedValue]) -> dict[str, list[Any]]:
+    return {
+        "paths": [v.path for v in values],
+        "items": [v.item for v in values],
+        "keys": [v.key for v in values],
+        "numbers": [v.number for v in values],
+    }
+
+
+def _unnested_values() -> Any:
+    """The indexed values of a write, passed as four arrays (one statement shape whatever their number)."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    arrays = (
+        bindparam("paths", type_=ARRAY(String(300))),
+        bindparam("items", type_=ARRAY(Integer)),
+        bindparam("keys", type_=ARRAY(String(600))),
+        bindparam("numbers", type_=ARRAY(Float)),
+    )
+    return func.unnest(*arrays).table_valued("path", "item", "key", "number").render_derived(name="v")
+
+
+def _index_cte(owner: Any, name: str) -> Any:
+    values = _unnested_values()
+    rows = select(owner.c.id, values.c.path, values.c.item, values.c.key, values.c.number).select_from(
+        owner.join(values, true())
+    )
+    columns = ["identity_id", "path", "item", "key", "number"]
+    return insert(scim_user_values).from_select(columns, rows).cte(name)
+
+
+_WRITTEN_COLUMNS = (
+    "user_id",
+    "email",
+    "email_lower",
+    "display_name",
+    "active",
+    "user_name",
+    "user_name_lower",
+    "scim_external_id",
+    "resource",
+    "updated_at",
+)
+
+
+@cache
+def _pg_insert_user() -> Any:
+    """POST on PostgreSQL in one statement: the user (unless its userName is taken) and its indexed values."""
+    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+    names = ("source", "external_id", "present", "dn", "overrides", "version", "created_at", *_WRITTEN_COLUMNS)
+    new_user = (
+        postgresql_insert(identities)
+        .values({name: bindparam(name, type_=identities.c[name].type) for name in names})
+        .on_conflict_do_nothing(index_elements=[_I.source, _I.user_name_lower], index_where=_I.present)
+        .returning(_I.id)
+        .cte("new_user")
+    )
+    return select(new_user.c.id).add_cte(_index_cte(new_user, "indexed"))
+
+
+@cache
+def _pg_update_user() -> Any:
+    """PATCH/PUT on PostgreSQL in one statement, applied only at the version read: fields, stale and new values."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    written = {name: bindparam(name, type_=identities.c[name].type) for name in _WRITTEN_COLUMNS}
+    changed = (
+        update(identities)
+        .where(_I.id == bindparam("pk"), _I.version == bindparam("expected"))
+        .values(**written, version=_I.version + 1)
+        .returning(_I.id)
+        .cte("changed")
+    )
+    dropped = (
+        delete(scim_user_values)
+        .where(_V.identity_id.in_(select(changed.c.id)), _V.path == any_(bindparam("stale", type_=ARRAY(String(300)))))
+        .cte("dropped")
+    )
+    return select(changed.c.id).add_cte(dropped).add_cte(_index_cte(changed, "indexed"))
+
+
+def _by_attribute(values: Sequence[IndexedValue]) -> dict[str, list[IndexedValue]]:
+    """Indexed values by top-level attribute (the path before the first dot)."""
+    grouped: dict[str, list[IndexedValue]] = {}
+    for value in values:
+        grouped.setdefault(value.path.split(".", 1)[0], []).append(value)
+    return grouped
+
+
+# --- users with their groups in one statement -------------------------------------------------------------------
+
+_GROUP_SEPARATOR, _FIELD_SEPARATOR = "\x1e", "\x1f"
+_USER_FIELDS = (
+    _I.id,
+    _I.external_id,
+    _I.user_name,
+    _I.user_id,
+    _I.active,
+    _I.display_name,
+    _I.resource,
+    _I.version,
+    _I.created_at,
+    _I.updated_at,
+)
+
+
+def _groups_of_user() -> Any:
+    """A user's present groups as one string (id and name of each), so that a page of users is one flat query."""
+    pair = _G.external_id + _FIELD_SEPARATOR + _G.name
+    return (
+        select(func.aggregate_strings(pair, _GROUP_SEPARATOR))
+        .select_from(memberships.join(groups, _G.id == memberships.c.group_id))
+        .where(memberships.c.identity_id == _I.id, _G.present == true())
+        .scalar_subquery()
+        .label("_groups")
+    )
+
+
+@cache
+def _user_by_id(lock: bool) -> Any:
+    query = select(*_USER_FIELDS, _groups_of_user()).where(
+        _I.source == bindparam("source"), _I.external_id == bindparam("id"), _I.present == true()
+    )
+    return query.with_for_update(of=identities) if lock else query
+
+
+@cache
+def _user_page(*, by_user_name: bool) -> Any:
+    """The hot statements, built once: a page of all users, and the userName lookup Okta and Entra repeat."""
+    where = [_I.source == bindparam("source"), _I.present == true()]
+    if by_user_name:
+        where.append(_I.user_name_lower == bindparam("user_name"))
+    return (
+        select(*_USER_FIELDS, _groups_of_user(), func.count().over().label("_total"))
+        .where(*where)
+        .order_by(_I.id)
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+
+
+def _is_user_name_lookup(criterion: Criterion) -> bool:
+    return (
+        isinstance(criterion, Compare)
+        and criterion.path == "username"
+        and criterion.op == "eq"
+        and isinstance(criterion.value, str)
+    )
+
+
+def _user_records(rows: Sequence[RowMapping]) -> list[UserRecord]:
+    records = []
+    for row in rows:
+        found = [
+            tuple(pair.split(_FIELD_SEPARATOR, 1)) for pair in (row["_groups"] or "").split(_GROUP_SEPARATOR) if pair
+        ]
+        records.append(_user_record(row, tuple(sorted((str(i), n) for i, n in found))))
+    return records
+
+
 # --- the store ---------------------------------------------------------------------------------------------------
 
 
@@ -423,13 +611,21 @@ class ScimStore:
         self.dialect = engine.dialect.name
 
     @contextmanager
-    def session(self, *, write: bool = False) -> Iterator[ScimSession]:
-        """One transaction; a write session on SQLite takes the write lock at once (BEGIN IMMEDIATE)."""
+    def session(self, *, write: bool = False, atomic: bool = False) -> Iterator[ScimSession]:
+        """One transaction; a write session on SQLite takes the write lock at once (BEGIN IMMEDIATE).
+
+        A read session runs its (single-statement) queries in autocommit: no BEGIN and ROLLBACK round trips. So
+        does an `atomic` write session on PostgreSQL, whose user writes are each one statement that checks the
+        version read before (optimistic: `update_user` answers False when another write came first).
+        """
+        atomic = atomic and self.dialect == "postgresql"
         with self.engine.connect() as connection:
-            if write and self.dialect == "sqlite":
+            if not write or atomic:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            elif self.dialect == "sqlite":
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             with connection.begin() if not connection.in_transaction() else _noop():
-                yield ScimSession(connection, self.dialect)
+                yield ScimSession(connection, self.dialect, atomic=atomic)
             if connection.in_transaction():
                 connection.commit()
 
@@ -442,70 +638,121 @@ def _noop() -> Iterator[None]:
 class ScimSession:
     """The queries of one SCIM request, inside its transaction."""
 
-    def __init__(self, connection: Connection, dialect: str) -> None:
+    def __init__(self, connection: Connection, dialect: str, *, atomic: bool = False) -> None:
         self.connection = connection
         self.dialect = dialect
+        self.atomic = atomic
 
     # users
 
     def user(self, source: str, id: str, *, lock: bool = False) -> UserRecord | None:
         """The present user `id` of `source`, its groups included; `lock` holds its row until the end."""
-        query = select(identities).where(_I.source == source, _I.external_id == id, _I.present.is_(True))
-        if lock and self.dialect == "postgresql":
-            query = query.with_for_update()
-        row = self.connection.execute(query).mappings().first()
-        if row is None:
-            return None
-        return self._users_with_groups([row])[0]
+        query = _user_by_id(lock and self.dialect == "postgresql" and not self.atomic)
+        rows = self.connection.execute(query, {"source": source, "id": id}).mappings().all()
+        return _user_records(rows)[0] if rows else None
 
     def users(
         self, source: str, criterion: Criterion, sort: Sort | None, start: int, count: int
     ) -> tuple[int, list[UserRecord]]:
-        """(how many present users of `source` match, the `count` of them from the 1-based `start`)."""
-        where = and_(_I.source == source, _I.present.is_(True), criterion_sql(criterion, "user", self.dialect))
-        total = self.connection.execute(select(func.count()).select_from(identities).where(where)).scalar_one()
-        if count <= 0 or total < start:
-            return total, []
-        query = select(identities).where(where).order_by(*_order(sort, "user")).offset(start - 1).limit(count)
-        rows = self.connection.execute(query).mappings().all()
-        return total, self._users_with_groups(rows)
+        """(how many present users of `source` match, the `count` of them from the 1-based `start`).
 
-    def _users_with_groups(self, rows: Sequence[RowMapping]) -> list[UserRecord]:
-        pks = [row["id"] for row in rows]
-        by_user: dict[int, list[tuple[str, str]]] = {pk: [] for pk in pks}
-        if pks:
+        One statement: the page, its total (a window count) and each user's groups (an aggregated subquery).
+        """
+        where = and_(_I.source == source, _I.present == true(), criterion_sql(criterion, "user", self.dialect))
+        if count <= 0:
+            return self._count(identities, where), []
+        params: dict[str, Any] = {"source": source, "offset": start - 1, "limit": count}
+        if sort is None and isinstance(criterion, Const) and criterion.value:
+            query = _user_page(by_user_name=False)
+        elif sort is None and _is_user_name_lookup(criterion):
+            query, params["user_name"] = _user_page(by_user_name=True), getattr(criterion, "value", None)
+        else:
             query = (
-                select(memberships.c.identity_id, _G.external_id, _G.name)
-                .select_from(memberships.join(groups, memberships.c.group_id == _G.id))
-                .where(memberships.c.identity_id.in_(pks), _G.present.is_(True))
-                .order_by(_G.id)
+                select(*_USER_FIELDS, _groups_of_user(), func.count().over().label("_total"))
+                .where(where)
+                .order_by(*_order(sort, "user"))
+                .offset(bindparam("offset"))
+                .limit(bindparam("limit"))
             )
-            for identity_id, group_id, name in self.connection.execute(query):
-                by_user[identity_id].append((group_id, name))
-        return [_user_record(row, tuple(by_user[row["id"]])) for row in rows]
+        rows = self.connection.execute(query, params).mappings().all()
+        if not rows:
+            return (self._count(identities, where) if start > 1 else 0), []
+        return int(rows[0]["_total"]), _user_records(rows)
+
+    def _count(self, table: Any, where: ColumnElement[bool]) -> int:
+        return int(self.connection.execute(select(func.count()).select_from(table).where(where)).scalar_one())
 
     def insert_user(self, source: str, id: str, write: UserWrite, now: datetime) -> int:
-        """Store a new user; raises DuplicateUserName."""
+        """Store a new user; raises DuplicateUserName (the partial unique index, without a savepoint)."""
         values = {**_user_columns(write), "source": source, "external_id": id, "present": True, "dn": None}
         values.update(overrides={}, version=1, created_at=now, updated_at=now)
-        try:
-            with self.connection.begin_nested():
-                pk = self.connection.execute(insert(identities).values(**values).returning(_I.id)).scalar_one()
-        except IntegrityError:
-            raise DuplicateUserName(write.user_name) from None
+        if self.dialect == "postgresql":
+            pk = self.connection.execute(_pg_insert_user(), {**values, **_value_arrays(write.values)}).scalar()
+            if pk is None:
+                raise DuplicateUserName(write.user_name)
+            return int(pk)
+        statement = _dialect_insert(self.dialect, identities).values(**values)
+        statement = statement.on_conflict_do_nothing(
+            index_elements=[_I.source, _I.user_name_lower], index_where=_I.present
+        ).returning(_I.id)
+        pk = self.connection.execute(statement).scalar()
+        if pk is None:
+            raise DuplicateUserName(write.user_name)
         self._index(pk, write.values)
         return int(pk)
 
-    def update_user(self, pk: int, write: UserWrite, now: datetime) -> None:
-        """Replace a user's stored fields and indexed values, and bump its version; raises DuplicateUserName."""
-        values = {**_user_columns(write), "updated_at": now, "version": _I.version + 1}
+    def update_user(
+        self,
+        pk: int,
+        write: UserWrite,
+        now: datetime,
+        *,
+        renamed: bool = True,
+        before: Sequence[IndexedValue] | None = None,
+        version: int | None = None,
+    ) -> bool:
+        """Replace a user's stored fields and indexed values, and bump its version; raises DuplicateUserName.
+
+        `renamed`: the userName may now clash (checked under a savepoint); `before`: the indexed values stored so
+        far, so that only the attributes that changed are re-indexed. In an atomic session the write is one
+        statement applied only if the user is still at `version`: False when it is not.
+        """
+        if self.atomic and before is not None and version is not None:
+            return self._update_user_atomically(pk, write, now, before, version)
+        statement = (
+            update(identities).where(_I.id == pk).values(**_user_columns(write), updated_at=now, version=_I.version + 1)
+        )
+        if renamed:
+            try:
+                with self.connection.begin_nested():
+                    self.connection.execute(statement)
+            except IntegrityError:
+                raise DuplicateUserName(write.user_name) from None
+        else:
+            self.connection.execute(statement)
+        self._reindex(pk, before, write.values)
+        return True
+
+    def _update_user_atomically(
+        self, pk: int, write: UserWrite, now: datetime, before: Sequence[IndexedValue], version: int
+    ) -> bool:
+        stale, fresh = _index_changes(before, write.values)
+        params = {**_user_columns(write), "updated_at": now, "pk": pk, "expected": version, "stale": stale}
         try:
-            with self.connection.begin_nested():
-                self.connection.execute(update(identities).where(_I.id == pk).values(**values))
+            found = self.connection.execute(_pg_update_user(), {**params, **_value_arrays(fresh)}).scalar()
         except IntegrityError:
             raise DuplicateUserName(write.user_name) from None
-        self.connection.execute(scim_user_values.delete().where(_V.identity_id == pk))
-        self._index(pk, write.values)
+        return found is not None
+
+    def _reindex(self, pk: int, before: Sequence[IndexedValue] | None, after: Sequence[IndexedValue]) -> None:
+        if before is None:
+            self.connection.execute(scim_user_values.delete().where(_V.identity_id == pk))
+            self._index(pk, after)
+            return
+        stale, fresh = _index_changes(before, after)
+        if stale:
+            self.connection.execute(scim_user_values.delete().where(_V.identity_id == pk, _V.path.in_(stale)))
+        self._index(pk, fresh)
 
     def _index(self, pk: int, values: Iterable[IndexedValue]) -> None:
         rows = [{"identity_id": pk, "path": v.path, "item": v.item, "key": v.key, "number": v.number} for v in values]
