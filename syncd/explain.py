@@ -63,7 +63,7 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     return {
         "user_id": user_id,
         "identities": [_identity(i) for i in person],
-        "groups": [_group(g) for g in member_of],
+        "groups": [_group(g, _path(store, person, g, groups)) for g in member_of],
         "grants": [
             {
                 "origin": f"{g.origin.kind} {g.origin.name}",
@@ -113,8 +113,23 @@ def _identity(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _group(group: Group) -> dict[str, Any]:
-    return {"source": group.source, "name": group.name, "dn": group.dn, "grant": dict(group.grant)}
+def _group(group: Group, path: list[str]) -> dict[str, Any]:
+    return {"source": group.source, "name": group.name, "dn": group.dn, "grant": dict(group.grant), "via": path}
+
+
+def _path(store: Any, person: list[Identity], group: Group, groups: list[Group]) -> list[str]:
+    """The nested groups through which the person is in `group`, outermost first ([] for a direct member)."""
+    identity = next((i for i in person if i.source == group.source and i.external_id in group.members), None)
+    if identity is None:
+        return []
+    via = store.memberships_of(identity.source, identity.external_id)
+    names = {g.external_id: g.name for g in groups if g.source == group.source}
+    path: list[str] = []
+    step = via.get(group.external_id)
+    while step is not None and step not in path and len(path) < 100:
+        path.append(step)
+        step = via.get(step)
+    return [names.get(step, step) for step in path]
 
 
 def _desired(desired: Any) -> dict[str, Any] | None:
@@ -148,7 +163,9 @@ def render_explanation(data: dict[str, Any]) -> str:
         )
     lines.append("groups:" if data["groups"] else "groups: none")
     lines.extend(
-        f"  {g['source']}: {g['dn'] or g['name']}" + (f"  grant {g['grant']}" if g["grant"] else "")
+        f"  {g['source']}: {g['dn'] or g['name']}"
+        + (f"  (through {' > '.join(g['via'])})" if g["via"] else "")
+        + (f"  grant {g['grant']}" if g["grant"] else "")
         for g in data["groups"]
     )
     lines.append("grants that apply:" if data["grants"] else "grants that apply: none (in no mapped group)")

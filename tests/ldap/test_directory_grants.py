@@ -151,3 +151,26 @@ def test_a_grant_changed_in_the_directory_is_seen_by_the_incremental_pull(tree: 
     assert incremental.incremental and [g.dn for g in incremental.groups] == [ml]
     assert incremental.groups[0].grant == {"max_budget": 20.0}
     assert json.dumps(dict(incremental.groups[0].grant))
+
+
+def test_explain_shows_the_nesting_path_and_the_directory_grant(tree: Tree, tmp_path: Any) -> None:
+    from syncd.explain import explain, render_explanation
+    from syncd.store import make_engine, upgrade
+    from syncd.store.repository import SyncStore
+
+    henry = tree.add_user("henry")
+    team = tree.add_group("team-a", [henry])
+    research = tree.add_group("research", [team])
+    llm = tree.add_group("llm", [research])
+    grant(tree, llm, litellmRole="internal_user", litellmMaxBudget="42")
+    engine = make_engine(f"sqlite:///{tmp_path}/explain.db")
+    upgrade(engine)
+    store = SyncStore(engine)
+    store.record_snapshot(source(tree).pull())
+    settings = settings_from_dict({"mappings": [{"group": "research", "models": ["gpt-4o"]}]})
+    data = explain(settings, store, None, "henry")
+    paths = {g["name"]: g["via"] for g in data["groups"]}
+    assert paths == {"team-a": [], "research": ["team-a"], "llm": ["research", "team-a"]}
+    assert data["desired"]["max_budget"] == {"value": 42.0, "from": {"kind": "group_attribute", "name": llm}}
+    assert data["desired"]["models"]["from"] == {"kind": "mapping", "name": "research"}
+    assert f"{llm}  (through research > team-a)" in render_explanation(data)
