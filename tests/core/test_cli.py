@@ -220,3 +220,23 @@ def test_litellm_unreachable_is_one_clear_line_and_exit_1(cli: Cli) -> None:
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("syncd: LiteLLM failed (/user/") and "the next run resumes" in last
     assert "Traceback" not in done.stderr.split("\n")[-3:] and MASTER not in done.stderr
+
+
+def test_plan_and_sync_show_the_team_step(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    cli.config["mappings"][1]["teams"] = ["platform"]
+    cli.config["teams"] = [{"alias": "platform", "max_budget": 100, "models": ["gpt-4o"]}]
+    cli.write()
+    (cli.folder / "people.json").write_text(json.dumps(PEOPLE))
+    cli.run("import", str(cli.folder / "people.json"))
+    plan = cli.json("plan")
+    assert plan["teams"]["summary"]["create_team"] == 1 and plan["teams"]["summary"]["add_member"] == 1
+    text = cli.run("plan").stdout
+    assert "Teams: 1 create_team, 1 add_member" in text and cli.fake.teams == {}
+    done = cli.run("sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Teams applied: 1 add_member, 1 create_team; 0 failed, 0 skipped." in done.stdout
+    (team,) = cli.fake.teams.values()
+    assert team["team_alias"] == "platform" and team["max_budget"] == 100
+    again = cli.run("sync")
+    assert "Teams: no changes (1 teams unchanged)." in again.stdout
