@@ -8,6 +8,7 @@ affected.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,8 @@ from syncd.store.scim import (
 
 __all__ = ["ListQuery", "ScimService"]
 
+_log = logging.getLogger("syncd.scim")
+
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 _ATTEMPTS = 5
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
@@ -101,7 +104,10 @@ class ScimService:
     def _written(self, user_ids: Iterable[str]) -> None:
         affected = {user_id for user_id in user_ids if user_id}
         if affected and self.on_write is not None:
-            self.on_write(affected)
+            try:
+                self.on_write(affected)
+            except Exception:  # the write is committed: the next scheduled reconcile still picks it up
+                _log.exception("on_write failed after a committed SCIM write")
 
     # --- reading ------------------------------------------------------------------------------------------------
 

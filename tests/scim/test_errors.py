@@ -157,3 +157,18 @@ def test_search_endpoints(scim_sqlite: Scim) -> None:
     paged = scim_sqlite.post("/.search", {"startIndex": 2, "count": 1}).json()
     assert paged["totalResults"] == 2 and paged["Resources"][0]["meta"]["resourceType"] == "Group"
     assert_error(scim_sqlite.post("/.search", {"filter": 'nosuch eq "x"'}), 400, "invalidFilter")
+
+
+def test_renaming_onto_a_taken_user_name_is_409_on_put_and_patch(scim: Scim) -> None:
+    scim.post("/Users", {"schemas": [USER], "userName": "taken"})
+    uid = scim.post("/Users", {"schemas": [USER], "userName": "free"}).json()["id"]
+    assert_error(scim.put(f"/Users/{uid}", {"schemas": [USER], "userName": "TAKEN"}), 409, "uniqueness")
+    patched = scim.patch(f"/Users/{uid}", {"op": "replace", "path": "userName", "value": "Taken"})
+    assert_error(patched, 409, "uniqueness")
+    assert scim.get(f"/Users/{uid}").json()["userName"] == "free"
+    assert scim.patch(f"/Users/{uid}", {"op": "replace", "path": "userName", "value": "FREE"}).status_code == 200
+
+
+def test_a_filter_over_the_length_limit_is_invalid_filter(scim_sqlite: Scim) -> None:
+    long_filter = " or ".join(f'userName eq "user{n}"' for n in range(300))
+    assert_error(scim_sqlite.get("/Users", params={"filter": long_filter}), 400, "invalidFilter")
