@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN_TOKEN, MASTER_KEY
+from _daemon import ADMIN_TOKEN, MASTER_KEY
 from fastapi.testclient import TestClient
 
 from syncd.app import ADMIN_COOKIE, create_app

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import MASTER_KEY, base_config, free_port, wait_for
+from _daemon import MASTER_KEY, base_config, free_port, wait_for
 
 from syncd.metrics import Metrics
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import FakeLiteLLM, base_config, wait_for
+from _daemon import FakeLiteLLM, base_config, wait_for
 from sqlalchemy import create_engine, text
 
 USERS = 40
@@ -117,7 +117,7 @@ def test_readyz_turns_503_when_the_database_goes_away(postgres: Any, fake: Any, 
 
 
 def test_unreachable_database_at_start_is_a_clear_exit_2(tmp_path: Path, fake: Any) -> None:
-    from conftest import free_port
+    from _daemon import free_port
 
     config = base_config(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none", fake.url)
     started = time.monotonic()

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import base_config, ldap_source, wait_for
-from test_serve_e2e import scim_engineer
+from _daemon import base_config, ldap_source, scim_engineer, wait_for
 
 pytestmark = pytest.mark.postgres
 

@@ -8,32 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import ADMIN_TOKEN, MASTER_KEY, SCIM_TOKEN, SYNC_PASSWORD, base_config, ldap_source, wait_for
-
-USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
-GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
-PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-
-
-def scim_user(name: str) -> dict[str, Any]:
-    """A SCIM user as Okta posts it."""
-    email = f"{name}@example.org"
-    return {"schemas": [USER_SCHEMA], "userName": email, "active": True, "emails": [{"value": email, "primary": True}]}
-
-
-def scim_engineer(syncd: Any, name: str) -> str:
-    """Create a SCIM user and put it in the SCIM group `engineers`; its user_id."""
-    user = syncd.scim("POST", "/Users", scim_user(name))
-    assert user.status_code == 201, user.text
-    found = syncd.scim("GET", '/Groups?filter=displayName eq "engineers"').json()
-    if found["totalResults"]:
-        group_id = found["Resources"][0]["id"]
-    else:
-        group_id = syncd.scim("POST", "/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "engineers"}).json()["id"]
-    member = {"op": "add", "path": "members", "value": [{"value": user.json()["id"]}]}
-    patch = {"schemas": [PATCH_SCHEMA], "Operations": [member]}
-    assert syncd.scim("PATCH", f"/Groups/{group_id}", patch).status_code in (200, 204)
-    return f"{name}@example.org"
+from _daemon import (
+    ADMIN_TOKEN,
+    MASTER_KEY,
+    SCIM_TOKEN,
+    SYNC_PASSWORD,
+    base_config,
+    ldap_source,
+    scim_engineer,
+    wait_for,
+)
 
 
 def test_scheduled_pulls_and_scim_writes_reach_litellm(
