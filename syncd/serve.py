@@ -116,6 +116,22 @@ def _prepare_database(engine: Any, *, migrate: bool, wait_db_s: float) -> None:
         raise ServeError(f"{exc} (or start serve with --migrate)") from None
 
 
+def _announce_config(settings: Any, engine: Any) -> None:
+    """Log what this process will do (the config echo): no secret, the database password hidden and redacted."""
+    from syncd.logs import redact
+
+    redact(engine.url.password)
+    summary = {
+        "database": engine.url.render_as_string(hide_password=True),
+        "litellm": settings.litellm.url,
+        "ldap_sources": {s.name: s.schedule.model_dump() for s in settings.ldap},
+        "scim": [t.name for t in settings.scim.tokens] if settings.scim.enabled else "disabled",
+        "admin_token": "set" if settings.server.admin_token is not None else "unset",
+        "mappings": len(settings.mappings),
+    }
+    log.info("configuration", extra={"config": summary})
+
+
 def _client(settings: Any, metrics: Metrics) -> Any:
     from syncd.litellm import LiteLLMClient
 
@@ -144,6 +160,7 @@ def serve(
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop. Raises ServeError when it cannot start."""
     engine = _engine(settings.database.url)
+    _announce_config(settings, engine)
     _prepare_database(engine, migrate=migrate, wait_db_s=wait_db_s)
     try:
         leadership = leadership_for(engine)
