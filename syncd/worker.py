@@ -1,7 +1,8 @@
 """The reconcile worker of `syncd serve`: one reconcile at a time in a background thread, fed by SCIM and schedules.
 
 Requests coalesce: SCIM writes wait `scim.debounce_s` for more writes (at most ten times that in all), scheduled
-pulls run at once, and everything asked while a run is going becomes one next run. Only the leader runs
+pulls run at once, and everything asked while a run is going becomes one next run. A run asked for by SCIM writes
+only is targeted at the users written; any other request makes it a run of everyone. Only the leader runs
 reconciles; a follower's SCIM writes are announced to the leader instead. Stopping (SIGTERM, or leadership lost)
 lets the changes in flight finish and be journaled, leaves the not yet started ones pending (the next run
 supersedes and re-plans them) and takes no new work.
@@ -19,6 +20,7 @@ from typing import Any
 
 from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
+from syncd.plan import Change
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
 from syncd.store.repository import SyncStore
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 _TICK_S = 30.0  # how often an idle leader looks whether a drift check or a retry is due
 _RETRY_S = (30.0, 60.0, 120.0, 300.0, 600.0)  # after a failed run, the next try waits this long (then the last)
 _MAX_TRACKED_WRITES = 50_000
+_MAX_TARGETED = 1_000  # SCIM writes of more users than this make a run of everyone
 
 
 class ShutdownRequested(Exception):
@@ -46,6 +49,9 @@ class _Request:
     asked_due: float = math.inf  # the earliest due time of the non-SCIM requests
     first_write: float | None = None
     last_write: float | None = None
+    #: the users SCIM wrote; a run of them only (targeted) unless `everyone` or too many
+    user_ids: set[str] = field(default_factory=set)
+    everyone: bool = False
 
     @property
     def due(self) -> float:
@@ -55,8 +61,11 @@ class _Request:
         quiet = min(self.last_write + self.debounce_s, self.first_write + 10 * self.debounce_s)
         return min(self.asked_due, quiet)
 
-    def add(self, trigger: str, sources: Iterable[str], failed: Iterable[str]) -> None:
-        """Cover this trigger and these sources too."""
+    def add(self, trigger: str, sources: Iterable[str], failed: Iterable[str], user_ids: Iterable[str] = ()) -> None:
+        """Cover this trigger, these sources and users too (a request naming no user covers everyone)."""
+        ids = set(user_ids)
+        self.user_ids |= ids
+        self.everyone = self.everyone or not ids
         if trigger not in self.triggers:
             self.triggers.append(trigger)
         self.sources.update(sources)
@@ -85,10 +94,18 @@ class _StoppableReconciler(Reconciler):
             raise ShutdownRequested("stopped before applying")
         super()._apply(report, options)
 
+    def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
+        if self._should_stop() and not options.dry_run:
+            raise ShutdownRequested("stopped before the team step")
+        super()._teams(report, options)
+
     def _count_change(self, change: Any, status: str) -> None:
-        # called by the Applier after each journaled outcome: raising here makes it cancel what has not started
-        # and journal the changes in flight before the exception leaves apply(); raise once only
+        # called by the user Applier after each journaled outcome: raising here makes it cancel what has not started
+        # and journal the changes in flight before the exception leaves apply(); raise once only, and never from
+        # the team step (it is skipped as a whole when stopping)
         super()._count_change(change, status)
+        if not isinstance(change, Change):
+            return
         if status == "done":
             self._on_done(change.user_id)
         if not self._stopped and self._should_stop():
@@ -145,12 +162,13 @@ class ReconcileWorker:
 
     def note_writes(self, user_ids: Iterable[str], at: float) -> None:
         """Remember when these users were written (for syncd_scim_to_litellm_seconds); reconcile after the debounce."""
+        user_ids = list(user_ids)
         with self._cond:
             for user_id in user_ids:
                 if len(self._written) < _MAX_TRACKED_WRITES:
                     self._written.setdefault(user_id, at)
             request = self._pending()
-            request.add("scim", (), ())
+            request.add("scim", (), (), user_ids)
             now = time.monotonic()
             request.first_write = now if request.first_write is None else request.first_write
             request.last_write = now
@@ -221,8 +239,12 @@ class ReconcileWorker:
         with self._cond:
             written, self._written = self._written, {}
         trigger = "+".join(request.triggers)
+        targeted = not request.everyone and len(request.user_ids) <= _MAX_TARGETED
         options = ReconcileOptions(
-            trigger=trigger[:50], failed_sources=tuple(sorted(request.failed)), sources=tuple(sorted(request.sources))
+            trigger=trigger[:50],
+            failed_sources=tuple(sorted(request.failed)),
+            sources=tuple(sorted(request.sources)),
+            user_ids=tuple(sorted(request.user_ids)) if targeted else (),
         )
         self.busy = True
         try:
