@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from sqlalchemy import func, select
@@ -30,11 +32,13 @@ from syncd.testing.fake_litellm import FakeLiteLLM
 __all__ = [
     "MAPPINGS",
     "MASTER",
+    "FaultyProxy",
     "World",
     "end_state",
     "figures",
     "flip_outage_after",
     "people",
+    "run_syncd",
     "wait_for",
 ]
 
@@ -110,6 +114,7 @@ class World:
         }
         for key, value in extra.items():
             data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        self.config = data
         self.settings = settings_from_dict(data)
         return self.settings
 
@@ -214,3 +219,102 @@ def flip_outage_after(fake: FakeLiteLLM, calls: int, hold_s: float) -> Iterator[
         stop.set()
         thread.join(timeout=hold_s + 5)
         fake.faults.outage = False
+
+
+class FaultyProxy:
+    """A TCP proxy on loopback that counts the bytes a server sends and, past `at_byte`, cuts, stalls or calls back.
+
+    mode "pass": forward everything; "cut": close both ends; "stall": keep both ends open and silent (a hung server);
+    "call": run `callback` once (e.g. kill the server) and keep forwarding what is left.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+
+        self.upstream_port = upstream_port
+        self.mode, self.at_byte, self.callback = "pass", 0, None
+        self.down_bytes = 0
+        self.fired = threading.Event()
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[Any] = []
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def arm(self, mode: str, at_byte: int = 0, callback: Callable[[], None] | None = None) -> None:
+        """Set the fault for what follows; the byte count starts again from zero."""
+        with self._lock:
+            self.mode, self.at_byte, self.callback, self.down_bytes = mode, at_byte, callback, 0
+            self.fired.clear()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: Any, target: Any, down: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if down and self._fault(len(chunk)):
+                    return
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            self._close(source, target)
+
+    def _fault(self, size: int) -> bool:
+        """True when the connection must stop forwarding now."""
+        with self._lock:
+            self.down_bytes += size
+            crossed = self.mode != "pass" and self.down_bytes >= self.at_byte and not self.fired.is_set()
+            if crossed:
+                self.fired.set()
+            mode, callback = self.mode, self.callback
+        if mode == "stall" and self.fired.is_set():
+            self._release.wait(120)
+            return True
+        if crossed and mode == "call" and callback is not None:
+            callback()
+        return crossed and mode == "cut"
+
+    @staticmethod
+    def _close(*sockets: Any) -> None:
+        for sock in sockets:
+            with suppress(OSError):
+                sock.close()
+
+    def close(self) -> None:
+        self._release.set()
+        self._close(self._listener, *self._sockets)
+
+
+def run_syncd(
+    folder: Any, *args: str, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m syncd ARGS --config FOLDER/syncd.yaml`, as an operator runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args, "--config", str(folder / "syncd.yaml")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "SYNCD_LOG_LEVEL": "INFO", **(env or {})},
+        timeout=timeout_s,
+        cwd=folder,
+    )
