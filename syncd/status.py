@@ -103,7 +103,8 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px} .muted{co
 padding:10px 14px;min-width:150px} .card b{display:block;font-size:20px}
 table{border-collapse:collapse;background:#fff;width:100%;border:1px solid #e3e6ea}
 th,td{padding:5px 8px;border-bottom:1px solid #eef0f3;text-align:left;white-space:nowrap} th{background:#f0f2f5}
-td.num{text-align:right} .success{color:#067647} .failed{color:#b42318} .held{color:#b54708} .running{color:#175cd3}
+td.num{text-align:right} td.wrap{white-space:normal}
+.success{color:#067647} .failed{color:#b42318} .held{color:#b54708} .running{color:#175cd3}
 svg{background:#fff;border:1px solid #e3e6ea;border-radius:8px} form{margin-top:8px}
 """
 
@@ -204,7 +205,7 @@ def _sources_table(sources: Sequence[Mapping[str, Any]], *, detailed: bool) -> s
         state = '<span class="failed">failing</span>' if source["failing"] else '<span class="success">ok</span>'
         row = f"<tr><td>{_esc(source['source'])}</td><td>{_esc(source['last_success_at'])}</td>"
         row += f"<td>{_esc(source['last_full_at'])}</td><td>{state}</td>"
-        row += f"<td>{_esc(source.get('last_error'))}</td></tr>" if detailed else "</tr>"
+        row += f"<td class=wrap>{_esc(source.get('last_error'))}</td></tr>" if detailed else "</tr>"
         rows.append(row)
     return f'<table id="sources">{head}{"".join(rows) or "<tr><td>none recorded yet</td></tr>"}</table>'
 
@@ -213,10 +214,20 @@ def _failed_table(failed: Sequence[Mapping[str, Any]]) -> str:
     head = "<tr><th>Change</th><th>Run</th><th>User</th><th>Action</th><th>Error</th></tr>"
     rows = [
         f"<tr><td>{row['id']}</td><td>{row['run_id']}</td><td>{_esc(row['key'])}</td><td>{_esc(row['action'])}</td>"
-        f"<td>{_esc(row['error'])}</td></tr>"
+        f"<td class=wrap>{_esc(row['error'])}</td></tr>"
         for row in failed
     ]
     return f'<table id="failed">{head}{"".join(rows) or "<tr><td colspan=5>none</td></tr>"}</table>'
+
+
+def _held_table(held: Sequence[Mapping[str, Any]]) -> str:
+    head = "<tr><th>Run</th><th>Started (UTC)</th><th>Why it is held</th></tr>"
+    rows = [
+        f"<tr><td>{run['id']}</td><td>{_esc((run['started_at'] or '')[:19].replace('T', ' '))}</td>"
+        f"<td class=wrap>{_esc(run.get('error'))}</td></tr>"
+        for run in held
+    ]
+    return f'<table id="held">{head}{"".join(rows) or "<tr><td colspan=3>none</td></tr>"}</table>'
 
 
 def _login_form() -> str:
@@ -244,7 +255,8 @@ def render_page(data: Mapping[str, Any]) -> str:
         _sources_table(data["sources"], detailed=detailed),
     ]
     if detailed:
-        parts += ["<h2>Failed changes</h2>", _failed_table(data.get("failed_changes") or [])]
+        parts += ["<h2>Held plans</h2>", _held_table(data["held"])]
+        parts += ["<h2>Failed changes (latest)</h2>", _failed_table(data.get("failed_changes") or [])]
     else:
         parts.append(_login_form())
     parts.append('<p class="muted">Read-only; refreshes every 30 s. JSON: GET /status with the admin token.</p>')

@@ -93,7 +93,7 @@ def test_page_shows_aggregates_without_the_token_and_details_with_it(world: dict
     assert answer.status_code == 303 and ADMIN_COOKIE in answer.cookies
     assert ADMIN_TOKEN not in answer.headers["set-cookie"]
     detailed = client.get("/").text
-    assert "Failed changes" in detailed and "person" in detailed
+    assert "Failed changes" in detailed and "person" in detailed and "Held plans" in detailed
 
 
 def test_readyz_checks_the_age_of_the_last_successful_sync(world: dict[str, Any]) -> None:
@@ -121,34 +121,26 @@ def test_every_metric_is_named_syncd(world: dict[str, Any]) -> None:
     assert {"syncd_runs", "syncd_changes", "syncd_guard_holds", "syncd_litellm_calls", "syncd_leader"} <= names
 
 
+def _screenshot(chromium: str, url: str, png: Path, profile: Path, size: str = "1200,900") -> None:
+    png.unlink(missing_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+    flags += [f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size}"]
+    done = subprocess.run([chromium, *flags, url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert png.exists() and png.stat().st_size > 10_000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_status_page_in_headless_chromium(world: dict[str, Any], tmp_path: Path, output_dir: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    screenshot = output_dir / "status-page.png"
-    screenshot.unlink(missing_ok=True)
     app = create_app(world["settings"], **{k: world[k] for k in ("store", "engine", "metrics")})
     with serve_in_thread(app) as url:
-        done = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--hide-scrollbars",
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                f"--screenshot={screenshot}",
-                "--window-size=1200,900",
-                f"{url}/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert screenshot.exists() and screenshot.stat().st_size > 10_000
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        _screenshot(chromium, f"{url}/", output_dir / "status-page.png", tmp_path / "profile")
+        client = TestClient(app)
+        client.post("/login", data={"token": ADMIN_TOKEN})
+        detailed = output_dir / "status-page-detailed.html"
+        detailed.write_text(client.get("/").text)
+    _screenshot(chromium, detailed.as_uri(), output_dir / "status-page-detailed.png", tmp_path / "p", "1200,1300")

@@ -99,6 +99,8 @@ def test_refuses_a_schema_behind_and_readyz_says_so(tmp_path: Path, fake: Any, l
     assert answer.status_code == 503
     assert "schema at 0001" in answer.json()["reason"]
     assert syncd.get("/healthz").status_code == 200
+    syncd.signal(signal.SIGINT)
+    assert syncd.wait(30) == 0
 
 
 @pytest.mark.postgres
