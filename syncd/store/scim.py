@@ -572,12 +572,23 @@ def _user_page(*, by_user_name: bool) -> Any:
     where = [_I.source == bindparam("source"), _I.present == true()]
     if by_user_name:
         where.append(_I.user_name_lower == bindparam("user_name"))
-    return (
-        select(*_USER_FIELDS, _groups_of_user(), func.count().over().label("_total"))
-        .where(*where)
-        .order_by(_I.id)
+    return _paged_users(and_(*where), [_I.id])
+
+
+def _paged_users(where: ColumnElement[bool], order: list[ColumnElement[Any]]) -> Any:
+    """A page of users with the total: the page is chosen on ids alone, then only its rows are read in full."""
+    page = (
+        select(_I.id, func.count().over().label("_total"), func.row_number().over(order_by=order).label("_position"))
+        .where(where)
+        .order_by(*order)
         .offset(bindparam("offset"))
         .limit(bindparam("limit"))
+        .subquery("page")
+    )
+    return (
+        select(*_USER_FIELDS, _groups_of_user(), page.c._total)
+        .join_from(identities, page, page.c.id == _I.id)
+        .order_by(page.c._position)
     )
 
 
@@ -667,13 +678,7 @@ class ScimSession:
         elif sort is None and _is_user_name_lookup(criterion):
             query, params["user_name"] = _user_page(by_user_name=True), getattr(criterion, "value", None)
         else:
-            query = (
-                select(*_USER_FIELDS, _groups_of_user(), func.count().over().label("_total"))
-                .where(where)
-                .order_by(*_order(sort, "user"))
-                .offset(bindparam("offset"))
-                .limit(bindparam("limit"))
-            )
+            query = _paged_users(where, _order(sort, "user"))
         rows = self.connection.execute(query, params).mappings().all()
         if not rows:
             return (self._count(identities, where) if start > 1 else 0), []
