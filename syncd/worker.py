@@ -85,19 +85,34 @@ class _RunTaggingStore(SyncStore):
 class _StoppableReconciler(Reconciler):
     """A Reconciler whose apply stops taking new changes once `should_stop()` says so."""
 
-    def __init__(self, *args: Any, should_stop: Callable[[], bool], on_done: Callable[[str], None], **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        should_stop: Callable[[], bool],
+        on_done: Callable[[str], None],
+        writing: threading.Event,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
-        self._should_stop, self._on_done, self._stopped = should_stop, on_done, False
+        self._should_stop, self._on_done, self._stopped, self._writing = should_stop, on_done, False, writing
 
     def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
         if self._should_stop():
             raise ShutdownRequested("stopped before applying")
-        super()._apply(report, options)
+        self._writing.set()
+        try:
+            super()._apply(report, options)
+        finally:
+            self._writing.clear()
 
     def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
         if self._should_stop() and not options.dry_run:
             raise ShutdownRequested("stopped before the team step")
-        super()._teams(report, options)
+        self._writing.set()
+        try:
+            super()._teams(report, options)
+        finally:
+            self._writing.clear()
 
     def _count_change(self, change: Any, status: str) -> None:
         # called by the user Applier after each journaled outcome: raising here makes it cancel what has not started
@@ -134,6 +149,7 @@ class ReconcileWorker:
         self._request: _Request | None = None
         self._written: dict[str, float] = {}  # user_id -> unix time of its earliest unapplied SCIM write
         self._stopping = threading.Event()
+        self._writing = threading.Event()  # set while a run applies changes (as opposed to planning)
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._next_tick = 0.0
@@ -196,13 +212,16 @@ class ReconcileWorker:
         self._stopping.set()
 
     def stop(self, timeout_s: float = 25.0) -> bool:
-        """Take no new work, let the changes in flight finish; True if the thread ended within `timeout_s`."""
+        """Take no new work and let the changes in flight finish; False if still applying after `timeout_s`."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
         if self._thread is None:
             return True
         self._thread.join(timeout_s)
+        if self._thread.is_alive() and not self._writing.is_set():  # still planning: it only reads
+            log.warning("the run in progress was still planning (reading only): left behind")
+            return True
         return not self._thread.is_alive()
 
     def _loop(self) -> None:
@@ -286,6 +305,7 @@ class ReconcileWorker:
             metrics=self.metrics,
             should_stop=lambda: self._stopping.is_set() or not self.is_leader(),
             on_done=on_done,
+            writing=self._writing,
         )
 
     def _restore(self, written: dict[str, float]) -> None:
