@@ -28,7 +28,7 @@ __all__ = ["ReconcileWorker", "ShutdownRequested"]
 
 log = logging.getLogger(__name__)
 
-_TICK_S = 30.0  # how often an idle leader looks whether a drift check or a retry is due
+_TICK_S = 30.0  # how often an idle leader looks whether a drift check is due
 _RETRY_S = (30.0, 60.0, 120.0, 300.0, 600.0)  # after a failed run, the next try waits this long (then the last)
 _MAX_TRACKED_WRITES = 50_000
 _MAX_TARGETED = 1_000  # SCIM writes of more users than this make a run of everyone
@@ -140,10 +140,11 @@ class ReconcileWorker:
         metrics: Metrics | None = None,
         is_leader: Callable[[], bool] = lambda: True,
         announce: Callable[[dict[str, Any]], None] | None = None,
+        tick_s: float = _TICK_S,
     ) -> None:
         self.settings, self.client, self.metrics = settings, client, metrics
         self.store = _RunTaggingStore(store.engine)
-        self.is_leader, self.announce = is_leader, announce
+        self.is_leader, self.announce, self.tick_s = is_leader, announce, tick_s
         self.debounce_s = float(settings.scim.debounce_s)
         self._cond = threading.Condition()
         self._request: _Request | None = None
@@ -203,7 +204,7 @@ class ReconcileWorker:
     # -- the thread ------------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the background thread (the first drift look waits a tick: taking the lead already runs once)."""
-        self._next_tick = time.monotonic() + _TICK_S
+        self._next_tick = time.monotonic() + self.tick_s
         self._thread = threading.Thread(target=self._loop, name="reconcile-worker", daemon=True)
         self._thread.start()
 
@@ -234,7 +235,7 @@ class ReconcileWorker:
         while not self._stopping.is_set():
             now, leading = time.monotonic(), self.is_leader()
             if leading and now >= self._next_tick:
-                self._next_tick = now + _TICK_S
+                self._next_tick = now + self.tick_s
                 self._tick()
                 continue
             with self._cond:

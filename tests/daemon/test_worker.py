@@ -107,6 +107,23 @@ def test_requests_while_stopping_are_not_run(parts: dict[str, Any]) -> None:
     assert _runs(parts["store"]) == []
 
 
+def test_an_idle_leader_runs_the_drift_check_when_due(parts: dict[str, Any]) -> None:
+    from syncd.reconcile import DRIFT_STATE
+
+    settings = parts["settings"].model_copy(
+        update={"litellm": parts["settings"].litellm.model_copy(update={"drift_check": 1.0})}
+    )
+    worker = ReconcileWorker(settings, parts["store"], parts["client"], tick_s=0.2)
+    worker.start()
+    try:
+        first = wait_for(lambda: parts["store"].source_state(DRIFT_STATE).last_success_at, 10, "a drift check")
+        wait_for(lambda: parts["store"].source_state(DRIFT_STATE).last_success_at != first, 10, "the next one")
+        assert _runs(parts["store"])[:2] == ["drift", "drift"]
+        assert worker.last_report is not None and worker.last_report.drift_checked
+    finally:
+        assert worker.stop(5)
+
+
 def test_full_schedules_are_intervals_or_cron_with_jitter() -> None:
     interval = full_trigger("6h")
     assert isinstance(interval, IntervalTrigger) and interval.interval_length == 6 * 3600 and interval.jitter == 60
