@@ -170,7 +170,7 @@ def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[]
     @app.get("/", include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
         detailed = admin.cookie_ok(request) or admin.bearer_ok(request)
-        data = collect_status(store, detailed=detailed, replica=replica())
+        data = collect_status(store, detailed=detailed, replica=replica()) | {"admin_login": admin.token is not None}
         return HTMLResponse(render_page(data), headers={"Cache-Control": "no-store"})
 
     @app.post("/login", include_in_schema=False)

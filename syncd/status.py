@@ -257,8 +257,10 @@ def render_page(data: Mapping[str, Any]) -> str:
     if detailed:
         parts += ["<h2>Held plans</h2>", _held_table(data["held"])]
         parts += ["<h2>Failed changes (latest)</h2>", _failed_table(data.get("failed_changes") or [])]
-    else:
+    elif data.get("admin_login", True):
         parts.append(_login_form())
+    else:
+        parts.append('<p class="muted">Set server.admin_token to see user ids and error texts here.</p>')
     parts.append('<p class="muted">Read-only; refreshes every 30 s. JSON: GET /status with the admin token.</p>')
     parts.append("</body></html>")
     return "".join(parts)
