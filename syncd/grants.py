@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.durations import budget_duration_for_litellm
+from syncd.mapping import GRANT_FIELDS
 from syncd.model import ROLES
 
 __all__ = ["GRANT_PREFIX", "GrantResult", "admin_allowed", "parse_grant", "parse_grant_json"]
@@ -22,17 +23,8 @@ GRANT_PREFIX = "litellm:"
 _LISTS = ("models", "teams")
 _INTS = ("tpm_limit", "rpm_limit")
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
-FIELDS = (
-    "role",
-    "models",
-    "tpm_limit",
-    "rpm_limit",
-    "max_budget",
-    "budget_duration",
-    "auto_create_keys",
-    "teams",
-    "priority",
-)
+#: what a grant kept in the directory may hold: the LiteLLM fields, and its priority
+FIELDS = (*GRANT_FIELDS, "priority")
 
 
 @dataclass(slots=True)
