@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.model import ROLE_RANK, DesiredUser, FieldOrigin, Group, Identity
@@ -94,15 +94,24 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
     state = DesiredState()
     all_groups = list(groups)
     groups_of = _groups_by_member(all_groups)
-    # people in the same groups get the same grants: combine each distinct set of groups once
+    # groups in the order _combine_for lists them; which of them give any grant at all
+    order = sorted(range(len(all_groups)), key=lambda i: (all_groups[i].source, all_groups[i].name.lower()))
+    rank = {position: n for n, position in enumerate(order)}
+    granting = [bool(grants_for([group], rules)) for group in all_groups]
+    names = [group.dn or group.name for group in all_groups]
+    # people whose groups give the same grants get the same values: combine each distinct set of granting groups
+    # once (with thousands of groups, nearly every person's full set of groups is different)
     combined: dict[tuple[int, ...], _Combined] = {}
     for person in _merge_people(identities, rules.source_priorities):
         winner = person[0]
-        found = {i for ident in person for i in groups_of.get((ident.source, ident.external_id), ())}
-        key = tuple(sorted(found))
+        found = sorted(
+            {i for ident in person for i in groups_of.get((ident.source, ident.external_id), ())}, key=rank.__getitem__
+        )
+        key = tuple(i for i in found if granting[i])
         entry = combined.get(key)
         if entry is None:
             entry = combined[key] = _combine_for([all_groups[i] for i in key], rules)
+        entry = replace(entry, group_names=tuple(names[i] for i in found))
         if winner.user_id in state.users or winner.user_id in state.unmapped:
             state.problems.append(
                 f"user_id {winner.user_id!r} is claimed by two people ({winner.email!r} from {winner.source} and "
