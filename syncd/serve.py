@@ -196,12 +196,17 @@ def serve(
     scheduler.start()
     election.thread.start()
     log.info("syncd serve started", extra={"replica": replica_id(), "port": config.port})
+    listened = True
     try:
         server.run()
+    except SystemExit:  # uvicorn's way of saying it could not start (the port is taken, say)
+        listened = False
     finally:
         clean = _shutdown(worker, scheduler, election, leadership, stop_timeout_s)
         client.close()
         engine.dispose()
+    if not listened:
+        raise ServeError(f"could not serve HTTP on {config.host}:{config.port} (see the error logged above)")
     return 0 if clean else 1
 
 

@@ -127,3 +127,15 @@ def test_unreachable_database_at_start_is_a_clear_exit_2(tmp_path: Path, fake: A
     assert done.returncode == 2
     assert "cannot reach the database" in done.stderr
     assert time.monotonic() - started < 20
+
+
+def test_a_port_already_taken_is_a_clear_exit_2(tmp_path: Path, fake: Any) -> None:
+    import socket
+
+    config = base_config(f"sqlite:///{tmp_path}/syncd.db", fake.url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", config["server"]["port"]))
+        taken.listen()
+        done = _syncd("serve", "--migrate", "--config", str(_write(tmp_path / "c.yaml", config)))
+    assert done.returncode == 2
+    assert "could not serve HTTP on 127.0.0.1" in done.stderr
