@@ -229,7 +229,8 @@ def _sync(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = _store(settings)
     with _client(settings) as client:
-        _, failed = _pull(settings, store, args.source, record=not args.dry_run, incremental=args.incremental)
+        snapshots, failed = _pull(settings, store, args.source, record=not args.dry_run, incremental=args.incremental)
+        del snapshots  # the reconcile reads the store: free the pulled snapshots before it loads everyone again
         options = ReconcileOptions(
             trigger="cli",
             dry_run=args.dry_run,
