@@ -403,8 +403,17 @@ def _item_sql(node: Item, scope: _Scope, dialect: str) -> ColumnElement[bool]:
 
 def _order(sort: Sort | None, resource: str) -> list[ColumnElement[Any]]:
     base = _I.id if resource == "user" else _G.id
-    if sort is None:
+    key = _sort_key(sort, resource)
+    if sort is None or key is None:
         return [base]
+    ordered = key.desc() if sort.descending else key.asc()
+    return [ordered.nulls_last(), base]
+
+
+def _sort_key(sort: Sort | None, resource: str) -> ColumnElement[Any] | None:
+    """What `sort` orders by: a column, or the least indexed value of the attribute (None: creation order)."""
+    if sort is None:
+        return None
     columns = _USER_COLUMNS if resource == "user" else _GROUP_COLUMNS
     column = columns.get(sort.path)
     if column is None:
@@ -415,8 +424,7 @@ def _order(sort: Sort | None, resource: str) -> list[ColumnElement[Any]]:
         column = (
             select(func.min(target)).where(value.c.identity_id == _I.id, value.c.path == sort.path).scalar_subquery()
         )
-    ordered = column.desc() if sort.descending else column.asc()
-    return [ordered.nulls_last(), base]
+    return column
 
 
 def _dialect_insert(dialect: str, table: Any) -> Any:
@@ -572,23 +580,31 @@ def _user_page(*, by_user_name: bool) -> Any:
     where = [_I.source == bindparam("source"), _I.present == true()]
     if by_user_name:
         where.append(_I.user_name_lower == bindparam("user_name"))
-    return _paged_users(and_(*where), [_I.id])
+    return _paged_users(and_(*where), None)
 
 
-def _paged_users(where: ColumnElement[bool], order: list[ColumnElement[Any]]) -> Any:
-    """A page of users with the total: the page is chosen on ids alone, then only its rows are read in full."""
+def _paged_users(where: ColumnElement[bool], sort: Sort | None) -> Any:
+    """A page of users and the total, in one statement that reads in full only the rows of the page.
+
+    The page is chosen on ids (and the sort key) alone; the total is an uncorrelated count, computed once.
+    """
+    key = _sort_key(sort, "user")
+    inner = [_I.id] if key is None else [_I.id, key.label("_key")]
     page = (
-        select(_I.id, func.count().over().label("_total"), func.row_number().over(order_by=order).label("_position"))
+        select(*inner)
         .where(where)
-        .order_by(*order)
+        .order_by(*_order(sort, "user"))
         .offset(bindparam("offset"))
         .limit(bindparam("limit"))
         .subquery("page")
     )
+    total = select(func.count()).select_from(identities).where(where).scalar_subquery().label("_total")
+    order: list[ColumnElement[Any]] = [page.c.id]
+    if key is not None and sort is not None:
+        ordered = page.c._key.desc() if sort.descending else page.c._key.asc()
+        order = [ordered.nulls_last(), page.c.id]
     return (
-        select(*_USER_FIELDS, _groups_of_user(), page.c._total)
-        .join_from(identities, page, page.c.id == _I.id)
-        .order_by(page.c._position)
+        select(*_USER_FIELDS, _groups_of_user(), total).join_from(identities, page, page.c.id == _I.id).order_by(*order)
     )
 
 
@@ -678,7 +694,7 @@ class ScimSession:
         elif sort is None and _is_user_name_lookup(criterion):
             query, params["user_name"] = _user_page(by_user_name=True), getattr(criterion, "value", None)
         else:
-            query = _paged_users(where, _order(sort, "user"))
+            query = _paged_users(where, sort)
         rows = self.connection.execute(query, params).mappings().all()
         if not rows:
             return (self._count(identities, where) if start > 1 else 0), []
