@@ -80,6 +80,61 @@ def _group_values(group: Group) -> dict[str, Any]:
     return {"name": group.name, "dn": group.dn, "grant": dict(group.grant)}
 
 
+@dataclass(slots=True)
+class _RowChanges:
+    inserted: list[dict[str, Any]]
+    updated: list[Any]  # the rows as they were
+    removed: list[Any]
+
+
+def _sync_rows(
+    conn: Connection,
+    table: Any,
+    snapshot: Snapshot,
+    entries: Mapping[str, tuple[dict[str, Any], dict[str, Any]]],
+    fields: tuple[str, ...],
+) -> _RowChanges:
+    """Bring one source's rows of `table` (identities or groups) in line with a snapshot, in bulk.
+
+    `entries`: external id -> (the compared values, derived columns). A full snapshot marks rows it lacks absent.
+    """
+    now = _now()
+    columns = (table.c.id, table.c.external_id, table.c.present, *(table.c[name] for name in fields))
+    existing = {row.external_id: row for row in conn.execute(select(*columns).where(table.c.source == snapshot.source))}
+    inserts, updates, updated = [], [], []
+    for external_id, (values, derived) in entries.items():
+        row = existing.get(external_id)
+        if row is None:
+            inserts.append(
+                {
+                    **values,
+                    **derived,
+                    "source": snapshot.source,
+                    "external_id": external_id,
+                    "present": True,
+                    "version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        elif not row.present or any(getattr(row, name) != values[name] for name in fields):
+            updates.append({**values, **derived, "b_id": row.id, "present": True, "updated_at": now})
+            updated.append(row)
+    removed = [] if snapshot.incremental else [r for e, r in existing.items() if r.present and e not in entries]
+    if inserts:
+        conn.execute(insert(table), inserts)
+    if updates:
+        conn.execute(update(table).where(table.c.id == bindparam("b_id")).values(version=table.c.version + 1), updates)
+    if removed:
+        conn.execute(
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(present=False, updated_at=now, version=table.c.version + 1),
+            [{"b_id": row.id} for row in removed],
+        )
+    return _RowChanges(inserts, updated, removed)
+
+
 class SourceStore:
     """Reads and writes the per-source tables: identities, groups, memberships, source_state."""
 
@@ -116,124 +171,30 @@ class SourceStore:
         return result
 
     def _record_identities(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
-        now = _now()
-        existing = {
-            row.external_id: row
-            for row in conn.execute(
-                select(
-                    identities.c.id,
-                    identities.c.external_id,
-                    identities.c.present,
-                    *(identities.c[name] for name in _IDENTITY_FIELDS),
-                ).where(identities.c.source == snapshot.source)
-            )
+        entries = {
+            i.external_id: (_identity_values(i), {"email_lower": i.email.lower()})
+            for i in reversed(snapshot.identities)
         }
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for identity in snapshot.identities:
-            if identity.external_id in seen:
-                continue
-            seen.add(identity.external_id)
-            values = _identity_values(identity)
-            row = existing.get(identity.external_id)
-            if row is None:
-                inserts.append(
-                    {
-                        **values,
-                        "source": snapshot.source,
-                        "external_id": identity.external_id,
-                        "email_lower": identity.email.lower(),
-                        "present": True,
-                        "version": 1,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-                result.affected_user_ids.add(identity.user_id)
-            elif not row.present or any(getattr(row, name) != values[name] for name in _IDENTITY_FIELDS):
-                updates.append(
-                    {
-                        **values,
-                        "b_id": row.id,
-                        "email_lower": identity.email.lower(),
-                        "present": True,
-                        "updated_at": now,
-                    }
-                )
-                result.affected_user_ids.update({identity.user_id, row.user_id})
-        removed = []
-        if not snapshot.incremental:
-            removed = [row for ext, row in existing.items() if row.present and ext not in seen]
-        if inserts:
-            conn.execute(insert(identities), inserts)
-        if updates:
-            conn.execute(
-                update(identities).where(identities.c.id == bindparam("b_id")).values(version=identities.c.version + 1),
-                updates,
-            )
-        if removed:
-            conn.execute(
-                update(identities)
-                .where(identities.c.id == bindparam("b_id"))
-                .values(present=False, updated_at=now, version=identities.c.version + 1),
-                [{"b_id": row.id} for row in removed],
-            )
-            result.affected_user_ids.update(row.user_id for row in removed)
-        result.identities_added, result.identities_updated = len(inserts), len(updates)
-        result.identities_removed = len(removed)
+        change = _sync_rows(conn, identities, snapshot, entries, _IDENTITY_FIELDS)
+        result.affected_user_ids.update(values["user_id"] for values in change.inserted)
+        result.affected_user_ids.update(row.user_id for row in change.updated)
+        result.affected_user_ids.update(entries[row.external_id][0]["user_id"] for row in change.updated)
+        result.affected_user_ids.update(row.user_id for row in change.removed)
+        result.identities_added, result.identities_updated = len(change.inserted), len(change.updated)
+        result.identities_removed = len(change.removed)
         return self._ids(conn, identities, snapshot.source)
 
     def _record_groups(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
-        now = _now()
-        existing = {
-            row.external_id: row
-            for row in conn.execute(
-                select(
-                    groups.c.id, groups.c.external_id, groups.c.present, *(groups.c[n] for n in _GROUP_FIELDS)
-                ).where(groups.c.source == snapshot.source)
+        entries = {
+            g.external_id: (
+                _group_values(g),
+                {"name_lower": g.name.lower(), "dn_lower": g.dn.lower() if g.dn else None},
             )
+            for g in reversed(snapshot.groups)
         }
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for group in snapshot.groups:
-            if group.external_id in seen:
-                continue
-            seen.add(group.external_id)
-            values = _group_values(group)
-            lowered = {"name_lower": group.name.lower(), "dn_lower": group.dn.lower() if group.dn else None}
-            row = existing.get(group.external_id)
-            if row is None:
-                inserts.append(
-                    {
-                        **values,
-                        **lowered,
-                        "source": snapshot.source,
-                        "external_id": group.external_id,
-                        "present": True,
-                        "version": 1,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-            elif not row.present or any(getattr(row, name) != values[name] for name in _GROUP_FIELDS):
-                updates.append({**values, **lowered, "b_id": row.id, "present": True, "updated_at": now})
-        removed = []
-        if not snapshot.incremental:
-            removed = [row for ext, row in existing.items() if row.present and ext not in seen]
-        if inserts:
-            conn.execute(insert(groups), inserts)
-        if updates:
-            conn.execute(
-                update(groups).where(groups.c.id == bindparam("b_id")).values(version=groups.c.version + 1), updates
-            )
-        if removed:
-            conn.execute(
-                update(groups).where(groups.c.id == bindparam("b_id")).values(present=False, updated_at=now),
-                [{"b_id": row.id} for row in removed],
-            )
-        result.groups_added, result.groups_updated, result.groups_removed = len(inserts), len(updates), len(removed)
+        change = _sync_rows(conn, groups, snapshot, entries, _GROUP_FIELDS)
+        result.groups_added, result.groups_updated = len(change.inserted), len(change.updated)
+        result.groups_removed = len(change.removed)
         return self._ids(conn, groups, snapshot.source)
 
     def _record_memberships(
