@@ -7,12 +7,14 @@ that cannot be resolved is an `invalidFilter` error, never dropped, so `not (tit
 
 from __future__ import annotations
 
+import json
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
 from scim2_models import InvalidFilterException, ScimFilter
-from scim2_models.path import AttrPath, Comparison, FilterNode, LogicalExpr, ValuePath
+from scim2_models.path import AttrPath, CompareOperator, Comparison, FilterNode, LogicalExpr, ValuePath
 from scim2_models.path import Not as NotNode
 from scim2_models.path import Present as PresentNode
 
@@ -22,6 +24,7 @@ from syncd.store.scim import And, Compare, Const, Criterion, Item, Not, Or, Pres
 __all__ = ["comparison_key", "parse_filter", "parse_sort"]
 
 _ORDERING = {"gt", "ge", "lt", "le"}
+_SIMPLE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s+[eE][qQ]\s+("(?:[^"\\\x00-\x1f]|\\["\\/bfnrtu])*")\s*')
 _SUBSTRING = {"co", "sw", "ew"}
 _UNINDEXED = {"binary"}
 #: the paths compared through their columns, and how: the rest are indexed values of users
@@ -47,17 +50,33 @@ def parse_filter(
     """
     if text is None or not text.strip():
         return Const(True)
-    try:
-        tree = ScimFilter(text).ast
-    except InvalidFilterException:
-        raise
-    except Exception as exc:
-        raise InvalidFilterException(detail=f"cannot parse the filter: {exc}") from None
+    # the lookups identity providers repeat all day (userName eq "x") need no full parse
+    tree = _simple_equality(text) or _parsed(text)
     translator = _Translator(kind, lenient)
     criterion = translator.node(tree, None)
     if unknown is not None:
         unknown.update(translator.unknown)
     return criterion
+
+
+def _parsed(text: str) -> FilterNode:
+    try:
+        return ScimFilter(text).ast
+    except InvalidFilterException:
+        raise
+    except Exception as exc:
+        raise InvalidFilterException(detail=f"cannot parse the filter: {exc}") from None
+
+
+def _simple_equality(text: str) -> FilterNode | None:
+    match = _SIMPLE.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(2))
+    except ValueError:
+        return None
+    return Comparison(AttrPath(attr=match.group(1)), CompareOperator.eq, value)
 
 
 def parse_sort(sort_by: str | None, descending: bool, kind: ResourceKind) -> Sort | None:

@@ -128,6 +128,32 @@ def served(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def syncd_served(tmp_path: Path) -> Iterator[str]:
+    """A real `syncd serve` (SCIM on, LiteLLM unreachable: reconciles fail, SCIM answers) on loopback."""
+    port = free_port()
+    config = tmp_path / "syncd.yaml"
+    config.write_text(
+        f"database: {{url: 'sqlite:///{tmp_path}/serve.db'}}\n"
+        "litellm: {url: 'http://127.0.0.1:9', master_key: sk-test}\n"
+        f"scim: {{enabled: true, tokens: [{{name: okta, token: {TOKENS['okta']}}}]}}\n",
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "syncd", "serve", "--config", str(config), "--migrate", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}/scim/v2"
+    try:
+        _wait_until_up(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

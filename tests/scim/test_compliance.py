@@ -1,6 +1,6 @@
 """The python-scim compliance suite (scim2-tester, through the scim2-cli `test` command) against a real server.
 
-The SCIM app runs under uvicorn in a subprocess on loopback, as `syncd serve` will; every check must pass.
+Once with the SCIM router alone under uvicorn, once with a real `syncd serve` process; every check must pass.
 """
 
 from __future__ import annotations
@@ -22,6 +22,14 @@ def _scim2_cli() -> str | None:
 
 
 def test_scim2_tester_passes_every_check(served: str) -> None:
+    _every_check_passes(served)
+
+
+def test_scim2_tester_passes_every_check_against_syncd_serve(syncd_served: str) -> None:
+    _every_check_passes(syncd_served)
+
+
+def _every_check_passes(served: str) -> None:
     cli = _scim2_cli()
     if cli is None:
         pytest.skip("scim2-cli is not installed (pip install scim2-cli)")
