@@ -30,19 +30,47 @@ def pull_sources(
     record: bool,
     incremental: bool = False,
     sources: MutableMapping[str, Any] | None = None,
+    metrics: Any | None = None,
 ) -> tuple[list[Snapshot], list[str]]:
-    """Pull the named (or every) LDAP source; record complete snapshots when `record`. Returns (snapshots, failed)."""
+    """Pull the named (or every) LDAP source; record complete snapshots when `record`. Returns (snapshots, failed).
+
+    With `metrics`, what each pull skipped or met (entries without mail, dangling members, malformed grants...) is
+    counted in syncd_source_problems and syncd_grant_errors.
+    """
     selected = _selected(settings, names)
     snapshots: list[Snapshot] = []
     failed: list[str] = []
     for source_settings in selected:
         source = _source(source_settings, sources)
         snapshot = _pull_one(source, source_settings.name, store, incremental=incremental)
+        if snapshot is not None and metrics is not None:
+            _count_problems(metrics, snapshot)
         if snapshot is None or not snapshot.complete or (record and not _record(store, snapshot)):
             failed.append(source_settings.name)
             continue
         snapshots.append(snapshot)
     return snapshots, failed
+
+
+#: snapshot counters that are problems met while pulling (the others are plain counts)
+PROBLEM_COUNTERS = (
+    "skipped_no_email",
+    "skipped_no_id",
+    "dangling_members",
+    "group_cycles",
+    "depth_limit_reached",
+    "referrals_ignored",
+    "grant_errors",
+)
+
+
+def _count_problems(metrics: Any, snapshot: Snapshot) -> None:
+    for kind in PROBLEM_COUNTERS:
+        amount = snapshot.counters.get(kind, 0)
+        if amount:
+            metrics.source_problems.labels(snapshot.source, kind).inc(amount)
+    if snapshot.counters.get("grant_errors"):
+        metrics.grant_errors.labels(snapshot.source).inc(snapshot.counters["grant_errors"])
 
 
 def _selected(settings: Any, names: Sequence[str]) -> list[Any]:

@@ -135,7 +135,13 @@ class PullScheduler:
         mode = "incremental" if incremental else "full"
         try:
             _, failed = pull_sources(
-                self.settings, self.store, [name], record=True, incremental=incremental, sources=self._sources
+                self.settings,
+                self.store,
+                [name],
+                record=True,
+                incremental=incremental,
+                sources=self._sources,
+                metrics=self.metrics,
             )
         except Exception:
             log.exception("scheduled pull failed")
