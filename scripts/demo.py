@@ -78,6 +78,7 @@ def syncd(folder: Path, *args: str) -> int:
         "LITELLM_MASTER_KEY": MASTER_KEY,
         "LDAP_BIND_PASSWORD": SYNC_PASSWORD,
         "SYNCD_LOG_LEVEL": "WARNING",
+        "SYNCD_LOG_FORMAT": "text",
     }
     done = subprocess.run(
         [sys.executable, "-m", "syncd", *args, "--config", str(folder / "syncd.yaml")],

@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -105,7 +106,9 @@ class _HumanFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", *, json_format: bool | None = None) -> None:
-    """Send logs to stderr: JSON unless stderr is a terminal (or as `json_format` says)."""
+    """Send logs to stderr: JSON unless stderr is a terminal (or as `json_format` or $SYNCD_LOG_FORMAT says)."""
+    if json_format is None and os.environ.get("SYNCD_LOG_FORMAT", "").lower() in ("json", "text"):
+        json_format = os.environ["SYNCD_LOG_FORMAT"].lower() == "json"
     use_json = not sys.stderr.isatty() if json_format is None else json_format
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_Redacting())
