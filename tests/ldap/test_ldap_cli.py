@@ -1,0 +1,81 @@
+"""`syncd check-config` and `syncd sync --source` against the real slapd, as an operator runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from _slapd import SYNC_DN, SYNC_PASSWORD
+from _tree import Tree
+
+from syncd.testing import serve_in_thread
+from syncd.testing.fake_litellm import create_fake_litellm
+
+MASTER = "sk-ldap-cli"
+
+
+def _config(tree: Tree, folder: Path, litellm_url: str, password: str) -> Path:
+    config = {
+        "database": {"url": f"sqlite:///{folder}/syncd.db"},
+        "litellm": {"url": litellm_url, "master_key": MASTER},
+        "ldap": [
+            {
+                "name": "corp",
+                "url": tree.server.url,
+                "start_tls": True,
+                "ca_file": str(tree.server.ca),
+                "bind_dn": SYNC_DN,
+                "bind_password": "${BIND_PW}",
+                "users": {"base_dn": tree.people},
+                "groups": {"base_dn": tree.groups, "nested": True},
+            }
+        ],
+        "mappings": [{"group": "llm", "models": ["gpt-4o"]}],
+    }
+    path = folder / "syncd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _syncd(path: Path, *args: str, password: str) -> subprocess.CompletedProcess[str]:
+    env = {"BIND_PW": password, "PATH": "/usr/bin:/bin", "SYNCD_LOG_FORMAT": "text"}
+    return subprocess.run(
+        [sys.executable, "-m", "syncd", *args, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_check_config_binds_and_counts_then_sync_provisions(tree: Tree, tmp_path: Path) -> None:
+    alice, bob = tree.add_user("alice"), tree.add_user("bob")
+    tree.add_group("llm", [alice, bob])
+    app = create_fake_litellm(MASTER)
+    with serve_in_thread(app) as url:
+        path = _config(tree, tmp_path, url, SYNC_PASSWORD)
+        assert _syncd(path, "db", "upgrade", password=SYNC_PASSWORD).returncode == 0
+        done = _syncd(path, "check-config", password=SYNC_PASSWORD)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "bind ok, the user filter finds 2, the group filter 1" in done.stdout
+        synced = _syncd(path, "sync", "--source", "corp", password=SYNC_PASSWORD)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert set(app.state.fake.users) == {"alice", "bob"}
+        unknown = _syncd(path, "sync", "--source", "nope", password=SYNC_PASSWORD)
+        assert unknown.returncode == 2 and "no LDAP source named nope (known: corp)" in unknown.stderr
+
+
+def test_a_wrong_bind_password_fails_check_config_and_sync_without_showing_it(tree: Tree, tmp_path: Path) -> None:
+    tree.add_group("llm", [tree.add_user("carol")])
+    app = create_fake_litellm(MASTER)
+    with serve_in_thread(app) as url:
+        path = _config(tree, tmp_path, url, "not-the-password-42")
+        assert _syncd(path, "db", "upgrade", password="not-the-password-42").returncode == 0
+        checked = _syncd(path, "check-config", password="not-the-password-42")
+        assert checked.returncode == 2 and "FAIL  ldap corp:" in checked.stdout
+        synced = _syncd(path, "sync", password="not-the-password-42")
+        assert synced.returncode == 1 and app.state.fake.users == {}
+        for output in (checked.stdout + checked.stderr, synced.stdout + synced.stderr):
+            assert "not-the-password-42" not in output
