@@ -25,8 +25,15 @@ MAPPINGS = [
     {"group": "llm-admins", "role": "proxy_admin"},
 ]
 TEAMS = [
-    {"alias": "platform", "models": ["gpt-4o"], "max_budget": 500.0, "budget_duration": "monthly",
-     "tpm_limit": 10000, "rpm_limit": 100, "team_member_budget": 25.0},
+    {
+        "alias": "platform",
+        "models": ["gpt-4o"],
+        "max_budget": 500.0,
+        "budget_duration": "monthly",
+        "tpm_limit": 10000,
+        "rpm_limit": 100,
+        "team_member_budget": 25.0,
+    },
 ]
 PEOPLE = {
     "alice": {"groups": ["llm-users"]},
@@ -68,8 +75,13 @@ class TeamWorld:
         ]
         names = sorted({g for p in people.values() for g in p.get("groups", ())})
         groups = [
-            Group(source, f"g-{n}", n, None,
-                  frozenset(f"{source}-{u}" for u, p in people.items() if n in p.get("groups", ())))
+            Group(
+                source,
+                f"g-{n}",
+                n,
+                None,
+                frozenset(f"{source}-{u}" for u, p in people.items() if n in p.get("groups", ())),
+            )
             for n in names
         ]
         self.store.record_snapshot(Snapshot(source, identities, groups))

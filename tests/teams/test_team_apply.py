@@ -43,7 +43,8 @@ def test_a_team_id_taken_after_planning_falls_back_to_one_litellm_chooses(world:
     assert research["team_id"] != team_id_for("research") and world.members("research") == {"bob"}
     assert world.teams.load_teams()["research"].team_id == research["team_id"]
     assert world.team("someone else's")["members_with_roles"] == [
-        {"user_id": "default_user_id", "user_email": None, "role": "admin"}]
+        {"user_id": "default_user_id", "user_email": None, "role": "admin"}
+    ]
     created = next(e for e in world.store.audit_entries(key="team:research") if e["action"] == "create_team")
     assert "is taken: LiteLLM chose one" in created["reason"] and created["after"]["team_id"] == research["team_id"]
 

@@ -38,8 +38,9 @@ class Spec:
 
 
 def user(user_id: str, *teams: str, active: bool = True, groups: tuple[str, ...] = ()) -> DesiredUser:
-    return DesiredUser(user_id, f"{user_id}@example.com", "corp", f"x-{user_id}", active, "internal_user",
-                       teams=teams, groups=groups)
+    return DesiredUser(
+        user_id, f"{user_id}@example.com", "corp", f"x-{user_id}", active, "internal_user", teams=teams, groups=groups
+    )
 
 
 def managed(*user_ids: str, state: str = "active") -> dict[str, ManagedUser]:
@@ -58,9 +59,14 @@ def team(team_id: str, alias: str, *members: str, ours: bool = True, **fields: A
     }
 
 
-def plan(desired: Sequence[DesiredUser], specs: Sequence[Spec] = (), current: Sequence[dict[str, Any]] = (),
-         records: Sequence[ManagedTeam] = (), users: dict[str, ManagedUser] | None = None,
-         **options: Any) -> TeamPlan:
+def plan(
+    desired: Sequence[DesiredUser],
+    specs: Sequence[Spec] = (),
+    current: Sequence[dict[str, Any]] = (),
+    records: Sequence[ManagedTeam] = (),
+    users: dict[str, ManagedUser] | None = None,
+    **options: Any,
+) -> TeamPlan:
     wanted = {u.user_id: u for u in desired}
     users = managed(*wanted) if users is None else users
     return plan_teams(wanted, specs, current, {r.alias: r for r in records}, users, **options)
@@ -74,12 +80,20 @@ def test_a_team_in_the_teams_section_is_created_with_its_settings_even_without_m
     result = plan([], [Spec("Platform", models=["gpt-4o"], max_budget=5.0, budget_duration="monthly")])
     (create,) = result.changes
     assert create.action == "create_team" and create.team_id == team_id_for("Platform")
-    assert create.payload == {"team_id": team_id_for("Platform"), "team_alias": "Platform",
-                              "metadata": {"syncd": {"managed": True}}, "models": ["gpt-4o"], "max_budget": 5.0,
-                              "budget_duration": "monthly"}
-    assert result.records["platform"] == ManagedTeam("platform", create.team_id, True,
-                                                     {"team_alias": "Platform", "models": ["gpt-4o"],
-                                                      "max_budget": 5.0, "budget_duration": "monthly"})
+    assert create.payload == {
+        "team_id": team_id_for("Platform"),
+        "team_alias": "Platform",
+        "metadata": {"syncd": {"managed": True}},
+        "models": ["gpt-4o"],
+        "max_budget": 5.0,
+        "budget_duration": "monthly",
+    }
+    assert result.records["platform"] == ManagedTeam(
+        "platform",
+        create.team_id,
+        True,
+        {"team_alias": "Platform", "models": ["gpt-4o"], "max_budget": 5.0, "budget_duration": "monthly"},
+    )
 
 
 def test_a_team_named_only_by_a_mapping_is_created_once_someone_can_join() -> None:
@@ -92,8 +106,11 @@ def test_a_team_named_only_by_a_mapping_is_created_once_someone_can_join() -> No
 
 def test_aliases_match_case_insensitively_and_the_config_spelling_wins() -> None:
     result = plan([user("alice", "platform"), user("bob", "PLATFORM")], [Spec("Platform")])
-    assert actions(result) == [("create_team", "Platform", None), ("add_member", "Platform", "alice"),
-                               ("add_member", "Platform", "bob")]
+    assert actions(result) == [
+        ("create_team", "Platform", None),
+        ("add_member", "Platform", "alice"),
+        ("add_member", "Platform", "bob"),
+    ]
 
 
 def test_an_existing_team_with_the_marker_is_adopted_and_its_drift_corrected() -> None:
@@ -190,7 +207,9 @@ def test_the_per_member_budget_is_given_on_join_and_corrected_on_drift() -> None
     spec = Spec("platform", team_member_budget=5.0)
     result = plan([user("alice", "platform"), user("bob", "platform")], [spec], current, [record])
     assert [(c.action, c.user_id, c.max_budget_in_team) for c in result.changes] == [
-        ("add_member", "bob", 5.0), ("update_member", "alice", 5.0)]
+        ("add_member", "bob", 5.0),
+        ("update_member", "alice", 5.0),
+    ]
     current[0]["team_memberships"][0]["litellm_budget_table"]["max_budget"] = 5.0
     assert len(plan([user("alice", "platform")], [spec], current, [record]).changes) == 0
 
@@ -199,8 +218,10 @@ def test_members_of_the_admin_groups_join_as_admins() -> None:
     spec = Spec("platform", admin_groups=["CN=Leads, OU=Groups"], admin_fallback_to_user=True)
     desired = [user("alice", "platform", groups=("cn=leads,ou=groups",)), user("bob", "platform")]
     result = plan(desired, [spec], [team("t1", "platform")], [ManagedTeam("platform", "t1", True)])
-    assert [(c.user_id, c.role, c.admin_fallback) for c in result.changes] == [("alice", "admin", True),
-                                                                                ("bob", "user", True)]
+    assert [(c.user_id, c.role, c.admin_fallback) for c in result.changes] == [
+        ("alice", "admin", True),
+        ("bob", "user", True),
+    ]
 
 
 def test_a_taken_team_id_moves_to_the_next_one() -> None:
@@ -217,8 +238,13 @@ def test_scim_groups_become_teams() -> None:
 def test_the_reason_names_the_group_that_gave_the_team() -> None:
     mapping = type("M", (), {"group": "cn=Eng", "teams": ["platform"]})
     desired = [user("alice", "platform", groups=("CN=eng", "cn=other"))]
-    result = plan(desired, [], [team("t1", "platform")], [ManagedTeam("platform", "t1", True)],
-                  team_groups=team_groups_of([mapping]))
+    result = plan(
+        desired,
+        [],
+        [team("t1", "platform")],
+        [ManagedTeam("platform", "t1", True)],
+        team_groups=team_groups_of([mapping]),
+    )
     assert result.changes[0].reason == "member of CN=eng"
 
 
@@ -237,8 +263,13 @@ def _simulate(team_plan: TeamPlan, current: list[dict[str, Any]], records: dict[
     members = {key: set(r.members) for key, r in team_plan.records.items()}
     for change in team_plan.changes:
         if change.action == "create_team":
-            by_id[change.team_id] = team(change.team_id, change.alias, **{  # type: ignore[index]
-                k: v for k, v in (change.payload or {}).items() if k not in ("team_id", "team_alias", "metadata")})
+            by_id[change.team_id] = team(
+                change.team_id,
+                change.alias,
+                **{  # type: ignore[index]
+                    k: v for k, v in (change.payload or {}).items() if k not in ("team_id", "team_alias", "metadata")
+                },
+            )
             current.append(by_id[change.team_id])  # type: ignore[index]
         elif change.action == "update_team":
             by_id[change.team_id].update(change.payload or {})  # type: ignore[index]
@@ -296,13 +327,16 @@ def test_a_run_for_some_users_changes_no_one_elses_memberships() -> None:
     result = plan([user("carol", "platform")], [], current, [record], users=users, only={"carol"})
     assert actions(result) == [("add_member", "platform", "carol")]
     assert actions(plan([user("carol")], [], current, [record], users=users, only={"carol", "bob"})) == [
-        ("remove_member", "platform", "bob")]
+        ("remove_member", "platform", "bob")
+    ]
 
 
 def test_a_member_budget_litellm_did_not_show_is_not_taken_for_drift() -> None:
     current = [team("t1", "platform", "alice", "bob")]
-    current[0]["team_memberships"] = [{"user_id": "alice", "budget_id": "b1", "litellm_budget_table": None},
-                                      {"user_id": "bob", "budget_id": "b2"}]
+    current[0]["team_memberships"] = [
+        {"user_id": "alice", "budget_id": "b1", "litellm_budget_table": None},
+        {"user_id": "bob", "budget_id": "b2"},
+    ]
     record = ManagedTeam("platform", "t1", True, {"team_alias": "platform"}, frozenset({"alice", "bob"}))
     spec = Spec("platform", team_member_budget=5.0)
     assert plan([user("alice", "platform"), user("bob", "platform")], [spec], current, [record]).empty

@@ -191,7 +191,9 @@ def test_a_deleted_user_is_forgotten_without_a_call(world: TeamWorld) -> None:
     world.fake.reset_calls()
     report = world.sync()
     assert [(c.action, c.alias, c.user_id) for c in report.plan.changes] == [
-        ("forget_member", "platform", "bob"), ("forget_member", "research", "bob")]
+        ("forget_member", "platform", "bob"),
+        ("forget_member", "research", "bob"),
+    ]
     assert report.plan.changes[0].reason == "user deleted from LiteLLM"
     assert world.fake.write_calls("/team/member_delete") == 0 and "bob" not in world.members("platform")
     assert "bob" not in world.teams.load_teams()["platform"].members
@@ -215,7 +217,8 @@ def test_a_team_id_taken_by_another_team_gets_the_next_one(world: TeamWorld) -> 
     world.sync()
     assert world.team("research")["team_id"] == team_id_for("research", 1)
     assert world.team("something else")["members_with_roles"] == [
-        {"user_id": "default_user_id", "user_email": None, "role": "admin"}]
+        {"user_id": "default_user_id", "user_email": None, "role": "admin"}
+    ]
 
 
 def test_a_dry_run_changes_nothing(world: TeamWorld) -> None:
@@ -253,8 +256,11 @@ class _CrashingClient:
 def test_an_interrupted_team_apply_resumes_without_duplicates(world: TeamWorld, crash_after: int) -> None:
     world.record(PEOPLE)
     world.sync()  # users and teams
-    changed = {"alice": {"groups": ["llm-power"]}, "carol": {"groups": ["llm-admins"]},
-               "dave": {"groups": ["llm-users"]}}
+    changed = {
+        "alice": {"groups": ["llm-power"]},
+        "carol": {"groups": ["llm-admins"]},
+        "dave": {"groups": ["llm-users"]},
+    }
     world.record({**PEOPLE, **changed})
     real = world.client
     world.client = _CrashingClient(real, crash_after)
@@ -285,7 +291,9 @@ def test_a_crash_after_creating_a_team_adopts_it_instead_of_creating_another(wor
 def test_a_scim_group_reaches_the_person_another_source_names(world: TeamWorld) -> None:
     world.configure(
         scim={"groups_as_teams": True, "tokens": [{"name": "okta", "token": "t0ken"}]},
-        ldap=[], teams=[], mappings=[{"group": "llm-users"}],
+        ldap=[],
+        teams=[],
+        mappings=[{"group": "llm-users"}],
     )
     world.record({"erin": {"groups": ["llm-users"]}})  # LDAP: user_id erin, the winner
     okta = Identity("okta", "00u1", "erin.s@okta", "erin@example.com")
