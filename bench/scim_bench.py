@@ -3,7 +3,9 @@
 Run: `.venv/bin/python bench/scim_bench.py [--users 10000] [--groups 500] [--samples 1000]` (needs the PostgreSQL
 of the test setup on 127.0.0.1:5432 and `pip install scim2-server`). Both servers are loaded with the same users and
 groups, then a sequential httpx client on loopback measures POST /Users, a `userName eq` filter, a PATCH and a list
-of count=100 on each. Targets (issue 4): at least the reference's throughput on each, and the list under 20 ms median.
+of count=100 on each, the two servers taking turns request by request so that both see the same load on the
+machine. Targets (issue 4): at least the reference's throughput on each, and the list under 20 ms median. uvicorn
+uses httptools and uvloop when they are installed (`uvicorn[standard]`), as `syncd serve` does.
 """
 
 from __future__ import annotations
