@@ -68,6 +68,8 @@ class Attribute:
     case_exact: bool = False
     returned: str = "default"
     subs: dict[str, Attribute] = field(default_factory=dict)
+    mutability: str = "readWrite"
+    required: bool = False
 
     def sub(self, name: str) -> Attribute | None:
         """The sub-attribute `name` (any case), if any."""
@@ -103,6 +105,8 @@ def _attribute(spec: SchemaAttribute, prefix: str) -> Attribute:
         case_exact=bool(spec.case_exact),
         returned=str(spec.returned.value if spec.returned else "default"),
         subs=subs,
+        mutability=str(spec.mutability.value if spec.mutability else "readWrite"),
+        required=bool(spec.required),
     )
 
 
@@ -118,9 +122,9 @@ def _common() -> dict[str, Attribute]:
         )
     }
     return {
-        "id": Attribute("id", "id", "string", case_exact=True, returned="always"),
+        "id": Attribute("id", "id", "string", case_exact=True, returned="always", mutability="readOnly"),
         "externalid": Attribute("externalid", "externalId", "string", case_exact=True),
-        "meta": Attribute("meta", "meta", "complex", subs=meta_subs),
+        "meta": Attribute("meta", "meta", "complex", subs=meta_subs, mutability="readOnly"),
     }
 
 

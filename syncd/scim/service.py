@@ -15,33 +15,29 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from scim2_models import (
     ConflictException,
     Context,
     InvalidFilterException,
     InvalidValueException,
     NotFoundException,
-    PatchOp,
     PreconditionFailedException,
-    SCIMException,
     UniquenessException,
 )
 
 from syncd.scim.filters import parse_filter, parse_sort
+from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
 from syncd.scim.resources import (
     derive_user,
     etag,
     group_json,
     index_values,
-    manager_value,
     stored_form,
     tolerate,
     user_json,
     validate_resource,
-    validation_error,
 )
-from syncd.scim.schemas import POLICY, ResourceKind, resource_kinds
+from syncd.scim.schemas import ResourceKind, resource_kinds
 from syncd.settings.scim import ScimSettings
 from syncd.store.scim import (
     Criterion,
@@ -221,14 +217,14 @@ class ScimService:
     def patch_user(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
         """PATCH /Users/{id}: 200 with the resource."""
         kind = self.users_kind
-        patch = _patch_op(kind, payload, base_url)
+        patch = parse_patch(kind, payload, base_url)
 
         def change(current: UserRecord) -> dict[str, Any] | None:
-            resource = _loaded(kind, user_json(current, base_url))
-            if not _apply(patch, resource):
-                return None
-            body = stored_form(kind, resource)
-            return None if body == current.resource else body
+            if patch.simple is not None:
+                return apply_to_stored(kind, patch, current.resource)
+            resource = apply_to_model(kind, patch, user_json(current, base_url))
+            body = None if resource is None else stored_form(kind, resource)
+            return None if body is None or body == current.resource else body
 
         return self._rewrite_user(source, id, base_url, if_match, change)
 
@@ -318,11 +314,10 @@ class ScimService:
     def patch_group(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
         """PATCH /Groups/{id}: Okta's and Entra's member adds and removes, renames; 200 with the group."""
         kind = self.groups_kind
-        patch = _patch_op(kind, payload, base_url)
+        patch = replace(parse_patch(kind, payload, base_url), simple=None)
 
         def change(current: GroupRecord) -> Any:
-            resource = _loaded(kind, group_json(current, base_url))
-            return resource if _apply(patch, resource) else None
+            return apply_to_model(kind, patch, group_json(current, base_url))
 
         return self._rewrite_group(source, id, base_url, if_match, change)
 
@@ -407,53 +402,3 @@ def _resolve_members(session: ScimSession, source: str, wanted: dict[str, str | 
     if missing:
         raise InvalidValueException(detail=f"members are not users of this provider: {', '.join(missing[:10])}")
     return [replace(found[id], display=display or found[id].display) for id, display in wanted.items()]
-
-
-# --- PATCH ---------------------------------------------------------------------------------------------------------
-
-
-def _patch_op(kind: ResourceKind, payload: Any, base_url: str) -> Any:
-    """The PatchOp a request carries, with what Okta and Entra send smoothed over; invalidSyntax/Value else."""
-    if not isinstance(payload, dict):
-        raise InvalidValueException(detail="the body must be a PatchOp object")
-    operations = next((value for key, value in payload.items() if key.lower() == "operations"), None)
-    if not isinstance(operations, list) or not operations:
-        raise InvalidValueException(detail="Operations must list one or more operations")
-    cleaned = [_operation(op, base_url) for op in operations]
-    message = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": cleaned}
-    try:
-        return PatchOp[kind.model].model_validate(  # type: ignore[name-defined]
-            message, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
-        )
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-
-
-def _operation(operation: Any, base_url: str) -> Any:
-    if not isinstance(operation, dict):
-        raise InvalidValueException(detail="each operation must be an object")
-    operation = {key.lower(): value for key, value in operation.items()}
-    value = operation.get("value")
-    if isinstance(value, dict) and not operation.get("path"):
-        # a path-less add/replace: Okta repeats read-only attributes (id, meta, schemas) in the value
-        value = {key: item for key, item in value.items() if key.lower() not in _READ_ONLY_KEYS}
-    if "value" in operation and value is not None:
-        operation["value"] = tolerate(value, base_url)
-    path = str(operation.get("path") or "")
-    if path.lower().endswith(":manager") and "value" in operation:
-        operation["value"] = manager_value(operation["value"], base_url)
-    return operation
-
-
-def _loaded(kind: ResourceKind, body: dict[str, Any]) -> Any:
-    body = {key: value for key, value in body.items() if key not in ("meta", "groups")}
-    return kind.model.model_validate(body, scim_policy=POLICY)
-
-
-def _apply(patch: Any, resource: Any) -> bool:
-    try:
-        return bool(patch.patch(resource, POLICY))
-    except SCIMException:
-        raise
-    except ValidationError as exc:
-        raise validation_error(exc) from None

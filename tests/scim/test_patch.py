@@ -126,3 +126,40 @@ def test_put_group_replaces_members(scim_sqlite: Scim, user: str) -> None:
     replaced = scim_sqlite.put(f"/Groups/{group['id']}", {**group, "displayName": "h", "members": []})
     assert replaced.status_code == 200 and "members" not in replaced.json()
     assert replaced.json()["displayName"] == "h"
+
+
+PLAIN = [
+    [{"op": "replace", "path": "active", "value": "False"}],
+    [{"op": "Replace", "path": "active", "value": True}],
+    [{"op": "replace", "value": {"active": False, "title": "T", "displayName": "D"}}],
+    [{"op": "add", "path": "nickName", "value": "nick"}, {"op": "remove", "path": "title"}],
+    [{"op": "remove", "path": "displayName"}],
+    [{"op": "remove", "path": "nickName"}],
+    [{"op": "add", "path": f"{ENTERPRISE}:department", "value": "R&D"}],
+    [{"op": "replace", "path": "userName", "value": "Other@Example.com"}],
+    [{"op": "replace", "path": f"{USER}:title", "value": "core-qualified"}],
+    [{"op": "replace", "value": {"id": "x", "schemas": [USER], "externalId": "e-9", "profileUrl": "https://x"}}],
+]
+
+
+@pytest.mark.parametrize("operations", PLAIN)
+def test_plain_patches_match_scim2_models(operations: list) -> None:
+    from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
+    from syncd.scim.resources import stored_form
+    from syncd.scim.schemas import resource_kinds
+
+    kind = resource_kinds()["User"]
+    stored = {
+        "schemas": [USER],
+        "userName": "pat@example.com",
+        "displayName": "Pat",
+        "title": "Boss",
+        "active": True,
+        "emails": [{"value": "pat@example.com", "type": "work"}],
+    }
+    patch = parse_patch(kind, {"Operations": operations}, "http://x/scim/v2")
+    assert patch.simple is not None
+    fast = apply_to_stored(kind, patch, stored)
+    model = apply_to_model(kind, patch, {**stored, "id": "u1"})
+    slow = None if model is None else stored_form(kind, model)
+    assert (fast or stored) == (slow if slow is not None else stored)

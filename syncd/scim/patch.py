@@ -1,0 +1,181 @@
+"""PATCH (RFC 7644 §3.5.2) as Okta and Entra ID send it.
+
+Every operation is smoothed over first (Okta repeats id, meta and schemas in a path-less value; Entra sends a
+manager as a bare id, `$ref: null`, capitalised ops and "False" as a string), then applied by scim2-models under
+`POLICY` (value-path filters, an `Add` to `emails[type eq "work"].value` that creates the entry, a `Remove` of
+members with a value list). The commonest requests, which only set or remove plain attributes (`active`, `title`,
+`displayName`, an enterprise attribute), are applied straight to the stored JSON: the same result without building
+the resource model twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from scim2_models import Context, InvalidValueException, PatchOp, SCIMException
+
+from syncd.scim.resources import manager_value, tolerate, validation_error
+from syncd.scim.schemas import ENTERPRISE, POLICY, Attribute, ResourceKind
+
+__all__ = ["Patch", "apply_to_model", "apply_to_stored", "parse_patch"]
+
+_READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
+_PLAIN_PATH = re.compile(r"(?:(urn:[A-Za-z0-9:._-]+):)?([A-Za-z][A-Za-z0-9_-]*)")
+_PLAIN_TYPES = {"string", "boolean", "integer", "decimal", "reference"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """Set (value) or remove (value None) one plain attribute."""
+
+    attribute: Attribute
+    extension: str | None
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """A PATCH request: its operations, and the plain changes they amount to when they are that simple."""
+
+    operations: tuple[dict[str, Any], ...]
+    simple: tuple[_Change, ...] | None
+    validated: Any = None  # the scim2-models PatchOp, when the operations are not all plain
+
+
+def parse_patch(kind: ResourceKind, payload: Any, base_url: str) -> Patch:
+    """The operations of a PatchOp body, smoothed over; invalidValue when it holds none."""
+    if not isinstance(payload, dict):
+        raise InvalidValueException(detail="the body must be a PatchOp object")
+    operations = next((value for key, value in payload.items() if key.lower() == "operations"), None)
+    if not isinstance(operations, list) or not operations:
+        raise InvalidValueException(detail="Operations must list one or more operations")
+    cleaned = tuple(_operation(op, base_url) for op in operations)
+    simple = _simple_changes(kind, cleaned)
+    return Patch(cleaned, simple, None if simple is not None else _validated(kind, cleaned))
+
+
+def _validated(kind: ResourceKind, operations: tuple[dict[str, Any], ...]) -> Any:
+    """The scim2-models PatchOp: its errors are the request's (before any resource is read)."""
+    message = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": list(operations)}
+    try:
+        return PatchOp[kind.model].model_validate(  # type: ignore[name-defined]
+            message, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _operation(operation: Any, base_url: str) -> dict[str, Any]:
+    if not isinstance(operation, dict):
+        raise InvalidValueException(detail="each operation must be an object")
+    operation = {key.lower(): value for key, value in operation.items()}
+    value = operation.get("value")
+    if isinstance(value, dict) and not operation.get("path"):
+        # a path-less add/replace: Okta repeats read-only attributes (id, meta, schemas) in the value
+        value = {key: item for key, item in value.items() if key.lower() not in _READ_ONLY_KEYS}
+    if "value" in operation and value is not None:
+        operation["value"] = tolerate(value, base_url)
+    path = str(operation.get("path") or "")
+    if path.lower().endswith(":manager") and "value" in operation:
+        operation["value"] = manager_value(operation["value"], base_url)
+    return operation
+
+
+# --- plain changes -------------------------------------------------------------------------------------------------
+
+
+def _simple_changes(kind: ResourceKind, operations: tuple[dict[str, Any], ...]) -> tuple[_Change, ...] | None:
+    changes: list[_Change] = []
+    for operation in operations:
+        found = _plain(kind, operation)
+        if found is None:
+            return None
+        changes.extend(found)
+    return tuple(changes)
+
+
+def _plain(kind: ResourceKind, operation: dict[str, Any]) -> list[_Change] | None:
+    op, path, value = str(operation.get("op", "")).lower(), operation.get("path"), operation.get("value")
+    if op == "remove":
+        change = _change(kind, path, None) if isinstance(path, str) and "value" not in operation else None
+        return None if change is None or change.attribute.required else [change]
+    if op not in ("add", "replace") or value is None:
+        return None
+    if path:
+        change = _change(kind, path, value)
+        return None if change is None else [change]
+    if not isinstance(value, dict) or not value:
+        return None
+    changes = [_change(kind, key, item) for key, item in value.items()]
+    return None if any(change is None for change in changes) else changes  # type: ignore[return-value]
+
+
+def _change(kind: ResourceKind, path: Any, value: Any) -> _Change | None:
+    match = _PLAIN_PATH.fullmatch(str(path))
+    if match is None:
+        return None
+    uri, name = match.group(1), match.group(2)
+    attribute = kind.resolve(name, uri)
+    if attribute is None or attribute.multi or attribute.type not in _PLAIN_TYPES:
+        return None
+    if attribute.mutability != "readWrite" or attribute.returned == "never":
+        return None
+    extension = ENTERPRISE if uri is not None and uri.lower() == ENTERPRISE.lower() else None
+    if uri is not None and extension is None and uri.lower() != kind.core.lower():
+        return None
+    if value is None:
+        return _Change(attribute, extension, None)
+    plain = _plain_value(attribute, value)
+    return None if plain is None else _Change(attribute, extension, plain)
+
+
+def _plain_value(attribute: Attribute, value: Any) -> Any:
+    if attribute.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        lowered = value.lower() if isinstance(value, str) else None
+        return {"true": True, "false": False}.get(lowered or "")
+    if attribute.type in ("integer", "decimal"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return value if attribute.type == "decimal" or isinstance(value, int) else None
+    return value if isinstance(value, str) and value else None
+
+
+def apply_to_stored(kind: ResourceKind, patch: Patch, stored: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stored form after a patch of plain changes only (`patch.simple`), or None when nothing changed."""
+    body = {key: (dict(value) if isinstance(value, dict) else value) for key, value in stored.items()}
+    for change in patch.simple or ():
+        host = body.setdefault(change.extension, {}) if change.extension else body
+        if change.value is None:
+            host.pop(change.attribute.name, None)
+        else:
+            host[change.attribute.name] = change.value
+    if ENTERPRISE in body:
+        if body[ENTERPRISE]:
+            schemas = list(body.get("schemas") or [kind.core])
+            body["schemas"] = schemas if ENTERPRISE in schemas else [*schemas, ENTERPRISE]
+        else:
+            del body[ENTERPRISE]
+            body["schemas"] = [urn for urn in body.get("schemas") or [kind.core] if urn != ENTERPRISE]
+    return None if body == dict(stored) else body
+
+
+# --- the general case: scim2-models ----------------------------------------------------------------------------
+
+
+def apply_to_model(kind: ResourceKind, patch: Patch, current: dict[str, Any]) -> Any | None:
+    """The resource after the patch (scim2-models), or None when it reports no change; SCIM errors else."""
+    validated = patch.validated or _validated(kind, patch.operations)
+    body = {key: value for key, value in current.items() if key not in ("meta", "groups")}
+    try:
+        resource = kind.model.model_validate(body, scim_policy=POLICY)
+        return resource if validated.patch(resource, POLICY) else None
+    except SCIMException:
+        raise
+    except ValidationError as exc:
+        raise validation_error(exc) from None
