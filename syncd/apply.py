@@ -24,7 +24,7 @@ from syncd.model import ManagedUser
 from syncd.plan import Change, Plan, marker
 from syncd.store.repository import AuditEntry, Completion, SyncStore
 
-__all__ = ["Applier", "ApplyResult", "PlanHeld"]
+__all__ = ["Applier", "ApplyResult", "ApplyStopped", "PlanHeld"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ _LIMITS = ("tpm_limit", "rpm_limit", "max_budget", "budget_duration")
 
 class PlanHeld(Exception):
     """A held plan (deactivation guard) was handed to apply."""
+
+
+class ApplyStopped(Exception):
+    """Apply stopped taking new changes (the process is stopping); those in flight were finished and journaled."""
 
 
 class _Client(Protocol):
@@ -96,10 +100,11 @@ class Applier:
         adopt_existing: bool = False,
         on_outcome: Callable[[Change, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.client, self.store, self.run_id = client, store, run_id
         self.concurrency, self.adopt_existing = concurrency, adopt_existing
-        self.on_outcome, self.clock = on_outcome, clock
+        self.on_outcome, self.clock, self.should_stop = on_outcome, clock, should_stop
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Apply every change of the plan; raise PlanHeld for a held plan."""
@@ -114,6 +119,8 @@ class Applier:
                 for journal_id, change in work:
                     while len(running) >= self.concurrency * 2:
                         self._collect(running, result, block=True)
+                    if self.should_stop is not None and self.should_stop():
+                        raise ApplyStopped("stopped taking new changes")
                     running[pool.submit(self._execute, change)] = (journal_id, change)
                 while running:
                     self._collect(running, result, block=True)

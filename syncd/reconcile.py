@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from syncd.apply import Applier, ApplyResult
+from syncd.apply import Applier, ApplyResult, ApplyStopped
 from syncd.mapping import DesiredState, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
@@ -143,8 +143,16 @@ class Reconciler:
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        should_stop: Callable[[], bool] | None = None,
+        on_outcome: Callable[[Any, str], None] | None = None,
     ) -> None:
         self.settings, self.store, self.client, self.metrics, self.clock = settings, store, client, metrics, clock
+        #: asked before applying, before each change and before the team step; True stops the run (ApplyStopped)
+        self.should_stop = should_stop
+        #: called with each journaled change (user or team) and its outcome: done, failed, skipped
+        self.on_outcome = on_outcome
+        #: True while the run writes to LiteLLM (as opposed to planning, which only reads)
+        self.applying = False
         self.rules = rules_from_settings(settings)
         self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
 
@@ -237,12 +245,15 @@ class Reconciler:
             if not options.dry_run:
                 for record in in_step.values():  # see _in_step
                     self.store.save_managed(record)
-                self._apply(report, options)
-            self._teams(report, options)
+                self._stop_point("stopped before applying")
+                self._writing(self._apply, report, options)
+                self._stop_point("stopped before the team step")
+            self._writing(self._teams, report, options)
         except BaseException as exc:
+            status = "stopped" if isinstance(exc, ApplyStopped) else "failed"
             if run_id is not None:
-                self.store.finish_run(run_id, "failed", {}, error=f"{type(exc).__name__}: {exc}")
-            self._count_run(options, "failed", started)
+                self.store.finish_run(run_id, status, {}, error=f"{type(exc).__name__}: {exc}")
+            self._count_run(options, status, started)
             raise
         report.seconds = self.clock() - started
         if run_id is not None:
@@ -253,6 +264,17 @@ class Reconciler:
             self.store.finish_run(run_id, report.status, summary, error=report.plan.held)
         self._count_run(options, report.status, started)
         return report
+
+    def _stop_point(self, why: str) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise ApplyStopped(why)
+
+    def _writing(self, step: Callable[[RunReport, ReconcileOptions], None], *args: Any) -> None:
+        self.applying = True
+        try:
+            step(*args)
+        finally:
+            self.applying = False
 
     def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
         plan = report.plan
@@ -271,6 +293,7 @@ class Reconciler:
             adopt_existing=self.settings.policy.adopt_existing,
             on_outcome=self._count_change,
             clock=self.clock,
+            should_stop=self.should_stop,
         )
         report.applied = applier.apply(plan)
         if report.drift_checked:
@@ -299,6 +322,8 @@ class Reconciler:
     def _count_change(self, change: Any, status: str) -> None:
         if self.metrics is not None:
             self.metrics.changes.labels(change.action, status).inc()
+        if self.on_outcome is not None:
+            self.on_outcome(change, status)
 
     def _count_run(self, options: ReconcileOptions, status: str, started: float) -> None:
         if self.metrics is None or options.dry_run:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncd.apply import ApplyStopped
 from syncd.logs import bind_log_context, log_context
 from syncd.metrics import Metrics
 from syncd.plan import Change
@@ -34,8 +35,8 @@ _MAX_TRACKED_WRITES = 50_000
 _MAX_TARGETED = 1_000  # SCIM writes of more users than this make a run of everyone
 
 
-class ShutdownRequested(Exception):
-    """The run stopped taking new changes: the process is stopping or lost leadership."""
+#: the run stopped taking new changes (the process is stopping, or lost leadership); kept under this name here
+ShutdownRequested = ApplyStopped
 
 
 @dataclass(slots=True)
@@ -82,52 +83,6 @@ class _RunTaggingStore(SyncStore):
         return run_id
 
 
-class _StoppableReconciler(Reconciler):
-    """A Reconciler whose apply stops taking new changes once `should_stop()` says so."""
-
-    def __init__(
-        self,
-        *args: Any,
-        should_stop: Callable[[], bool],
-        on_done: Callable[[str], None],
-        writing: threading.Event,
-        **kw: Any,
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._should_stop, self._on_done, self._stopped, self._writing = should_stop, on_done, False, writing
-
-    def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
-        if self._should_stop():
-            raise ShutdownRequested("stopped before applying")
-        self._writing.set()
-        try:
-            super()._apply(report, options)
-        finally:
-            self._writing.clear()
-
-    def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
-        if self._should_stop() and not options.dry_run:
-            raise ShutdownRequested("stopped before the team step")
-        self._writing.set()
-        try:
-            super()._teams(report, options)
-        finally:
-            self._writing.clear()
-
-    def _count_change(self, change: Any, status: str) -> None:
-        # called by the user Applier after each journaled outcome: raising here makes it cancel what has not started
-        # and journal the changes in flight before the exception leaves apply(); raise once only, and never from
-        # the team step (it is skipped as a whole when stopping)
-        super()._count_change(change, status)
-        if not isinstance(change, Change):
-            return
-        if status == "done":
-            self._on_done(change.user_id)
-        if not self._stopped and self._should_stop():
-            self._stopped = True
-            raise ShutdownRequested("stopped taking new changes")
-
-
 class ReconcileWorker:
     """Runs reconciles one at a time on a background thread, when this replica leads."""
 
@@ -150,7 +105,7 @@ class ReconcileWorker:
         self._request: _Request | None = None
         self._written: dict[str, float] = {}  # user_id -> unix time of its earliest unapplied SCIM write
         self._stopping = threading.Event()
-        self._writing = threading.Event()  # set while a run applies changes (as opposed to planning)
+        self._current: Reconciler | None = None  # the run in progress, if any (it says whether it is applying)
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._next_tick = 0.0
@@ -220,7 +175,8 @@ class ReconcileWorker:
         if self._thread is None:
             return True
         self._thread.join(timeout_s)
-        if self._thread.is_alive() and not self._writing.is_set():  # still planning: it only reads
+        current = self._current
+        if self._thread.is_alive() and not (current is not None and current.applying):  # planning: it only reads
             log.warning("the run in progress was still planning (reading only): left behind")
             return True
         return not self._thread.is_alive()
@@ -298,16 +254,20 @@ class ReconcileWorker:
         else:
             self._failures = 0
 
-    def _reconciler(self, on_done: Callable[[str], None] = lambda _user_id: None) -> _StoppableReconciler:
-        return _StoppableReconciler(
+    def _reconciler(self, on_done: Callable[[str], None] = lambda _user_id: None) -> Reconciler:
+        def outcome(change: Any, status: str) -> None:
+            if status == "done" and isinstance(change, Change):
+                on_done(change.user_id)
+
+        self._current = Reconciler(
             self.settings,
             self.store,
             self.client,
             metrics=self.metrics,
             should_stop=lambda: self._stopping.is_set() or not self.is_leader(),
-            on_done=on_done,
-            writing=self._writing,
+            on_outcome=outcome,
         )
+        return self._current
 
     def _restore(self, written: dict[str, float]) -> None:
         with self._cond:

@@ -346,3 +346,29 @@ def test_a_targeted_reconcile_of_someone_gone_suspends_them(world: World) -> Non
     identities, groups = world.store.load_people(["alice"])
     assert [i.user_id for i in identities] == ["alice"] and {g.name for g in groups} == {"llm-users"}
     assert all(g.members == frozenset({"ext-alice"}) for g in groups)
+
+
+def test_should_stop_finishes_the_changes_in_flight_and_journals_the_rest_pending(world: World) -> None:
+    from syncd.apply import ApplyStopped
+    from syncd.store.tables import changes
+
+    world.record({f"u{i:02}": {"groups": ["llm-users"]} for i in range(40)})
+    done: list[str] = []
+    reconciler = Reconciler(
+        world.settings,
+        world.store,
+        world.client,
+        should_stop=lambda: len(done) >= 5,
+        on_outcome=lambda change, status: done.append(change.user_id),
+    )
+    with pytest.raises(ApplyStopped):
+        reconciler.run(ReconcileOptions(drift_check=False))
+    created = set(world.fake.users)
+    assert 5 <= len(created) < 40 and not reconciler.applying
+    with world.store.engine.connect() as conn:
+        statuses = {row.key: row.status for row in conn.execute(changes.select())}
+    assert {k for k, v in statuses.items() if v == "done"} == created
+    assert {v for k, v in statuses.items() if k not in created} == {"pending"}
+    assert world.store.recent_runs(1)[0].status == "stopped"
+    report = world.sync()
+    assert report.status == "success" and len(world.fake.users) == 40
