@@ -31,6 +31,7 @@ from syncd.scim.resources import project
 from syncd.scim.schemas import ResourceKind, discovery_documents
 from syncd.scim.service import ListQuery, ScimService
 from syncd.settings.scim import ScimSettings
+from syncd.store.scim import StoreUnavailable
 
 if TYPE_CHECKING:
     from syncd.metrics import Metrics
@@ -57,6 +58,9 @@ class ScimRoute(APIRoute):
                 response = await handler(request)
             except SCIMException as exc:
                 response = _refusal(exc, self.metrics)
+            except StoreUnavailable as exc:
+                _log.warning("SCIM %s %s: the database is unavailable (%s)", request.method, request.url.path, exc)
+                response = error_response(_unavailable(), {"Retry-After": "5"})
             except Exception:
                 _log.exception("SCIM %s %s failed", request.method, request.url.path)
                 response = error_response(_internal_error(), None)
@@ -64,6 +68,12 @@ class ScimRoute(APIRoute):
             return response
 
         return scim_handler
+
+
+def _unavailable() -> SCIMException:
+    error = SCIMException(detail="the store is unavailable; send the request again later")
+    error.status = 503
+    return error
 
 
 def _internal_error() -> SCIMException:

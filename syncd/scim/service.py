@@ -332,7 +332,8 @@ class ScimService:
                 return group_json(current, base_url)
             body = stored_form(kind, resource)
             before = {member.id: member for member in current.members}
-            after = {member.id: member for member in _resolve_members(session, source, _member_ids(resource))}
+            wanted = _member_ids(resource)
+            after = {member.id: member for member in _resolve_members(session, source, wanted, gone_ok=before)}
             added = [after[i] for i in after.keys() - before.keys()]
             removed = [before[i] for i in before.keys() - after.keys()]
             relabelled = [after[i] for i in after.keys() & before.keys() if after[i].display != before[i].display]
@@ -396,9 +397,13 @@ def _member_ids(resource: Any) -> dict[str, str | None]:
     return wanted
 
 
-def _resolve_members(session: ScimSession, source: str, wanted: dict[str, str | None]) -> list[Member]:
+def _resolve_members(
+    session: ScimSession, source: str, wanted: dict[str, str | None], *, gone_ok: Iterable[str] = ()
+) -> list[Member]:
+    """The members' users; an id that is no user of this source is invalidValue, unless it was a member already
+    (a user deleted while this write ran simply leaves the group)."""
     found = session.members_by_id(source, wanted)
-    missing = sorted(wanted.keys() - found.keys())
+    missing = sorted(wanted.keys() - found.keys() - set(gone_ok))
     if missing:
         raise InvalidValueException(detail=f"members are not users of this provider: {', '.join(missing[:10])}")
-    return [replace(found[id], display=display or found[id].display) for id, display in wanted.items()]
+    return [replace(found[id], display=display or found[id].display) for id, display in wanted.items() if id in found]

@@ -33,7 +33,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from syncd.store.scim_filter import (
     And,
@@ -71,11 +71,16 @@ __all__ = [
     "ScimSession",
     "ScimStore",
     "Sort",
+    "StoreUnavailable",
     "UnsupportedPath",
     "UserRecord",
     "UserWrite",
     "criterion_sql",
 ]
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached (or is locked) right now: the request may be sent again."""
 
 
 class DuplicateUserName(Exception):
@@ -378,15 +383,19 @@ class ScimStore:
         version read before (optimistic: `update_user` answers False when another write came first).
         """
         atomic = atomic and self.dialect == "postgresql"
-        with self.engine.connect() as connection:
-            if not write or atomic:
-                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            elif self.dialect == "sqlite":
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-            with connection.begin() if not connection.in_transaction() else _noop():
-                yield ScimSession(connection, self.dialect, atomic=atomic)
-            if connection.in_transaction():
-                connection.commit()
+        try:
+            with self.engine.connect() as connection:
+                if not write or atomic:
+                    connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                elif self.dialect == "sqlite":
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                with connection.begin() if not connection.in_transaction() else _noop():
+                    yield ScimSession(connection, self.dialect, atomic=atomic)
+                if connection.in_transaction():
+                    connection.commit()
+        except (OperationalError, InterfaceError) as exc:
+            # the database is down, unreachable or busy: a retryable condition, not a bug
+            raise StoreUnavailable(type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__) from exc
 
 
 @contextmanager

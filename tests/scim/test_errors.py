@@ -172,3 +172,23 @@ def test_renaming_onto_a_taken_user_name_is_409_on_put_and_patch(scim: Scim) -> 
 def test_a_filter_over_the_length_limit_is_invalid_filter(scim_sqlite: Scim) -> None:
     long_filter = " or ".join(f'userName eq "user{n}"' for n in range(300))
     assert_error(scim_sqlite.get("/Users", params={"filter": long_filter}), 400, "invalidFilter")
+
+
+def test_an_unreachable_database_answers_503_with_a_scim_body() -> None:
+    from fastapi import FastAPI
+
+    from syncd.scim import build_scim_router
+    from syncd.store import make_engine
+
+    settings = scim_settings("postgresql+psycopg://postgres@127.0.0.1:9/nowhere", {"okta": "t0ken"})
+    engine = make_engine(settings.database.url, connect_args={"connect_timeout": 2})
+    app = FastAPI()
+    app.include_router(build_scim_router(settings, engine), prefix="/scim/v2")
+    with TestClient(app) as client:
+        headers = {"Authorization": "Bearer t0ken"}
+        for method, path in (("GET", "/Users"), ("GET", "/Users/x"), ("POST", "/Users"), ("DELETE", "/Groups/x")):
+            body = {"schemas": [USER], "userName": "u"} if method == "POST" else None
+            answer = client.request(method, f"/scim/v2{path}", json=body, headers=headers)
+            assert_error(answer, 503)
+            assert answer.headers["retry-after"] == "5"
+    engine.dispose()
