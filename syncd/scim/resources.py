@@ -131,6 +131,8 @@ def validate_resource(kind: ResourceKind, payload: Any, context: Context) -> Any
 
 
 def _known_schemas(kind: ResourceKind, schemas: Any) -> list[str]:
+    if schemas is not None and not isinstance(schemas, list):
+        raise InvalidValueException(detail="schemas is a list of schema URNs")
     known = {urn.lower(): urn for urn in (kind.core, *kind.extensions)}
     listed = [known[s.lower()] for s in schemas if isinstance(s, str) and s.lower() in known] if schemas else []
     return listed if kind.core in listed else [kind.core, *listed]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from scim2_models import (
+    InvalidFilterException,
     InvalidSyntaxException,
     InvalidValueException,
     NotFoundException,
@@ -23,6 +24,7 @@ from scim2_models import (
     UnauthorizedException,
 )
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response
 
 from syncd.scim.auth import TokenRing
@@ -275,30 +277,44 @@ def _one(documents: dict[str, Any], id: str, what: str) -> Any:
     raise NotFoundException(detail=f"no {what} {id}")
 
 
-def _names(value: Any) -> list[str]:
+def _names(value: Any, name: str) -> list[str]:
     if value is None:
         return []
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [str(item).strip() for item in items if str(item).strip()]
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidValueException(detail=f"{name} is a list of attribute names")
+    return [item.strip() for item in value if item.strip()]
 
 
 def _integer(value: Any, name: str) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidValueException(detail=f"{name} must be an integer")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except ValueError:
         raise InvalidValueException(detail=f"{name} must be an integer") from None
 
 
+def _text(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if name == "filter":
+        raise InvalidFilterException(detail="the filter must be a string")
+    raise InvalidValueException(detail=f"{name} must be a string")
+
+
 def _query(get: Callable[[str], Any]) -> ListQuery:
-    order = str(get("sortOrder") or "ascending").lower()
+    order = (_text(get("sortOrder"), "sortOrder") or "ascending").lower()
     if order not in ("ascending", "descending"):
         raise InvalidValueException(detail="sortOrder is ascending or descending")
-    attributes, excluded = _names(get("attributes")), _names(get("excludedAttributes"))
+    attributes = _names(get("attributes"), "attributes")
+    excluded = _names(get("excludedAttributes"), "excludedAttributes")
     return ListQuery(
-        filter=get("filter"),
-        sort_by=get("sortBy"),
+        filter=_text(get("filter"), "filter"),
+        sort_by=_text(get("sortBy"), "sortBy"),
         descending=order == "descending",
         start_index=_integer(get("startIndex"), "startIndex") or 1,
         count=_integer(get("count"), "count"),
@@ -351,15 +367,22 @@ def _not_modified(request: Request, body: dict[str, Any]) -> bool:
     return "*" in tags or body["meta"]["version"].removeprefix("W/").strip('"') in tags
 
 
+class _Anything(PathConvertor):
+    """Starlette's path convertor, newlines included (so that every path under /scim/v2 gets a SCIM answer)."""
+
+    regex = r"[\s\S]*"
+
+
 def make_router(settings: ScimSettings, service: ScimService, metrics: Metrics | None = None) -> APIRouter:
     """The router over `service`: discovery, Users, Groups, searches, and a SCIM 404 for anything else."""
+    register_url_convertor("anything", _Anything())
     route_class = type("BoundScimRoute", (ScimRoute,), {"metrics": metrics})
     router = APIRouter(route_class=route_class)
     api = _Api(settings, service)
     add = router.add_api_route
     add("/ServiceProviderConfig", api.service_provider_config, methods=_ALL_METHODS, include_in_schema=False)
     add("/Schemas", api.schemas, methods=_ALL_METHODS, include_in_schema=False)
-    add("/Schemas/{id:path}", api.schema, methods=_ALL_METHODS, include_in_schema=False)
+    add("/Schemas/{id:anything}", api.schema, methods=_ALL_METHODS, include_in_schema=False)
     add("/ResourceTypes", api.resource_types, methods=_ALL_METHODS, include_in_schema=False)
     add("/ResourceTypes/{id}", api.resource_type, methods=_ALL_METHODS, include_in_schema=False)
     add("/.search", api.search_all, methods=_ALL_METHODS, include_in_schema=False)
@@ -367,7 +390,7 @@ def make_router(settings: ScimSettings, service: ScimService, metrics: Metrics |
         add(f"/{collection}/.search", _bind(api.search, collection), methods=_ALL_METHODS, include_in_schema=False)
         add(f"/{collection}", _bind(api.collection, collection), methods=_ALL_METHODS, include_in_schema=False)
         add(f"/{collection}/{{id}}", _bind(api.resource, collection), methods=_ALL_METHODS, include_in_schema=False)
-    add("/{rest:path}", api.not_found, methods=_ALL_METHODS, include_in_schema=False)
+    add("/{rest:anything}", api.not_found, methods=_ALL_METHODS, include_in_schema=False)
     return router
 
 

@@ -192,3 +192,27 @@ def test_an_unreachable_database_answers_503_with_a_scim_body() -> None:
             assert_error(answer, 503)
             assert answer.headers["retry-after"] == "5"
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "scim_type"),
+    [
+        ("POST", "/Users/.search", {"filter": {"a": 1}}, "invalidFilter"),
+        ("POST", "/Users/.search", {"filter": 5}, "invalidFilter"),
+        ("POST", "/Groups/.search", {"sortBy": ["userName"]}, "invalidValue"),
+        ("POST", "/Groups/.search", {"sortOrder": 1}, "invalidValue"),
+        ("POST", "/.search", {"attributes": True}, "invalidValue"),
+        ("POST", "/.search", {"count": True}, "invalidValue"),
+        ("POST", "/Users", {"schemas": True, "userName": "x@example.com"}, "invalidValue"),
+        ("PUT", "/Groups/0", {"schemas": True, "displayName": "x"}, "invalidValue"),
+    ],
+)
+def test_values_of_the_wrong_json_type_are_400(
+    scim_sqlite: Scim, method: str, path: str, body: object, scim_type: str
+) -> None:
+    assert_error(scim_sqlite.request(method, path, body), 400, scim_type)
+
+
+def test_every_path_under_the_router_gets_a_scim_answer(scim_sqlite: Scim) -> None:
+    assert_error(scim_sqlite.get("/Schemas/%0A0"), 404)
+    assert_error(scim_sqlite.get("/No/Such%0AThing"), 404)
