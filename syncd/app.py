@@ -36,17 +36,31 @@ _Scope = MutableMapping[str, Any]
 _ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-class _BodyLimit:
-    """ASGI middleware answering 413 to a request whose Content-Length is over the limit."""
+_SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 
-    def __init__(self, app: _ASGI, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class _BodyLimit:
+    """ASGI middleware answering 413 to a request whose Content-Length is over the limit (a SCIM error under /scim)."""
+
+    def __init__(self, app: _ASGI, limit: int, scim_limit: int | None = None) -> None:
+        self.app, self.limit, self.scim_limit = app, limit, scim_limit if scim_limit is not None else limit
 
     async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
+            scim = str(scope.get("path", "")).startswith("/scim/")
+            limit = self.scim_limit if scim else self.limit
+            if length.isdigit() and int(length) > limit:
+                detail = f"request body over {limit} bytes"
+                response = (
+                    JSONResponse(
+                        {"schemas": [_SCIM_ERROR], "status": "413", "detail": detail},
+                        status_code=413,
+                        media_type="application/scim+json",
+                    )
+                    if scim
+                    else JSONResponse({"detail": detail}, status_code=413)
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -98,7 +112,7 @@ def create_app(
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_BodyLimit, limit=settings.server.max_body_bytes)
+    app.add_middleware(_BodyLimit, limit=settings.server.max_body_bytes, scim_limit=settings.scim.max_body_bytes)
     return app
 
 
