@@ -17,7 +17,7 @@ from syncd.durations import budget_duration_for_litellm
 from syncd.mapping import GRANT_FIELDS
 from syncd.model import ROLES
 
-__all__ = ["GRANT_PREFIX", "GrantResult", "admin_allowed", "parse_grant", "parse_grant_json"]
+__all__ = ["GRANT_PREFIX", "GrantResult", "admin_allowed", "grant_from_fields", "parse_grant", "parse_grant_json"]
 
 GRANT_PREFIX = "litellm:"
 _LISTS = ("models", "teams")
@@ -129,10 +129,16 @@ def parse_grant_json(where: str, attribute: str, values: Sequence[str]) -> Grant
     if not isinstance(data, dict):
         result.warnings.append(f"{where}: attribute {attribute}: the grant must be a JSON object; grant ignored")
         return result
+    return grant_from_fields(f"{where}: attribute {attribute}", data)
+
+
+def grant_from_fields(where: str, data: Mapping[str, Any]) -> GrantResult:
+    """A grant given as field -> value (JSON, a SCIM extension), validated; refused whole on the first problem."""
+    result = GrantResult()
     try:
         result.grant = {name: _json_value(name, value) for name, value in data.items() if value is not None}
     except ValueError as exc:
-        result.warnings.append(f"{where}: attribute {attribute}: {exc}; grant ignored")
+        result.warnings.append(f"{where}: {exc}; grant ignored")
     return result
 
 

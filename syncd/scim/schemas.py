@@ -7,8 +7,9 @@ sorting and the attribute selection accept is exactly what the schemas describe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BeforeValidator
 from scim2_models import Attribute as SchemaAttribute
 from scim2_models import (
     AuthenticationScheme,
@@ -17,6 +18,7 @@ from scim2_models import (
     Context,
     EnterpriseUser,
     ETag,
+    Extension,
     Filter,
     Group,
     Patch,
@@ -27,16 +29,19 @@ from scim2_models import (
     Sort,
     User,
 )
+from scim2_models.urn import URN
 
 __all__ = [
     "CORE_GROUP",
     "CORE_USER",
     "ENTERPRISE",
+    "GRANT_EXTENSION",
     "GROUP_MODEL",
     "POLICY",
     "USER_MODEL",
     "Attribute",
     "ResourceKind",
+    "SyncdGroup",
     "discovery_documents",
     "resource_kinds",
 ]
@@ -44,9 +49,44 @@ __all__ = [
 CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+GRANT_EXTENSION = "urn:ietf:params:scim:schemas:extension:syncd:2.0:Group"
+
+
+def _number_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _list_as_text(value: Any) -> Any:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+class SyncdGroup(Extension):
+    """syncd's Group extension: what the group's members get in LiteLLM (the fields of a config mapping)."""
+
+    __schema__ = URN(GRANT_EXTENSION)
+
+    role: str | None = None
+    """proxy_admin, proxy_admin_viewer, internal_user or internal_user_viewer."""
+    models: Annotated[str | None, BeforeValidator(_list_as_text)] = None
+    """LiteLLM model names, separated by commas."""
+    tpm_limit: int | None = None
+    """Tokens per minute."""
+    rpm_limit: int | None = None
+    """Requests per minute."""
+    max_budget: Annotated[str | None, BeforeValidator(_number_as_text)] = None
+    """Maximum budget in USD, a decimal number (a string, so that clients that know no decimals can send it)."""
+    budget_duration: str | None = None
+    """Budget cycle: daily, weekly, monthly, yearly, or a duration such as 30d."""
+    auto_create_keys: bool | None = None
+    """LiteLLM generates a key when the user is created."""
+    teams: Annotated[str | None, BeforeValidator(_list_as_text)] = None
+    """LiteLLM team aliases the members join, separated by commas."""
+    priority: int | None = None
+    """The grant's priority: the highest wins scalar fields outright."""
+
 
 USER_MODEL: Any = User[EnterpriseUser]
-GROUP_MODEL: Any = Group
+GROUP_MODEL: Any = Group[SyncdGroup]  # type: ignore[misc]  # extensions are a runtime parameter
 
 #: What identity providers really send: Entra's capitalised ops and value-list removes, an `Add` to
 #: `emails[type eq "work"].value` that must create the entry, attributes and schema URNs syncd does not know.
@@ -148,11 +188,14 @@ def _user_schema() -> Schema:
 def resource_kinds() -> dict[str, ResourceKind]:
     """User (with the enterprise extension) and Group, by name."""
     user_schema, enterprise_schema, group_schema = _user_schema(), EnterpriseUser.to_schema(), Group.to_schema()
+    grant_schema = SyncdGroup.to_schema()
     return {
         "User": ResourceKind(
             "User", "/Users", USER_MODEL, CORE_USER, (ENTERPRISE,), _table(user_schema, [enterprise_schema])
         ),
-        "Group": ResourceKind("Group", "/Groups", GROUP_MODEL, CORE_GROUP, (), _table(group_schema, [])),
+        "Group": ResourceKind(
+            "Group", "/Groups", GROUP_MODEL, CORE_GROUP, (GRANT_EXTENSION,), _table(group_schema, [grant_schema])
+        ),
     }
 
 
@@ -187,7 +230,7 @@ def discovery_documents(base_url: str, max_results: int) -> dict[str, Any]:
     config = _service_provider_config(max_results).model_dump(scim_ctx=ctx)
     config = _with_meta(config, "ServiceProviderConfig", base_url, "/ServiceProviderConfig")
     schemas = {}
-    for published in (_user_schema(), EnterpriseUser.to_schema(), Group.to_schema()):
+    for published in (_user_schema(), EnterpriseUser.to_schema(), Group.to_schema(), SyncdGroup.to_schema()):
         schema = published.model_dump(scim_ctx=ctx)
         schemas[schema["id"]] = _with_meta(schema, "Schema", base_url, f"/Schemas/{schema['id']}")
     types = {}

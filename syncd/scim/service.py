@@ -9,6 +9,7 @@ affected.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from scim2_models import (
     UniquenessException,
 )
 
+from syncd.grants import grant_from_fields
 from syncd.scim.filters import parse_filter, parse_sort
 from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
 from syncd.scim.resources import (
@@ -37,7 +39,7 @@ from syncd.scim.resources import (
     user_json,
     validate_resource,
 )
-from syncd.scim.schemas import ResourceKind, resource_kinds
+from syncd.scim.schemas import GRANT_EXTENSION, ResourceKind, resource_kinds
 from syncd.settings.scim import ScimSettings
 from syncd.store.scim import (
     Criterion,
@@ -53,6 +55,7 @@ from syncd.store.scim import (
 
 __all__ = ["ListQuery", "ScimService"]
 
+_SNAKE = re.compile(r"(?<=[a-z0-9])([A-Z])")
 _log = logging.getLogger("syncd.scim")
 
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -299,7 +302,7 @@ class ScimService:
         id, now = str(uuid.uuid4()), _now()
         with self.store.session(write=True) as session:
             members = _resolve_members(session, source, wanted)
-            pk = session.insert_group(source, id, _group_write(body), now)
+            pk = session.insert_group(source, id, _group_write(body, allow_admin=self.settings.allow_admin_grants), now)
             session.change_members(pk, source, add=members)
         self._written(member.user_id for member in members)
         record = GroupRecord(pk, id, body["displayName"], body, 1, now, now, tuple(members))
@@ -339,10 +342,12 @@ class ScimService:
             relabelled = [after[i] for i in after.keys() & before.keys() if after[i].display != before[i].display]
             if body == current.resource and not (added or removed or relabelled):
                 return group_json(current, base_url)
-            session.update_group(current.pk, _group_write(body), now)
+            write = _group_write(body, allow_admin=self.settings.allow_admin_grants)
+            session.update_group(current.pk, write, now)
             session.change_members(current.pk, source, add=added, remove=removed, relabel=relabelled)
-        renamed = body.get("displayName") != current.display_name
-        self._written(m.user_id for m in (*added, *removed, *(after.values() if renamed else ())))
+        old_grant = _grant(current.display_name, dict(current.resource), self.settings.allow_admin_grants, quiet=True)
+        everyone = body.get("displayName") != current.display_name or write.grant != old_grant
+        self._written(m.user_id for m in (*added, *removed, *(after.values() if everyone else ())))
         ordered = tuple(sorted(after.values(), key=lambda member: member.pk))
         record = GroupRecord(
             current.pk, id, body["displayName"], body, current.version + 1, current.created, now, ordered
@@ -382,10 +387,33 @@ def _list_response(total: int, start: int, resources: list[dict[str, Any]]) -> d
     }
 
 
-def _group_write(body: dict[str, Any]) -> GroupWrite:
-    return GroupWrite(
-        display_name=str(body.get("displayName") or ""), scim_external_id=body.get("externalId"), resource=body
-    )
+def _group_write(body: dict[str, Any], *, allow_admin: bool = False) -> GroupWrite:
+    display_name = str(body.get("displayName") or "")
+    grant = _grant(display_name, body, allow_admin)
+    return GroupWrite(display_name=display_name, scim_external_id=body.get("externalId"), resource=body, grant=grant)
+
+
+def _grant(display_name: str, body: dict[str, Any], allow_admin: bool, *, quiet: bool = False) -> dict[str, Any]:
+    """The group's grant from syncd's Group extension, validated.
+
+    As for a grant kept in a directory, a malformed one is stored as sent but grants nothing, with a warning naming
+    the group, the attribute and the problem; proxy_admin is dropped unless scim.allow_admin_grants.
+    """
+    extension = next((v for k, v in body.items() if k.lower() == GRANT_EXTENSION.lower()), None)
+    if not extension:
+        return {}
+    fields = {_SNAKE.sub(r"_\1", name).lower(): value for name, value in extension.items()}
+    result = grant_from_fields(f"SCIM group {display_name!r}: {GRANT_EXTENSION}", fields)
+    for warning in result.warnings if not quiet else ():
+        _log.warning("%s", warning)
+    if result.grant.get("role") == "proxy_admin" and not allow_admin:
+        if not quiet:
+            _log.warning(
+                "SCIM group %r may not grant proxy_admin (scim.allow_admin_grants is false): its role is ignored",
+                display_name,
+            )
+        return {k: v for k, v in result.grant.items() if k != "role"}
+    return result.grant
 
 
 def _member_ids(resource: Any) -> dict[str, str | None]:

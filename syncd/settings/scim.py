@@ -44,6 +44,8 @@ class ScimSettings(Strict):
     #: what a SCIM DELETE of a user does: suspend (default) or delete by policy.deactivation
     delete_policy: Literal["suspend", "policy"] = "suspend"
     groups_as_teams: bool = False
+    #: a SCIM group's grant (syncd's Group extension) may give proxy_admin only when this is true
+    allow_admin_grants: bool = False
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_filter_length: int = Field(4096, ge=64)
     #: seconds to wait for more writes before reconciling

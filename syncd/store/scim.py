@@ -148,6 +148,8 @@ class GroupWrite:
     display_name: str
     scim_external_id: str | None
     resource: Mapping[str, Any]
+    #: what the group's members get in LiteLLM (syncd's Group extension), validated
+    grant: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,7 +579,7 @@ class ScimSession:
     def insert_group(self, source: str, id: str, write: GroupWrite, now: datetime) -> int:
         """Store a new group."""
         values = {**_group_columns(write), "source": source, "external_id": id, "present": True}
-        values.update({"grant": {}, "version": 1, "created_at": now, "updated_at": now, "dn": None, "dn_lower": None})
+        values.update({"version": 1, "created_at": now, "updated_at": now, "dn": None, "dn_lower": None})
         return int(self.connection.execute(insert(groups).values(**values).returning(_G.id)).scalar_one())
 
     def update_group(self, pk: int, write: GroupWrite, now: datetime) -> None:
@@ -653,6 +655,7 @@ def _group_columns(write: GroupWrite) -> dict[str, Any]:
         "name_lower": write.display_name.lower(),
         "scim_external_id": write.scim_external_id,
         "resource": dict(write.resource),
+        "grant": dict(write.grant),
     }
 
 

@@ -132,11 +132,13 @@ def test_discovery_describes_what_is_supported(scim_sqlite: Scim) -> None:
         USER,
         "urn:ietf:params:scim:schemas:core:2.0:Group",
         "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+        "urn:ietf:params:scim:schemas:extension:syncd:2.0:Group",
     }
     assert "password" not in {a["name"] for a in schemas[USER]["attributes"]}
     types = scim_sqlite.get("/ResourceTypes").json()["Resources"]
     assert [t["endpoint"] for t in types] == ["/Users", "/Groups"]
     assert types[0]["schemaExtensions"][0]["schema"] == "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    assert types[1]["schemaExtensions"][0]["schema"] == "urn:ietf:params:scim:schemas:extension:syncd:2.0:Group"
     assert scim_sqlite.get("/ResourceTypes/User").json()["name"] == "User"
     assert scim_sqlite.get(f"/Schemas/{USER}").json()["id"] == USER
 
