@@ -3,7 +3,7 @@
 A throwaway OpenLDAP directory (Debian's slapd) with the people of examples/directory.ldif, the fake LiteLLM
 stand-in (syncd.testing.fake_litellm, NOT a real LiteLLM), and SQLite in a temporary folder. It runs the commands an
 operator would: db upgrade, check-config, plan, sync; then changes the directory (a promotion, a leaver, a locked
-account, a new hire) and syncs again, including a run held by the deactivation guard.
+account, a new hire) and syncs again, including a run held by the deactivation guard; then explains one person.
 """
 
 from __future__ import annotations
@@ -185,6 +185,8 @@ def main() -> int:
         show_litellm(url)
         banner("And once more: nothing left to do")
         syncd(folder, "sync")
+        banner("Why does grace get exactly this? (her groups, the nesting path, where each value came from)")
+        syncd(folder, "explain", "grace")
     finally:
         fake.terminate()
         slapd.stop()
