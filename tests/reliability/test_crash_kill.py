@@ -127,7 +127,7 @@ def _control(crash_world: Any, engine: str) -> tuple[dict[str, Any], int]:
 
 def _kill_and_rerun(crash_world: Any, engine: str, seed: int) -> None:
     expected, writes = _control(crash_world, engine)
-    kill_at = random.Random(seed).randint(1, writes - 1)
+    kill_at = random.Random(f"{engine}:{seed}").randint(1, writes - 1)  # different points on each engine
     world = crash_world(engine)
     world.fake.reset_calls()
     world.fake.faults = FaultPlan(latency_s=0.01)
