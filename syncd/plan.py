@@ -398,11 +398,14 @@ class _Planner:
         self.changes.append(change)
 
 
-def _guard(plan_changes: list[Change], managed: Mapping[str, ManagedUser], policy: PlanPolicy) -> str | None:
+def _guard(
+    plan_changes: list[Change], managed: Mapping[str, ManagedUser], policy: PlanPolicy, active: int | None = None
+) -> str | None:
     deactivations = sum(1 for c in plan_changes if c.action in _DEACTIVATIONS and c.guarded)
     if deactivations == 0 or policy.allow_mass_deactivation:
         return None
-    active = sum(1 for m in managed.values() if m.state == "active")
+    if active is None:
+        active = sum(1 for m in managed.values() if m.state == "active")
     by_ratio = max(1, math.floor(policy.max_deactivation_ratio * active))
     limit = min(policy.max_deactivations, by_ratio)
     if deactivations <= limit:
@@ -423,18 +426,20 @@ def make_plan(
     *,
     read: Collection[str] | None = None,
     only: Collection[str] | None = None,
+    active_managed: int | None = None,
 ) -> Plan:
     """Plan the changes that bring LiteLLM to the desired state.
 
     `current` holds the LiteLLM users that were read; `read` the user_ids that were looked up (a looked-up id absent
     from `current` does not exist in LiteLLM). Without them, the store's record of what was applied is the base.
-    `only` restricts the plan to these user_ids (a targeted reconcile); the guard still weighs every managed user.
+    `only` restricts the plan to these user_ids (a targeted reconcile); the guard still weighs every managed user:
+    `managed` may then hold only those users' records, with `active_managed` the count of every active one.
     """
     current = current or {}
     policy = policy or PlanPolicy()
     planner = _Planner(desired, managed, current, set(read if read is not None else current), policy)
     planner.run(only)
-    held = _guard(planner.changes, managed, policy)
+    held = _guard(planner.changes, managed, policy, active_managed)
     return Plan(tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored)
 
 

@@ -209,9 +209,11 @@ class Reconciler:
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
         self._desired_users = desired.users
-        managed = self.store.load_managed()
+        # a targeted run reads only its users' records; the deactivation guard still weighs every active user
+        managed = self.store.load_managed(only)
+        active = self.store.managed_counts().get("active", 0) if only is not None else None
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
-        tentative = make_plan(desired, managed, {}, policy, only=only)
+        tentative = make_plan(desired, managed, {}, policy, only=only, active_managed=active)
         if drift_check:
             current = self._read_everyone()
             read: Collection[str] = set(current) | set(desired.users) | set(managed)
@@ -220,7 +222,7 @@ class Reconciler:
             if not read:
                 return tentative, 0, {}
             current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
-        plan = make_plan(desired, managed, current, policy, read=read, only=only)
+        plan = make_plan(desired, managed, current, policy, read=read, only=only, active_managed=active)
         return plan, len(current) if drift_check else len(read), _in_step(tentative, plan, managed, current)
 
     def _read_everyone(self) -> dict[str, CurrentUser]:

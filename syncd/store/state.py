@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,8 +74,9 @@ class StateStore:
         self.engine = engine
 
     # -- managed users -------------------------------------------------------------------------------------------
-    def load_managed(self) -> dict[str, ManagedUser]:
-        """Every managed user by user_id (deleted ones included, so a returning person is created again).
+    def load_managed(self, user_ids: Collection[str] | None = None) -> dict[str, ManagedUser]:
+        """Every managed user (or those of `user_ids`) by user_id (deleted ones included: a returning person is
+        created again).
 
         The JSON columns are read as text and decoded a few thousand records per `json.loads` call: one C call
         instead of one per row, and the dict keys every record repeats are shared between the records of a call
@@ -92,9 +93,15 @@ class StateStore:
             c.suspended_at,
             c.adopted,
         )
+        wanted = sorted(user_ids) if user_ids is not None else None
+        queries = (
+            [query]
+            if wanted is None
+            else [query.where(c.user_id.in_(wanted[i : i + 900])) for i in range(0, len(wanted), 900)]
+        )
         out: dict[str, ManagedUser] = {}
         with self.engine.connect() as conn:
-            for rows in conn.execute(query).partitions(5_000):
+            for rows in (part for q in queries for part in conn.execute(q).partitions(5_000)):
                 decoded = json.loads("[" + ",".join(f"[{row[4]},{row[5] or '[]'}]" for row in rows) + "]")
                 for row, (applied, blocked) in zip(rows, decoded, strict=True):
                     out[row[0]] = ManagedUser(
