@@ -31,11 +31,13 @@ def pull_sources(
     incremental: bool = False,
     sources: MutableMapping[str, Any] | None = None,
     metrics: Any | None = None,
+    affected: set[str] | None = None,
 ) -> tuple[list[Snapshot], list[str]]:
     """Pull the named (or every) LDAP source; record complete snapshots when `record`. Returns (snapshots, failed).
 
     With `metrics`, what each pull skipped or met (entries without mail, dangling members, malformed grants...) is
-    counted in syncd_source_problems and syncd_grant_errors.
+    counted in syncd_source_problems and syncd_grant_errors. `affected` receives the LiteLLM user_ids whose identity or
+    memberships the recorded snapshots changed (what a targeted reconcile needs after an incremental pull).
     """
     selected = _selected(settings, names)
     snapshots: list[Snapshot] = []
@@ -45,9 +47,16 @@ def pull_sources(
         snapshot = _pull_one(source, source_settings.name, store, incremental=incremental)
         if snapshot is not None and metrics is not None:
             _count_problems(metrics, snapshot)
-        if snapshot is None or not snapshot.complete or (record and not _record(store, snapshot)):
+        if snapshot is None or not snapshot.complete:
             failed.append(source_settings.name)
             continue
+        if record:
+            result = _record(store, snapshot)
+            if result is None:
+                failed.append(source_settings.name)
+                continue
+            if affected is not None:
+                affected.update(result.affected_user_ids)
         snapshots.append(snapshot)
     return snapshots, failed
 
@@ -109,7 +118,7 @@ def _pull_one(source: Any, name: str, store: Any, *, incremental: bool) -> Snaps
     return snapshot
 
 
-def _record(store: Any, snapshot: Snapshot) -> bool:
+def _record(store: Any, snapshot: Snapshot) -> Any:
     from syncd.store.repository import IncompleteSnapshot
 
     try:
@@ -117,7 +126,7 @@ def _record(store: Any, snapshot: Snapshot) -> bool:
     except IncompleteSnapshot as exc:
         log.error("%s", exc, extra={"source": snapshot.source})
         store.record_failure(snapshot.source, str(exc))
-        return False
+        return None
     log.info(
         "source recorded",
         extra={
@@ -128,4 +137,4 @@ def _record(store: Any, snapshot: Snapshot) -> bool:
             "affected_users": len(result.affected_user_ids),
         },
     )
-    return True
+    return result

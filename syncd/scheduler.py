@@ -55,7 +55,7 @@ class PullScheduler:
         settings: Any,
         store: Any,
         *,
-        on_pulled: Callable[[str, list[str]], None],
+        on_pulled: Callable[[str, list[str], set[str] | None], None],
         is_leader: Callable[[], bool],
         metrics: Metrics | None = None,
     ) -> None:
@@ -124,14 +124,21 @@ class PullScheduler:
         if not lock.acquire(blocking=not incremental):
             log.info("a pull of this source is running: incremental pull skipped", extra={"source": name})
             return
+        affected: set[str] = set()
         try:
             with log_context(source=name, mode="incremental" if incremental else "full"):
-                failed = self._pull_and_record(name, incremental=incremental)
+                failed = self._pull_and_record(name, incremental=incremental, affected=affected)
         finally:
             lock.release()
-        self.on_pulled(name, failed)
+        if incremental and not failed:
+            # an incremental pull changes only what it names: reconcile those users (none: nothing to do); a full
+            # pull or a failure asks for everyone, the level-based safety net
+            if affected:
+                self.on_pulled(name, failed, affected)
+            return
+        self.on_pulled(name, failed, None)
 
-    def _pull_and_record(self, name: str, *, incremental: bool) -> list[str]:
+    def _pull_and_record(self, name: str, *, incremental: bool, affected: set[str] | None = None) -> list[str]:
         mode = "incremental" if incremental else "full"
         try:
             _, failed = pull_sources(
@@ -142,6 +149,7 @@ class PullScheduler:
                 incremental=incremental,
                 sources=self._sources,
                 metrics=self.metrics,
+                affected=affected,
             )
         except Exception:
             log.exception("scheduled pull failed")

@@ -176,7 +176,9 @@ def serve(
     scheduler = PullScheduler(
         settings,
         store,
-        on_pulled=lambda name, failed: worker.request("schedule", sources=[name], failed=failed),
+        on_pulled=lambda name, failed, user_ids: worker.request(
+            "schedule", sources=[name], failed=failed, user_ids=user_ids or ()
+        ),
         is_leader=lambda: leadership.held,
         metrics=metrics,
     )

@@ -114,12 +114,19 @@ class ReconcileWorker:
 
     # -- asking for work ---------------------------------------------------------------------------------------
     def request(
-        self, trigger: str, *, sources: Iterable[str] = (), failed: Iterable[str] = (), delay_s: float = 0.0
+        self,
+        trigger: str,
+        *,
+        sources: Iterable[str] = (),
+        failed: Iterable[str] = (),
+        delay_s: float = 0.0,
+        user_ids: Iterable[str] = (),
     ) -> None:
-        """Ask for a reconcile `delay_s` from now (coalesced with whatever is already asked)."""
+        """Ask for a reconcile `delay_s` from now (coalesced with whatever is already asked); of `user_ids` only, if
+        any are named (an incremental pull), else of everyone."""
         with self._cond:
             request = self._pending()
-            request.add(trigger, sources, failed)
+            request.add(trigger, sources, failed, user_ids)
             request.asked_due = min(request.asked_due, time.monotonic() + delay_s)
             self._cond.notify_all()
         self._count_request(trigger)

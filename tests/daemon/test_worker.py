@@ -137,7 +137,7 @@ def test_only_the_leader_pulls_and_overdue_full_pulls_run_on_taking_the_lead(par
     leading = [False]
     settings = parts["settings"]
     scheduler = PullScheduler(
-        settings, parts["store"], on_pulled=lambda n, f: pulled.append((n, f)), is_leader=lambda: leading[0]
+        settings, parts["store"], on_pulled=lambda n, f, _users: pulled.append((n, f)), is_leader=lambda: leading[0]
     )
     scheduler.start()
     try:
@@ -150,3 +150,32 @@ def test_only_the_leader_pulls_and_overdue_full_pulls_run_on_taking_the_lead(par
         assert parts["store"].source_state("corp").last_error
     finally:
         scheduler.shutdown()
+
+
+class _ScriptedSource:
+    """Stands in for an LdapSource: answers the next snapshot of a script."""
+
+    def __init__(self, *snapshots: Snapshot) -> None:
+        self.snapshots = list(snapshots)
+
+    def pull(self, *, since: str | None = None) -> Snapshot:
+        return self.snapshots.pop(0)
+
+
+def test_an_incremental_pull_asks_to_reconcile_only_the_users_it_changed(parts: dict[str, Any]) -> None:
+    pulled: list[tuple[str, list[str], set[str] | None]] = []
+    scheduler = PullScheduler(
+        parts["settings"], parts["store"], on_pulled=lambda *args: pulled.append(args), is_leader=lambda: True
+    )
+    alice = Identity("corp", "a", "alice", "alice@example.org")
+    bob = Identity("corp", "b", "bob", "bob@example.org")
+    renamed = Identity("corp", "b", "bob", "bob@example.org", display_name="Robert")
+    scheduler._sources["corp"] = _ScriptedSource(
+        Snapshot("corp", [alice, bob], [Group("corp", "g", "engineers", members=frozenset({"a", "b"}))]),
+        Snapshot("corp", [renamed], incremental=True, high_water_mark="ts:1"),
+        Snapshot("corp", [], incremental=True, high_water_mark="ts:2"),
+    )
+    scheduler.pull("corp", incremental=False)
+    scheduler.pull("corp", incremental=True)
+    scheduler.pull("corp", incremental=True)
+    assert pulled == [("corp", [], None), ("corp", [], {"bob"})]
