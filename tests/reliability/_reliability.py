@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -225,7 +226,8 @@ class FaultyProxy:
     """A TCP proxy on loopback that counts the bytes a server sends and, past `at_byte`, cuts, stalls or calls back.
 
     mode "pass": forward everything; "cut": close both ends; "stall": keep both ends open and silent (a hung server);
-    "call": run `callback` once (e.g. kill the server) and keep forwarding what is left.
+    "call": run `callback` once (e.g. kill the server) and keep forwarding what is left; "flaky": close the
+    connection instead of forwarding an answer, at random (seeded) with probability `rate` per chunk.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -233,7 +235,8 @@ class FaultyProxy:
 
         self.upstream_port = upstream_port
         self.mode, self.at_byte, self.callback = "pass", 0, None
-        self.down_bytes = 0
+        self.down_bytes = self.resets = 0
+        self.rate, self._rng = 0.0, random.Random(0)
         self.fired = threading.Event()
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -245,10 +248,19 @@ class FaultyProxy:
         self._sockets: list[Any] = []
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
-    def arm(self, mode: str, at_byte: int = 0, callback: Callable[[], None] | None = None) -> None:
+    def arm(
+        self,
+        mode: str,
+        at_byte: int = 0,
+        callback: Callable[[], None] | None = None,
+        *,
+        rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         """Set the fault for what follows; the byte count starts again from zero."""
         with self._lock:
             self.mode, self.at_byte, self.callback, self.down_bytes = mode, at_byte, callback, 0
+            self.rate, self._rng = rate, random.Random(seed)
             self.fired.clear()
 
     def _accept(self) -> None:
@@ -284,6 +296,10 @@ class FaultyProxy:
         """True when the connection must stop forwarding now."""
         with self._lock:
             self.down_bytes += size
+            if self.mode == "flaky":
+                reset = self._rng.random() < self.rate
+                self.resets += reset
+                return reset
             crossed = self.mode != "pass" and self.down_bytes >= self.at_byte and not self.fired.is_set()
             if crossed:
                 self.fired.set()
@@ -298,6 +314,8 @@ class FaultyProxy:
     @staticmethod
     def _close(*sockets: Any) -> None:
         for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(2)  # SHUT_RDWR: wakes the other pump's recv and sends the FIN now
             with suppress(OSError):
                 sock.close()
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _reliability import MASTER, World, end_state, figures, flip_outage_after, people
+from _reliability import MASTER, FaultyProxy, World, end_state, figures, flip_outage_after, people
 
+from syncd.litellm import LiteLLMClient
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FakeLiteLLM, FaultPlan, create_fake_litellm
 
@@ -210,3 +211,33 @@ def test_a_change_back_after_a_write_whose_answer_was_lost_is_applied(make_world
     report = world.sync()
     assert report.applied is not None and report.applied.by_action == {"update": 1}
     assert world.fake.users["alice"]["user_role"] == "internal_user"
+
+
+def test_connections_reset_instead_of_answers_converge_exactly_once(make_world: Any) -> None:
+    """A TCP proxy between syncd and LiteLLM drops the connection instead of 8% of the answers: the request was
+    handled (a write committed), the client sees a reset; reruns must reach the uninterrupted end state."""
+    scenario = Scenario(300)
+    expected_target, expected_revert = _control(make_world, scenario)
+    world = make_world()
+    scenario.prepare(world)
+    proxy = FaultyProxy(int(world.url.rsplit(":", 1)[1]))
+    try:
+        world.client.close()
+        world.client = LiteLLMClient(
+            f"http://127.0.0.1:{proxy.port}", MASTER, max_retries=2, backoff_base_s=0.002, on_call=world._count
+        )
+        before_run = world.last_run_id()
+        world.record(scenario.target())
+        proxy.arm("flaky", rate=0.08, seed=31)
+        converged = world.sync_until_converged(max_runs=40, deadline_s=120)
+        resets = proxy.resets
+        proxy.arm("pass")
+        assert end_state(world.fake) == expected_target
+        done = world.audit_counts(before_run)
+        assert set(done.values()) == {1}, "a change applied twice"
+        world.record(scenario.revert())
+        assert world.sync().status == "success" and end_state(world.fake) == expected_revert
+    finally:
+        proxy.close()
+    assert resets > 20
+    figures("litellm-resets", users=450, resets=resets, retryable_attempts=world.attempts["retryable"], **converged)
