@@ -9,6 +9,7 @@ proxy_admin is honoured only from groups under `allow_admin_grants_from` when th
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +66,7 @@ def _scalar(name: str, value: Any) -> Any:
             budget = float(text)
         except ValueError:
             raise ValueError(f"{text!r} is not a number") from None
-        if budget < 0 or budget != budget:
+        if budget < 0 or not math.isfinite(budget):
             raise ValueError(f"{text!r} is not a budget")
         return budget
     if name == "budget_duration":

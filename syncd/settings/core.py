@@ -77,7 +77,7 @@ class _Grant(Strict):
     models: list[str] | None = None
     tpm_limit: int | None = Field(None, ge=0)
     rpm_limit: int | None = Field(None, ge=0)
-    max_budget: float | None = Field(None, ge=0)
+    max_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_duration: BudgetDuration | None = None
 
 
@@ -117,11 +117,11 @@ class TeamSettings(Strict):
 
     alias: str = Field(min_length=1)
     models: list[str] | None = None
-    max_budget: float | None = Field(None, ge=0)
+    max_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_duration: BudgetDuration | None = None
     tpm_limit: int | None = Field(None, ge=0)
     rpm_limit: int | None = Field(None, ge=0)
-    team_member_budget: float | None = Field(None, ge=0)
+    team_member_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     #: groups (name, DN or SCIM displayName) whose members join this team as team admin (LiteLLM Enterprise)
     admin_groups: list[str] = Field(default_factory=list)
     #: without an Enterprise licence LiteLLM refuses team admins: add them as plain members instead of failing

@@ -38,6 +38,10 @@ def read_import_file(path: str | Path, *, source: str | None = None) -> Snapshot
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ImportFileError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(
+            str(path), [f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"]
+        ) from None
     if path.suffix.lower() == ".csv":
         name = source or "import"
         users, groups = _from_csv(text, str(path))
@@ -50,6 +54,13 @@ def read_import_file(path: str | Path, *, source: str | None = None) -> Snapshot
             raise ImportFileError(str(path), ["the top level must be an object with users and groups"])
         name = source or str(data.get("source") or "import")
         users, groups = data.get("users") or [], data.get("groups") or []
+        wrong = [
+            f"{key} must be a list"
+            for key, value in (("users", users), ("groups", groups))
+            if not isinstance(value, list)
+        ]
+        if wrong:
+            raise ImportFileError(str(path), wrong)
     else:
         raise ImportFileError(str(path), ["the file name must end in .json or .csv"])
     return _snapshot(name, users, groups, str(path))
@@ -108,7 +119,11 @@ def _group(source: str, raw: Any, index: int, known: set[str], problems: list[st
     if not isinstance(raw, Mapping) or not raw.get("name"):
         problems.append(f"groups[{index}]: must be an object with a name")
         return None
-    members = [str(m) for m in raw.get("members") or ()]
+    raw_members = raw.get("members") or []
+    if not isinstance(raw_members, list):
+        problems.append(f"groups[{index}] ({raw['name']}): members must be a list")
+        return None
+    members = [str(m) for m in raw_members]
     unknown = [m for m in members if m not in known]
     if unknown:
         problems.append(f"groups[{index}] ({raw['name']}): unknown member(s): {', '.join(unknown[:5])}")
