@@ -100,7 +100,12 @@ def _sync_rows(
     """
     now = _now()
     columns = (table.c.id, table.c.external_id, table.c.present, *(table.c[name] for name in fields))
-    existing = {row.external_id: row for row in conn.execute(select(*columns).where(table.c.source == snapshot.source))}
+    query = select(*columns).where(table.c.source == snapshot.source)
+    queries = [query]
+    if snapshot.incremental:  # it marks nothing absent: only the rows it sends are compared
+        keys = sorted(entries)
+        queries = [query.where(table.c.external_id.in_(keys[i : i + 900])) for i in range(0, len(keys), 900)]
+    existing = {row.external_id: row for q in queries for row in conn.execute(q)}
     inserts, updates, updated = [], [], []
     for external_id, (values, derived) in entries.items():
         row = existing.get(external_id)
@@ -214,10 +219,13 @@ class SourceStore:
         query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
             memberships.c.source == snapshot.source
         )
-        current = {(row[0], row[1]): row[2] for row in conn.execute(query)}
-        if snapshot.incremental:
-            touched = {group_ids[group.external_id] for group in snapshot.groups}
-            current = {pair: via for pair, via in current.items() if pair[0] in touched}
+        queries = [query]
+        if snapshot.incremental:  # only the re-sent groups' memberships, not every one of the source
+            touched = sorted({group_ids[group.external_id] for group in snapshot.groups})
+            queries = [
+                query.where(memberships.c.group_id.in_(touched[i : i + 900])) for i in range(0, len(touched), 900)
+            ]
+        current = {(row[0], row[1]): row[2] for q in queries for row in conn.execute(q)}
         added = wanted.keys() - current.keys()
         removed = current.keys() - wanted.keys()
         rerouted = [pair for pair in wanted.keys() & current.keys() if wanted[pair] != current[pair]]
