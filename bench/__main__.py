@@ -305,7 +305,7 @@ def _linearity(points: list[dict[str, Any]]) -> str:
         return "one size only."
     intercept, slope, r2 = linear_fit(points)
     return (
-        f"least-squares line: {intercept:.2f} s + {slope * 1e6 * 1000:.0f} ms per 1,000 users (R² {r2:.3f}); "
+        f"least-squares line: {intercept:.2f} s + {slope * 1e6:.0f} ms per 1,000 users (R² {r2:.3f}); "
         "the intercept is mostly the interpreter start and imports."
     )
 
