@@ -23,6 +23,7 @@ __all__ = ["GRANT_PREFIX", "GrantResult", "admin_allowed", "grant_from_fields", 
 GRANT_PREFIX = "litellm:"
 _LISTS = ("models", "teams")
 _INTS = ("tpm_limit", "rpm_limit")
+_LARGEST_INT = 2**63 - 1
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 #: what a grant kept in the directory may hold: the LiteLLM fields, and its priority
 FIELDS = (*GRANT_FIELDS, "priority")
@@ -60,6 +61,8 @@ def _scalar(name: str, value: Any) -> Any:
     if name in _INTS or name == "priority":
         if isinstance(value, bool) or not text.lstrip("-").isdigit() or (name in _INTS and int(text) < 0):
             raise ValueError(f"{text!r} is not a whole number")
+        if abs(int(text)) > _LARGEST_INT:
+            raise ValueError(f"{text!r} is larger than LiteLLM can store")
         return int(text)
     if name == "max_budget":
         try:

@@ -75,8 +75,8 @@ class _Grant(Strict):
 
     role: Role | None = None
     models: list[str] | None = None
-    tpm_limit: int | None = Field(None, ge=0)
-    rpm_limit: int | None = Field(None, ge=0)
+    tpm_limit: int | None = Field(None, ge=0, le=2**63 - 1)
+    rpm_limit: int | None = Field(None, ge=0, le=2**63 - 1)
     max_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_duration: BudgetDuration | None = None
 
@@ -119,8 +119,8 @@ class TeamSettings(Strict):
     models: list[str] | None = None
     max_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_duration: BudgetDuration | None = None
-    tpm_limit: int | None = Field(None, ge=0)
-    rpm_limit: int | None = Field(None, ge=0)
+    tpm_limit: int | None = Field(None, ge=0, le=2**63 - 1)
+    rpm_limit: int | None = Field(None, ge=0, le=2**63 - 1)
     team_member_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     #: groups (name, DN or SCIM displayName) whose members join this team as team admin (LiteLLM Enterprise)
     admin_groups: list[str] = Field(default_factory=list)
