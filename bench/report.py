@@ -207,11 +207,14 @@ METHOD = """
   drift check is marked done. (a) is `measure_raw` of ldap_pull.py in its own process: ldap3 defaults, paged search
   as a generator over the same users and groups. (b) is `python -m syncd sync --config FILE --json` as a subprocess
   (interpreter start, LDAP pull, record into SQLite, plan, apply of nothing); wall time from the parent, peak RSS
-  from `wait4`, LiteLLM calls counted by the fake. (c) is the path of `syncd serve`'s scheduled pulls, in one
-  process (the incremental needs the `LdapSource` index of a previous pull in the same process, as serve keeps it):
-  a full pull and reconcile, then 10 changes made in slapd (5 people added to a mapped group, 5 mail changes), then
-  the incremental pull, record and reconcile, timed; its peak RSS is the whole process's, full pull included.
-- **Scaling**: the same (a) and (b) at smaller directories (groups: users / 50).
+  from `wait4`, LiteLLM calls counted by the fake. (c) and (d) are scheduled pulls as `syncd serve` makes them, in
+  one process (an incremental needs the `LdapSource` index of an earlier pull in the same process, as serve keeps
+  it): a full pull and reconcile, then 10 changes made in slapd (5 people added to a mapped group, 5 mail changes),
+  then (c) the incremental pull and record followed by a reconcile of everyone (serve before 165c914), then 10 more
+  changes and (d) the incremental pull and record followed by a reconcile of only the users it changed (serve since
+  165c914); peak RSS is the whole process's, full pull included.
+- **Scaling**: the same (a) and (b) at smaller directories (groups: users / 50; the five big groups sized in
+  proportion to the users, 10% + 1% each, which at 100,000 users is exactly ldap_pull.py's directory).
 - **Plan** (`bench/plan_bench.py`): mapping and plan of 100,000 users against managed records (vs-store), and
   against LiteLLM's state as well (vs-litellm), in a fresh process per run; peak RSS includes building the inputs.
 - **SCIM** (`bench/scim_bench.py`): syncd's SCIM router (uvicorn, PostgreSQL in a throwaway database) and

@@ -12,9 +12,11 @@ The directory is bench/ldap_pull.py's (`write_ldif`: some groups over 10,000 mem
    would take the provisioning benchmark's time again and measure nothing new;
 3. each repeat, side by side: (a) a raw ldap3 paged search of the same entries (`measure_raw` of ldap_pull.py, its
    own process), (b) `python -m syncd sync --config FILE --json` as a real subprocess: wall time, peak RSS of that
-   process (wait4), the fake's write and read calls during it, and (c) (`--incremental`) the path of `syncd serve`'s
-   scheduled pulls in one process: a full pull and reconcile, then 10 changes in the directory (5 members added to
-   a mapped group, 5 mail changes) and an incremental pull plus reconcile: its wall time and writes.
+   process (wait4), the fake's write and read calls during it, and (`--incremental`) scheduled pulls as `syncd
+   serve` makes them, in one process: a full pull and reconcile, then 10 changes in the directory (5 members added
+   to a mapped group, 5 mail changes) and (c) an incremental pull followed by a reconcile of everyone (serve before
+   165c914), then 10 more changes and (d) an incremental pull followed by a reconcile of only the users it changed
+   (serve since 165c914): wall time and writes of each.
 """
 
 from __future__ import annotations
@@ -244,26 +246,24 @@ def _targeted(
     users: int,
     run: int,
 ) -> dict[str, Any]:
-    """(d) 10 more changes, the incremental pull recorded, then a reconcile of only the users the record affected.
-
-    Not what serve does today (it reconciles everyone after each scheduled pull): the targeted run SCIM writes get,
-    measured here to show what reconciling only the affected users after an incremental pull would cost.
+    """(d) serve's path since 165c914: 10 more changes, the incremental pull recorded, then a reconcile of only the
+    users the record affected (no run when none).
     """
+    from syncd.pull import pull_sources
     from syncd.reconcile import ReconcileOptions
 
     _change_directory(ldap_url, users, run + 1_000)
     time.sleep(1.1)
-    source = cache[settings.ldap[0].name]
     before = _calls(litellm_url)
+    affected: set[str] = set()
     started = time.perf_counter()
-    snapshot = source.pull(since=store.source_state(source.name).high_water_mark)
-    assert snapshot.complete and snapshot.incremental, snapshot.problems
-    recorded = store.record_snapshot(snapshot)
+    snapshots, failed = pull_sources(settings, store, record=True, incremental=True, sources=cache, affected=affected)
     pulled = time.perf_counter()
-    affected = tuple(sorted(recorded.affected_user_ids))
-    report = reconciler.run(ReconcileOptions(trigger="bench", user_ids=affected))
+    assert not failed and snapshots and snapshots[0].incremental, failed
+    if affected:
+        report = reconciler.run(ReconcileOptions(trigger="schedule", user_ids=tuple(sorted(affected))))
+        assert report.status == "success", (report.status, report.problems)
     done = time.perf_counter()
-    assert report.status == "success", (report.status, report.problems)
     return {
         "targeted_seconds": done - started,
         "targeted_pull_seconds": pulled - started,
