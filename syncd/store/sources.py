@@ -6,6 +6,7 @@ it is complete: an incomplete snapshot changes nothing, so the previous state st
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from syncd.store.tables import groups, identities, memberships, source_state
 __all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
 
 _IDENTITY_FIELDS = ("user_id", "email", "display_name", "active", "dn", "overrides")
-_GROUP_FIELDS = ("name", "dn", "grant")
+_GROUP_FIELDS = ("name", "dn", "grant", "members_digest")
 
 
 class IncompleteSnapshot(Exception):
@@ -76,8 +77,14 @@ def _identity_values(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _group_values(group: Group) -> dict[str, Any]:
-    return {"name": group.name, "dn": group.dn, "grant": dict(group.grant)}
+def _group_values(group: Group, known: Mapping[str, int]) -> dict[str, Any]:
+    return {"name": group.name, "dn": group.dn, "grant": dict(group.grant), "members_digest": _digest(group, known)}
+
+
+def _digest(group: Group, known: Mapping[str, int]) -> str:
+    """A digest of the members the store can record (those with an identity row) and the nesting each came through."""
+    lines = sorted(f"{member}\t{group.via.get(member) or ''}" for member in group.members if member in known)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -170,8 +177,8 @@ class SourceStore:
                         "treated as incomplete"
                     )
             ids = self._record_identities(conn, snapshot, result)
-            group_ids = self._record_groups(conn, snapshot, result)
-            self._record_memberships(conn, snapshot, ids, group_ids, result)
+            group_ids, touched = self._record_groups(conn, snapshot, result, ids)
+            self._record_memberships(conn, snapshot, ids, group_ids, result, touched)
             self._mark_success(conn, snapshot)
         return result
 
@@ -189,10 +196,13 @@ class SourceStore:
         result.identities_removed = len(change.removed)
         return self._ids(conn, identities, snapshot.source)
 
-    def _record_groups(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
+    def _record_groups(
+        self, conn: Connection, snapshot: Snapshot, result: RecordResult, identity_ids: Mapping[str, int]
+    ) -> tuple[dict[str, int], set[str]]:
+        """Record the groups; returns every group id of the source, and the groups whose members may have changed."""
         entries = {
             g.external_id: (
-                _group_values(g),
+                _group_values(g, identity_ids),
                 {"name_lower": g.name.lower(), "dn_lower": g.dn.lower() if g.dn else None},
             )
             for g in reversed(snapshot.groups)
@@ -200,7 +210,9 @@ class SourceStore:
         change = _sync_rows(conn, groups, snapshot, entries, _GROUP_FIELDS)
         result.groups_added, result.groups_updated = len(change.inserted), len(change.updated)
         result.groups_removed = len(change.removed)
-        return self._ids(conn, groups, snapshot.source)
+        touched = {values["external_id"] for values in change.inserted}
+        touched |= {row.external_id for row in (*change.updated, *change.removed)}
+        return self._ids(conn, groups, snapshot.source), touched
 
     def _record_memberships(
         self,
@@ -209,9 +221,13 @@ class SourceStore:
         identity_ids: Mapping[str, int],
         group_ids: Mapping[str, int],
         result: RecordResult,
+        touched: set[str],
     ) -> None:
+        """Bring the memberships of the groups whose member digest changed (or that were added or removed) in line."""
         wanted: dict[tuple[int, int], str | None] = {}
         for group in snapshot.groups:
+            if group.external_id not in touched:
+                continue
             group_id = group_ids[group.external_id]
             for member in group.members:
                 if member in identity_ids:
@@ -219,12 +235,8 @@ class SourceStore:
         query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
             memberships.c.source == snapshot.source
         )
-        queries = [query]
-        if snapshot.incremental:  # only the re-sent groups' memberships, not every one of the source
-            touched = sorted({group_ids[group.external_id] for group in snapshot.groups})
-            queries = [
-                query.where(memberships.c.group_id.in_(touched[i : i + 900])) for i in range(0, len(touched), 900)
-            ]
+        ids = sorted(group_ids[external_id] for external_id in touched)
+        queries = [query.where(memberships.c.group_id.in_(ids[i : i + 900])) for i in range(0, len(ids), 900)]
         current = {(row[0], row[1]): row[2] for q in queries for row in conn.execute(q)}
         added = wanted.keys() - current.keys()
         removed = current.keys() - wanted.keys()

@@ -89,6 +89,8 @@ groups = Table(
     Column("dn_lower", Text),
     Column("present", Boolean, nullable=False, default=True),
     Column("grant", JSON, nullable=False, default=dict),  # a grant kept in the directory (issue 9)
+    # a digest of the group's recorded members (and the nesting each came through): an unchanged group is skipped
+    Column("members_digest", String(64)),
     Column("scim_external_id", String(500)),
     Column("resource", JSON),
     Column("version", Integer, nullable=False, default=1),
