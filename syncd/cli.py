@@ -230,7 +230,6 @@ def _sync(args: argparse.Namespace) -> int:
     store = _store(settings)
     with _client(settings) as client:
         snapshots, failed = _pull(settings, store, args.source, record=not args.dry_run, incremental=args.incremental)
-        del snapshots  # the reconcile reads the store: free the pulled snapshots before it loads everyone again
         options = ReconcileOptions(
             trigger="cli",
             dry_run=args.dry_run,
@@ -239,7 +238,10 @@ def _sync(args: argparse.Namespace) -> int:
             failed_sources=tuple(failed),
             sources=tuple(args.source),
         )
-        report = Reconciler(settings, store, client).run(options)
+        # the fresh full snapshots stand in for their sources' rows: the store is not read back for them (and a dry
+        # run, which records nothing, still plans with what was pulled)
+        report = Reconciler(settings, store, client).run(options, snapshots)
+        del snapshots
     if failed and report.status == "dry_run":
         report.status = "failed"
     _emit(args, report.to_dict(), _report_text(report, render_text(report.plan)))

@@ -159,7 +159,9 @@ class Reconciler:
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
         """The desired state from the store (of everyone, or of `user_ids`), with unrecorded full snapshots overlaid."""
-        identities, groups = self.store.load_people(user_ids)
+        snapshots = list(snapshots)
+        fresh = {snapshot.source for snapshot in snapshots if snapshot.complete and not snapshot.incremental}
+        identities, groups = self.store.load_people(user_ids, exclude_sources=fresh)
         identities, groups = overlay(identities, groups, snapshots)
         return desired_state(identities, groups, self.rules)
 

@@ -360,13 +360,17 @@ class SourceStore:
                 members.setdefault(group_ext, {})[identity_ext] = via
         return {"identities": people, "groups": teams, "memberships": members}
 
-    def load_people(self, user_ids: Collection[str] | None = None) -> tuple[list[Identity], list[Group]]:
+    def load_people(
+        self, user_ids: Collection[str] | None = None, *, exclude_sources: Collection[str] = ()
+    ) -> tuple[list[Identity], list[Group]]:
         """Present identities and groups with their present members (the input of the mapping).
 
         With `user_ids`, only those people (every identity sharing their email too) and the groups they are in,
         each group listing only them: what a targeted reconcile after a SCIM write needs.
         """
         wanted: Any = identities.c.present
+        if exclude_sources:  # the caller holds those sources' fresh snapshots
+            wanted = wanted & identities.c.source.not_in(list(exclude_sources))
         if user_ids is not None:
             ids = list(user_ids)
             emails = select(identities.c.email_lower).where(
@@ -391,12 +395,16 @@ class SourceStore:
             pairs = select(memberships.c.group_id, identities.c.external_id).select_from(memberships.join(identities))
             if user_ids is None:
                 pairs = pairs.where(identities.c.present)
+                if exclude_sources:
+                    pairs = pairs.where(memberships.c.source.not_in(list(exclude_sources)))
             else:
                 pairs = pairs.where(memberships.c.identity_id.in_([row.id for row in rows]))
             members: dict[int, set[str]] = {}
             for group_id, identity_ext in conn.execute(pairs):
                 members.setdefault(group_id, set()).add(identity_ext)
             group_query = select(groups).where(groups.c.present)
+            if exclude_sources:
+                group_query = group_query.where(groups.c.source.not_in(list(exclude_sources)))
             if user_ids is not None:
                 group_query = group_query.where(groups.c.id.in_(list(members)))
             teams = [

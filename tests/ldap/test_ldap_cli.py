@@ -60,6 +60,8 @@ def test_check_config_binds_and_counts_then_sync_provisions(tree: Tree, tmp_path
         done = _syncd(path, "check-config", password=SYNC_PASSWORD)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "bind ok, the user filter finds 2, the group filter 1" in done.stdout
+        dry = _syncd(path, "sync", "--dry-run", password=SYNC_PASSWORD)
+        assert dry.returncode == 0 and "Plan: 2 create" in dry.stdout and app.state.fake.users == {}
         synced = _syncd(path, "sync", "--source", "corp", password=SYNC_PASSWORD)
         assert synced.returncode == 0, synced.stdout + synced.stderr
         assert set(app.state.fake.users) == {"alice", "bob"}
