@@ -35,8 +35,17 @@ def fake_litellm_process(latency_s: float) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "syncd.testing.fake_litellm", "--port", str(port), "--master-key", MASTER,
-               "--latency-s", str(latency_s)]
+    command = [
+        sys.executable,
+        "-m",
+        "syncd.testing.fake_litellm",
+        "--port",
+        str(port),
+        "--master-key",
+        MASTER,
+        "--latency-s",
+        str(latency_s),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -62,11 +71,13 @@ def provision(users: int, latency_s: float, concurrency: int) -> dict[str, Any]:
         people = [Identity("corp", f"e{i}", f"user{i:06}", f"user{i}@example.com") for i in range(users)]
         group = Group("corp", "g", "llm-users", None, frozenset(p.external_id for p in people))
         store.record_snapshot(Snapshot("corp", people, [group]))
-        settings = settings_from_dict({
-            "database": {"url": database},
-            "litellm": {"url": url, "master_key": MASTER, "concurrency": concurrency},
-            "mappings": [{"group": "llm-users", "models": ["gpt-4o"], "max_budget": 10}],
-        })
+        settings = settings_from_dict(
+            {
+                "database": {"url": database},
+                "litellm": {"url": url, "master_key": MASTER, "concurrency": concurrency},
+                "mappings": [{"group": "llm-users", "models": ["gpt-4o"], "max_budget": 10}],
+            }
+        )
         with LiteLLMClient(url, MASTER) as client:
             started = time.perf_counter()
             report = Reconciler(settings, store, client).run(ReconcileOptions(drift_check=False))
@@ -85,12 +96,16 @@ def main() -> None:
     args = parser.parse_args()
     rows = [provision(args.users, args.latency_ms / 1000, c) for c in args.concurrency]
     base = rows[0]["users_per_s"]
-    print(f"initial provisioning of {args.users:,} users, {args.latency_ms:g} ms added per LiteLLM call, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"initial provisioning of {args.users:,} users, {args.latency_ms:g} ms added per LiteLLM call, "
+        f"{os.cpu_count()} cores"
+    )
     print(f"{'concurrency':>11}{'seconds':>10}{'users/s':>10}{'speedup':>9}")
     for row in rows:
-        print(f"{row['concurrency']:>11}{row['seconds']:>10.1f}{row['users_per_s']:>10.1f}"
-              f"{row['users_per_s'] / base:>8.1f}x")
+        print(
+            f"{row['concurrency']:>11}{row['seconds']:>10.1f}{row['users_per_s']:>10.1f}"
+            f"{row['users_per_s'] / base:>8.1f}x"
+        )
 
 
 if __name__ == "__main__":
