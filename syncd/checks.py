@@ -57,17 +57,10 @@ def _check_database(settings: Any) -> CheckResult:
 def _check_litellm(settings: Any) -> CheckResult:
     from syncd.litellm import LiteLLMClient
 
-    key = settings.litellm.master_key
-    if key is None:
+    if settings.litellm.master_key is None:
         return CheckResult("litellm", False, "litellm.master_key is not set")
     try:
-        with LiteLLMClient(
-            settings.litellm.url,
-            key.get_secret_value(),
-            timeout_s=settings.litellm.timeout_s,
-            max_retries=0,
-            verify=settings.litellm.verify_tls,
-        ) as client:
+        with LiteLLMClient.from_settings(settings.litellm, max_retries=0) as client:
             page = client.list_users(page=1, page_size=1)
     except Exception as exc:
         return CheckResult("litellm", False, f"{settings.litellm.url}: {_line(exc)}")

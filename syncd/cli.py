@@ -174,17 +174,10 @@ def _store(settings: Any, *, require_schema: bool = True) -> Any:
 def _client(settings: Any) -> Any:
     from syncd.litellm import LiteLLMClient
 
-    key = settings.litellm.master_key
-    if key is None:
-        raise _Usage("litellm.master_key (or master_key_file) is not set")
-    verify: bool | str = str(settings.litellm.ca_file) if settings.litellm.ca_file else settings.litellm.verify_tls
-    return LiteLLMClient(
-        settings.litellm.url,
-        key.get_secret_value(),
-        timeout_s=settings.litellm.timeout_s,
-        max_retries=settings.litellm.max_retries,
-        verify=verify,
-    )
+    try:
+        return LiteLLMClient.from_settings(settings.litellm)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
 
 
 def _first_line(exc: BaseException) -> str:

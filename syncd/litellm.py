@@ -213,6 +213,24 @@ class LiteLLMClient:
             transport=transport,
         )
 
+    @classmethod
+    def from_settings(
+        cls, settings: Any, *, on_call: OnCall | None = None, max_retries: int | None = None
+    ) -> LiteLLMClient:
+        """A client for the `litellm:` settings (verify with `ca_file` when set); ValueError without a master key."""
+        key = settings.master_key
+        if key is None:
+            raise ValueError("litellm.master_key (or master_key_file) is not set")
+        verify: bool | str = str(settings.ca_file) if settings.ca_file else settings.verify_tls
+        return cls(
+            settings.url,
+            key.get_secret_value(),
+            timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries if max_retries is None else max_retries,
+            verify=verify,
+            on_call=on_call,
+        )
+
     def __repr__(self) -> str:
         return f"LiteLLMClient(base_url={self.base_url!r})"
 

@@ -135,18 +135,10 @@ def _announce_config(settings: Any, engine: Any) -> None:
 def _client(settings: Any, metrics: Metrics) -> Any:
     from syncd.litellm import LiteLLMClient
 
-    key = settings.litellm.master_key
-    if key is None:
-        raise ServeError("litellm.master_key (or master_key_file) is not set")
-    verify: bool | str = str(settings.litellm.ca_file) if settings.litellm.ca_file else settings.litellm.verify_tls
-    return LiteLLMClient(
-        settings.litellm.url,
-        key.get_secret_value(),
-        timeout_s=settings.litellm.timeout_s,
-        max_retries=settings.litellm.max_retries,
-        verify=verify,
-        on_call=metrics.record_litellm_call,
-    )
+    try:
+        return LiteLLMClient.from_settings(settings.litellm, on_call=metrics.record_litellm_call)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def serve(
