@@ -31,6 +31,7 @@ __all__ = [
     "marker",
     "render_json",
     "render_text",
+    "short_value",
 ]
 
 #: the LiteLLM user fields syncd keeps in step (auto_create_key is sent on creation only)
@@ -455,8 +456,9 @@ _SYMBOL = {
 }
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, dict):
+def short_value(value: Any) -> str:
+    """A field value as the text renderings print it (lists bracketed, mappings as JSON, None as null)."""
+    if isinstance(value, Mapping):
         return json.dumps(value, sort_keys=True, default=str)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(map(str, value)) + "]"
@@ -478,7 +480,9 @@ def render_text(plan: Plan) -> str:
             if diff.field == "metadata":
                 continue
             arrow = (
-                _short(diff.after) if change.action == "create" else f"{_short(diff.before)} -> {_short(diff.after)}"
+                short_value(diff.after)
+                if change.action == "create"
+                else f"{short_value(diff.before)} -> {short_value(diff.after)}"
             )
             origin = f"   ({diff.origin})" if diff.origin else ""
             lines.append(f"    {diff.field}: {arrow}{origin}")

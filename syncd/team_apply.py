@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from syncd.litellm import AlreadyMemberError, EnterpriseFeatureError, NotFoundError, NotMemberError
-from syncd.store.state import AuditEntry
-from syncd.store.teams import TeamCompletion, TeamStore, team_key
+from syncd.store.state import AuditEntry, Completion
+from syncd.store.teams import TeamStore, team_key
 from syncd.team_plan import TEAM_LEVEL, ManagedTeam, TeamChange, TeamPlan, alias_key
 
 __all__ = ["ADMIN_NEEDS_ENTERPRISE", "TeamApplier", "TeamApplyResult", "TeamClient"]
@@ -193,7 +193,7 @@ class TeamApplier:
             self._count(change, outcome, result)
 
     @staticmethod
-    def _completion(journal_id: int, change: TeamChange, outcome: _Outcome) -> TeamCompletion:
+    def _completion(journal_id: int, change: TeamChange, outcome: _Outcome) -> Completion:
         audit = None
         if outcome.status == "done":
             after: dict[str, Any] = dict(change.payload or {})
@@ -203,7 +203,7 @@ class TeamApplier:
                 after["team_id"] = outcome.team_id
             reason = f"{change.reason} ({outcome.note})" if outcome.note else change.reason
             audit = AuditEntry("syncd", change.action, team_key(change.alias), change.before, after, reason)
-        return TeamCompletion(journal_id, outcome.status, outcome.error, audit)
+        return Completion(journal_id, outcome.status, outcome.error, None, audit)
 
     def _count(self, change: TeamChange, outcome: _Outcome, result: TeamApplyResult) -> None:
         if outcome.status == "done":

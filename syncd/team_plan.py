@@ -6,13 +6,12 @@ applier (syncd.team_apply) executes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from syncd.plan import FieldDiff
+from syncd.plan import FieldDiff, short_value
 
 __all__ = [
     "MARKER",
@@ -192,14 +191,6 @@ _SYMBOL = {
 }
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=str)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return "null" if value is None else str(value)
-
-
 def render_team_text(plan: TeamPlan) -> str:
     """The team plan for people: a summary line, then each change with its reason and fields."""
     counts = plan.counts()
@@ -212,9 +203,9 @@ def render_team_text(plan: TeamPlan) -> str:
         lines.append(f"{_SYMBOL[change.action]} {change.action} {change.alias}{who}{extra}: {change.reason}")
         for diff in change.diffs:
             arrow = (
-                _short(diff.after)
+                short_value(diff.after)
                 if change.action == "create_team"
-                else f"{_short(diff.before)} -> {_short(diff.after)}"
+                else f"{short_value(diff.before)} -> {short_value(diff.after)}"
             )
             lines.append(f"    {diff.field}: {arrow}")
     return "\n".join(lines)

@@ -219,15 +219,24 @@ class StateStore:
         return _timestamp(value)
 
     # -- journal ----------------------------------------------------------------------------------------------------
-    def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Record each planned change as pending (in plan order); return their journal ids."""
+    def journal(
+        self,
+        run_id: int,
+        planned: Sequence[Mapping[str, Any]],
+        *,
+        keys: Sequence[str] | None = None,
+        scope: str | None = None,
+    ) -> list[int]:
+        """Record each planned change as pending (in plan order); return their journal ids.
+
+        `keys`: each change's journal key (default: its user_id). Changes an earlier run left pending are superseded:
+        all of them, or with `scope` only those whose key starts with it (the team step's `team:`).
+        """
         now = _now()
-        if not planned:
-            return []
         rows = [
             {
                 "run_id": run_id,
-                "key": change.get("user_id") or change.get("key"),
+                "key": keys[i] if keys is not None else change.get("user_id") or change.get("key"),
                 "action": change["action"],
                 "change": dict(change),
                 "status": "pending",
@@ -235,12 +244,16 @@ class StateStore:
                 "created_at": now,
                 "updated_at": now,
             }
-            for change in planned
+            for i, change in enumerate(planned)
         ]
         with self.engine.begin() as conn:
-            conn.execute(
-                update(changes).where(changes.c.status == "pending").values(status="superseded", updated_at=now)
-            )
+            if rows or scope is not None:
+                stale = update(changes).where(changes.c.status == "pending")
+                if scope is not None:
+                    stale = stale.where(changes.c.key.like(f"{scope}%"))
+                conn.execute(stale.values(status="superseded", updated_at=now))
+            if not rows:
+                return []
             result = conn.execute(insert(changes).returning(changes.c.id, sort_by_parameter_order=True), rows)
             return [int(row[0]) for row in result]
 

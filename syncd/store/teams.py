@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, insert, select, update
 
 from syncd.model import ManagedUser
-from syncd.store.state import AuditEntry
-from syncd.store.tables import audit_log, changes, groups, identities, managed_teams, managed_users, memberships
+from syncd.store.state import Completion, StateStore
+from syncd.store.tables import groups, identities, managed_teams, managed_users, memberships
 from syncd.team_plan import ManagedTeam
 
-__all__ = ["ScimTeamMember", "TeamCompletion", "TeamStore", "team_key"]
+__all__ = ["ScimTeamMember", "TeamStore", "team_key"]
 
 _KEY_LENGTH = 255
 
@@ -27,16 +27,6 @@ _KEY_LENGTH = 255
 def team_key(alias: str) -> str:
     """The journal and audit key of a team's changes."""
     return f"team:{alias}"[:_KEY_LENGTH]
-
-
-@dataclass(frozen=True, slots=True)
-class TeamCompletion:
-    """The outcome of one journaled team change, with its audit entry when it was done."""
-
-    journal_id: int
-    status: str  # done | failed | skipped
-    error: str | None = None
-    audit: AuditEntry | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,64 +85,12 @@ class TeamStore:
 
     def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
         """Record team changes as pending (plan order), superseding team changes an earlier run left pending."""
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(changes)
-                .where(changes.c.status == "pending", changes.c.key.like("team:%"))
-                .values(status="superseded", updated_at=now)
-            )
-            if not planned:
-                return []
-            rows = [
-                {
-                    "run_id": run_id,
-                    "key": team_key(str(change["alias"])),
-                    "action": change["action"],
-                    "change": dict(change),
-                    "status": "pending",
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for change in planned
-            ]
-            result = conn.execute(insert(changes).returning(changes.c.id, sort_by_parameter_order=True), rows)
-            return [int(row[0]) for row in result]
+        keys = [team_key(str(change["alias"])) for change in planned]
+        return StateStore(self.engine).journal(run_id, planned, keys=keys, scope="team:")
 
-    def complete(self, completions: Sequence[TeamCompletion], *, run_id: int) -> None:
+    def complete(self, completions: Sequence[Completion], *, run_id: int) -> None:
         """Mark journaled team changes done/failed/skipped and write their audit entries, in one transaction."""
-        if not completions:
-            return
-        now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(changes)
-                .where(changes.c.id == bindparam("b_id"))
-                .values(
-                    status=bindparam("b_status"),
-                    error=bindparam("b_error"),
-                    attempts=changes.c.attempts + 1,
-                    updated_at=now,
-                ),
-                [{"b_id": c.journal_id, "b_status": c.status, "b_error": c.error} for c in completions],
-            )
-            audits = [self._audit_row(c.audit, run_id, now) for c in completions if c.audit is not None]
-            if audits:
-                conn.execute(insert(audit_log), audits)
-
-    @staticmethod
-    def _audit_row(audit: AuditEntry, run_id: int, now: datetime) -> dict[str, Any]:
-        return {
-            "at": now,
-            "run_id": run_id,
-            "actor": audit.actor,
-            "action": audit.action,
-            "key": audit.key,
-            "before": dict(audit.before) if audit.before is not None else None,
-            "after": dict(audit.after) if audit.after is not None else None,
-            "reason": audit.reason,
-        }
+        StateStore(self.engine).complete_changes(completions, run_id=run_id)
 
     def user_states(self) -> dict[str, ManagedUser]:
         """Every managed user with its state only (what team planning needs; `applied` left empty, so it is cheap)."""
