@@ -176,6 +176,9 @@ class DirectoryIndex:
                 children.append(child)
             else:
                 dangling += 1
+        # member_keys is a set, whose order changes with each process's hash seed: sorted, the expansion (and the
+        # child recorded as `via` for a member reachable through several) is the same in every run
+        children.sort()
         return frozenset(users), children, dangling
 
     def parents_of(self, external_ids: Iterable[str]) -> set[str]:
@@ -211,8 +214,9 @@ def expand_group(
     """The external ids of a group's members, nested groups expanded breadth-first (cycle-safe, depth-limited).
 
     `direct` memoises `index.direct_members` across the groups of one pull. `via`, when given, receives for each
-    member reached through nesting the direct child group it came through (the first found), so a nesting path can
-    be told: the child's own `via` continues it.
+    member reached through nesting the direct child group it came through (the first found at the shallowest depth,
+    children taken in external id order, so the same in every run), so a nesting path can be told: the child's own
+    `via` continues it.
     """
     members: set[str] = set()
     own: frozenset[str] = frozenset()

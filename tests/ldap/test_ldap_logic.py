@@ -152,6 +152,36 @@ def test_expansion_handles_cycles_diamonds_and_dangling_members() -> None:
     assert index.parents_of(["d"]) == {"a", "b", "c"}
 
 
+_VIA_PROBE = """
+import sys
+sys.path.insert(0, "tests/ldap")
+from test_ldap_logic import index_of
+from syncd.sources._ldap_graph import ExpansionCounters, expand_group
+index = index_of({"top": [f"k{i}" for i in range(9, -1, -1)], **{f"k{i}": ["shared"] for i in range(10)}}, ["shared"])
+via = {}
+expand_group(index, "top", nested=True, max_depth=5, direct={}, counters=ExpansionCounters(), via=via)
+print(via["shared"])
+"""
+
+
+def test_via_is_the_same_child_whatever_the_hash_seed() -> None:
+    """A member reachable through several children records the same one in every process (a no-op pull stays one)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    seen = set()
+    for seed in range(6):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        done = subprocess.run(
+            [sys.executable, "-c", _VIA_PROBE], capture_output=True, text=True, env=env, cwd=root, check=True
+        )
+        seen.add(done.stdout.strip())
+    assert seen == {"k0"}
+
+
 def test_presets_fill_what_the_config_leaves_out() -> None:
     attrs = active_directory_source().attrs
 
