@@ -216,14 +216,15 @@ def main() -> None:
 def _print(table: dict[str, dict[str, tuple[float, float, float]]], args: argparse.Namespace) -> None:
     print(f"{args.users} users, {args.groups} groups of 20 members; sequential client on loopback")
     names = list(table)
-    print(f"{'operation':<14}" + "".join(f"| {name:^32} " for name in names))
-    print(f"{'':<14}" + "".join(f"| {'median ms':>9} {'p95 ms':>9} {'req/s':>9}   " for _ in names))
+    print(f"{'operation':<14}" + "".join(f"| {name:^32} " for name in names) + "| throughput")
+    print(f"{'':<14}" + "".join(f"| {'median ms':>9} {'p95 ms':>9} {'req/s':>9}   " for _ in names) + "| ratio")
     for operation in next(iter(table.values())):
         cells = "".join(
             f"| {table[n][operation][0]:>9.2f} {table[n][operation][1]:>9.2f} {table[n][operation][2]:>9.0f}   "
             for n in names
         )
-        print(f"{operation:<14}{cells}")
+        ratio = table[names[0]][operation][2] / table[names[-1]][operation][2]
+        print(f"{operation:<14}{cells}| {ratio:.2f}x")
 
 
 if __name__ == "__main__":
