@@ -39,12 +39,28 @@ def pull_sources(
     counted in syncd_source_problems and syncd_grant_errors. `affected` receives the LiteLLM user_ids whose identity or
     memberships the recorded snapshots changed (what a targeted reconcile needs after an incremental pull).
     """
+    from syncd.bulk import gc_paused
+
     selected = _selected(settings, names)
+    with gc_paused():
+        return _pull_all(selected, store, record, incremental, sources, metrics, affected)
+
+
+def _pull_all(
+    selected: list[Any],
+    store: Any,
+    record: bool,
+    incremental: bool,
+    sources: MutableMapping[str, Any] | None,
+    metrics: Any | None,
+    affected: set[str] | None,
+) -> tuple[list[Snapshot], list[str]]:
     snapshots: list[Snapshot] = []
     failed: list[str] = []
     for source_settings in selected:
         source = _source(source_settings, sources)
         snapshot = _pull_one(source, source_settings.name, store, incremental=incremental)
+        del source  # without a cache, its directory index is garbage now: freed before the record needs memory
         if snapshot is not None and metrics is not None:
             _count_problems(metrics, snapshot)
         if snapshot is None or not snapshot.complete:
