@@ -10,6 +10,8 @@ managed user on a drift check), else the store's record of what was last applied
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Collection, Mapping
@@ -27,10 +29,12 @@ __all__ = [
     "Plan",
     "PlanPolicy",
     "desired_fields",
+    "fields_digest",
     "make_plan",
     "marker",
     "render_json",
     "render_text",
+    "settled_users",
     "short_value",
 ]
 
@@ -181,6 +185,47 @@ def _same(name: str, want: Any, have: Any) -> bool:
     return bool(want == have)
 
 
+@functools.cache
+def _canonical_json() -> json.JSONEncoder:
+    return json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fields_digest(fields: Mapping[str, Any]) -> str:
+    """A digest of LiteLLM user fields in the form `_same` compares them (e-mail in lower case, models sorted).
+
+    Two sets of fields with the same digest differ in no field, so a managed user whose applied fields have the
+    desired fields' digest has nothing to plan (`settled_users`); different digests only mean: compare in full.
+    """
+    budget = fields.get("max_budget")
+    canonical = (
+        (fields.get("user_email") or "").lower(),
+        fields.get("user_role"),
+        sorted(fields.get("models") or ()),
+        fields.get("tpm_limit"),
+        fields.get("rpm_limit"),
+        None if budget is None else float(budget),
+        fields.get("budget_duration"),
+        fields.get("user_alias"),
+        _canonical_json().encode(fields.get("metadata") or {}),
+    )
+    return hashlib.blake2b(repr(canonical).encode(), digest_size=16).hexdigest()
+
+
+def settled_users(desired: DesiredState, managed: Mapping[str, tuple[str, str | None]]) -> set[str]:
+    """The users with nothing to plan: active, and recorded active with the desired fields' digest.
+
+    `managed`: user_id -> (state, applied digest) of the store's records. A reconcile reads the applied fields of
+    everyone else only, and passes these to `make_plan` as `settled`.
+    """
+    settled = set()
+    for user_id, want in desired.users.items():
+        have = managed.get(user_id)
+        active = want.active and have is not None and have[0] == "active" and have[1] is not None
+        if active and have is not None and have[1] == fields_digest(desired_fields(want)):
+            settled.add(user_id)
+    return settled
+
+
 def _diffs(
     want: Mapping[str, Any], have: Mapping[str, Any], origins: Mapping[str, FieldOrigin]
 ) -> tuple[FieldDiff, ...]:
@@ -211,9 +256,15 @@ class _Planner:
         self.unchanged = 0
         self.unmapped_ignored = 0
 
-    def run(self, only: Collection[str] | None = None) -> None:
+    def run(self, only: Collection[str] | None = None, settled: Collection[str] = ()) -> None:
         everyone = set(self.desired.users) | set(self.managed)
-        for user_id in sorted(everyone if only is None else everyone & set(only)):
+        if only is not None:
+            everyone &= set(only)
+        if settled:
+            before = len(everyone)
+            everyone -= set(settled)
+            self.unchanged += before - len(everyone)
+        for user_id in sorted(everyone):
             want = self.desired.users.get(user_id)
             have = self.managed.get(user_id)
             if want is not None and want.active:
@@ -428,6 +479,7 @@ def make_plan(
     read: Collection[str] | None = None,
     only: Collection[str] | None = None,
     active_managed: int | None = None,
+    settled: Collection[str] = (),
 ) -> Plan:
     """Plan the changes that bring LiteLLM to the desired state.
 
@@ -435,11 +487,17 @@ def make_plan(
     from `current` does not exist in LiteLLM). Without them, the store's record of what was applied is the base.
     `only` restricts the plan to these user_ids (a targeted reconcile); the guard still weighs every managed user:
     `managed` may then hold only those users' records, with `active_managed` the count of every active one.
+    `settled` (see `settled_users`) are counted unchanged without a look at their records, which `managed` may then
+    leave out; they are recorded active, and the guard counts them so.
     """
     current = current or {}
     policy = policy or PlanPolicy()
+    if settled and active_managed is None:
+        settled = set(settled)
+        others = (m for m in managed.values() if m.user_id not in settled)
+        active_managed = len(settled) + sum(1 for m in others if m.state == "active")
     planner = _Planner(desired, managed, current, set(read if read is not None else current), policy)
-    planner.run(only)
+    planner.run(only, settled)
     held = _guard(planner.changes, managed, policy, active_managed)
     return Plan(tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored)
 

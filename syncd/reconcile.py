@@ -15,10 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncd.apply import Applier, ApplyResult, ApplyStopped
+from syncd.bulk import gc_paused
 from syncd.mapping import DesiredState, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
-from syncd.plan import USER_FIELDS, Plan, PlanPolicy, make_plan
+from syncd.plan import USER_FIELDS, Plan, PlanPolicy, fields_digest, make_plan, settled_users
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
 from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
@@ -94,6 +95,18 @@ class RunReport:
             "applied": applied,
             "teams": self.teams.to_dict() if self.teams is not None else None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A plan, the number of LiteLLM users read for it, and the store corrections it found (written unless dry)."""
+
+    plan: Plan
+    reads: int
+    #: records LiteLLM already holds as desired (see _in_step)
+    in_step: dict[str, ManagedUser]
+    #: user_id -> the digest of its recorded applied fields, where the store has none or another (see settled_users)
+    stale_digests: dict[str, str]
 
 
 def current_user(data: Mapping[str, Any]) -> CurrentUser:
@@ -196,8 +209,8 @@ class Reconciler:
 
         With `user_ids`, only those users are planned (and only their identities and groups are loaded).
         """
-        plan, reads, _ = self._plan(snapshots, drift_check, allow_mass_deactivation, user_ids)
-        return plan, reads
+        planned = self._plan(snapshots, drift_check, allow_mass_deactivation, user_ids)
+        return planned.plan, planned.reads
 
     def _plan(
         self,
@@ -205,27 +218,62 @@ class Reconciler:
         drift_check: bool,
         allow_mass_deactivation: bool,
         user_ids: Collection[str] | None = None,
-    ) -> tuple[Plan, int, dict[str, ManagedUser]]:
-        """The plan, the number of users read, and the records to correct: users LiteLLM already holds as desired."""
+    ) -> _Planned:
+        with gc_paused():
+            return self._plan_paused(snapshots, drift_check, allow_mass_deactivation, user_ids)
+
+    def _plan_paused(
+        self,
+        snapshots: Iterable[Snapshot],
+        drift_check: bool,
+        allow_mass_deactivation: bool,
+        user_ids: Collection[str] | None,
+    ) -> _Planned:
         only = set(user_ids) if user_ids else None
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
         self._desired_users = desired.users
+        # the short rows first: users recorded with exactly the desired fields are settled without reading their
+        # records (a drift check compares everyone with LiteLLM itself, so settles nobody)
+        digests = self.store.managed_digests(only)
+        settled = set() if drift_check else settled_users(desired, digests)
+        managed, stale = self._records(only, digests, settled)
         # a targeted run reads only its users' records; the deactivation guard still weighs every active user
-        managed = self.store.load_managed(only)
-        active = self.store.managed_counts().get("active", 0) if only is not None else None
+        if only is not None:
+            active = self.store.managed_counts().get("active", 0)
+        else:
+            active = sum(1 for state, _ in digests.values() if state == "active")
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
-        tentative = make_plan(desired, managed, {}, policy, only=only, active_managed=active)
+        tentative = make_plan(desired, managed, {}, policy, only=only, active_managed=active, settled=settled)
         if drift_check:
             current = self._read_everyone()
             read: Collection[str] = set(current) | set(desired.users) | set(managed)
         else:
             read = [change.user_id for change in tentative.changes]
             if not read:
-                return tentative, 0, {}
+                return _Planned(tentative, 0, {}, stale)
             current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
-        plan = make_plan(desired, managed, current, policy, read=read, only=only, active_managed=active)
-        return plan, len(current) if drift_check else len(read), _in_step(tentative, plan, managed, current)
+        plan = make_plan(
+            desired, managed, current, policy, read=read, only=only, active_managed=active, settled=settled
+        )
+        reads = len(current) if drift_check else len(read)
+        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale)
+
+    def _records(
+        self, only: set[str] | None, digests: Mapping[str, tuple[str, str | None]], settled: set[str]
+    ) -> tuple[dict[str, ManagedUser], dict[str, str]]:
+        """The whole records of the users not settled, and the applied digests to store where they are missing."""
+        unsettled = digests.keys() - settled
+        if only is None and len(unsettled) > len(digests) // 2:  # one scan rather than thousands of lookups
+            managed = {uid: record for uid, record in self.store.load_managed().items() if uid not in settled}
+        else:
+            managed = self.store.load_managed(unsettled)
+        stale = {}
+        for user_id, record in managed.items():
+            digest = fields_digest(record.applied)
+            if digest != digests.get(user_id, ("", None))[1]:
+                stale[user_id] = digest
+        return managed, stale
 
     def _read_everyone(self) -> dict[str, CurrentUser]:
         return {str(data["user_id"]): current_user(data) for data in self.client.iter_all_users()}
@@ -238,16 +286,16 @@ class Reconciler:
         drift = drift and not options.user_ids
         run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
         try:
-            plan, reads, in_step = self._plan(
-                snapshots, drift, options.allow_mass_deactivation, options.user_ids or None
-            )
-            report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=reads)
+            planned = self._plan(snapshots, drift, options.allow_mass_deactivation, options.user_ids or None)
+            plan = planned.plan
+            report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=planned.reads)
             report.problems.extend(plan.problems)
             report.problems.extend(
                 f"source {name}: pull failed, its previous state stands" for name in options.failed_sources
             )
             if not options.dry_run:
-                for record in in_step.values():  # see _in_step
+                self.store.refresh_applied_digests(planned.stale_digests)
+                for record in planned.in_step.values():  # see _in_step
                     self.store.save_managed(record)
                 self._stop_point("stopped before applying")
                 self._writing(self._apply, report, options)

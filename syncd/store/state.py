@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from syncd.model import ManagedUser
+from syncd.plan import fields_digest
 from syncd.store.tables import audit_log, changes, managed_users, sync_runs
 
 __all__ = ["AuditEntry", "Completion", "RunRecord", "StateStore"]
@@ -116,6 +117,32 @@ class StateStore:
                     )
         return out
 
+    def managed_digests(self, user_ids: Collection[str] | None = None) -> dict[str, tuple[str, str | None]]:
+        """user_id -> (state, digest of the applied fields) of every managed user (or of `user_ids`): the short
+        rows a reconcile reads first (`plan.settled_users`), before the whole records of the users it must compare."""
+        c = managed_users.c
+        query = select(c.user_id, c.state, c.applied_digest)
+        wanted = sorted(user_ids) if user_ids is not None else None
+        queries = (
+            [query]
+            if wanted is None
+            else [query.where(c.user_id.in_(wanted[i : i + 900])) for i in range(0, len(wanted), 900)]
+        )
+        with self.engine.connect() as conn:
+            return {row[0]: (row[1], row[2]) for q in queries for row in conn.execute(q)}
+
+    def refresh_applied_digests(self, digests: Mapping[str, str]) -> None:
+        """Store the applied-fields digest of records written before it existed (or by another version)."""
+        params = [{"b_user": user_id, "b_digest": digest} for user_id, digest in digests.items()]
+        for start in range(0, len(params), 5_000):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(managed_users)
+                    .where(managed_users.c.user_id == bindparam("b_user"))
+                    .values(applied_digest=bindparam("b_digest")),
+                    params[start : start + 5_000],
+                )
+
     @staticmethod
     def _managed(row: Any) -> ManagedUser:
         return ManagedUser(
@@ -151,6 +178,7 @@ class StateStore:
                 "external_id": user.external_id,
                 "state": user.state,
                 "applied": dict(user.applied),
+                "applied_digest": fields_digest(user.applied),
                 "blocked_keys": list(user.blocked_keys),
                 "adopted": user.adopted,
                 "suspended_at": datetime.fromtimestamp(user.suspended_at, UTC) if user.suspended_at else None,

@@ -63,6 +63,8 @@ identities = Table(
     Column("present", Boolean, nullable=False, default=True),  # False once the source no longer has it
     Column("dn", Text),
     Column("overrides", JSON, nullable=False, default=dict),  # personal grant overrides (issue 9)
+    # a digest of the values a pull compares (sources.row_digest): an unchanged row is not read (NULL: compare in full)
+    Column("digest", String(32)),
     # SCIM: userName (and its lower-case form for case-insensitive filters), externalId, the stored resource
     Column("user_name", String(500)),
     Column("user_name_lower", String(500)),
@@ -91,6 +93,7 @@ groups = Table(
     Column("grant", JSON, nullable=False, default=dict),  # a grant kept in the directory (issue 9)
     # a digest of the group's recorded members (and the nesting each came through): an unchanged group is skipped
     Column("members_digest", String(64)),
+    Column("digest", String(32)),  # as identities.digest
     Column("scim_external_id", String(500)),
     Column("resource", JSON),
     Column("version", Integer, nullable=False, default=1),
@@ -118,6 +121,8 @@ managed_users = Table(
     Column("external_id", String(255), nullable=False),
     Column("state", String(20), nullable=False),  # active | suspended | deleted
     Column("applied", JSON, nullable=False),  # the LiteLLM fields last applied
+    # a digest of `applied` in plan.fields_digest's canonical form: an unchanged user's applied is not read
+    Column("applied_digest", String(32)),
     Column("blocked_keys", JSON, nullable=False, default=list),  # the key tokens syncd blocked at suspension
     Column("adopted", Boolean, nullable=False, default=False),
     Column("suspended_at", DateTime(timezone=True)),

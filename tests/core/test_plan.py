@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 
 from syncd.mapping import DesiredState
 from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
-from syncd.plan import Plan, PlanPolicy, desired_fields, make_plan, marker, render_json, render_text
+from syncd.plan import (
+    Plan,
+    PlanPolicy,
+    desired_fields,
+    fields_digest,
+    make_plan,
+    marker,
+    render_json,
+    render_text,
+    settled_users,
+)
 
 
 def want(uid: str, *, active: bool = True, **kw: Any) -> DesiredUser:
@@ -249,3 +259,72 @@ def test_applying_a_plan_then_planning_again_changes_nothing(
     after = simulate(first, managed)
     second = make_plan(state(*desired), after, foreign, policy)
     assert [c for c in second.changes if c.action != "conflict"] == []
+
+
+# -- settled users: the digest short cut must agree with the field-by-field comparison --------------------------------
+def _digests(managed: Mapping[str, ManagedUser]) -> dict[str, tuple[str, str | None]]:
+    return {uid: (m.state, fields_digest(m.applied)) for uid, m in managed.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    email=st.sampled_from(["alice@example.com", "Alice@Example.com", "bob@example.com"]),
+    role=st.sampled_from(["internal_user", "proxy_admin"]),
+    models=st.lists(st.sampled_from(["gpt-4o", "claude", "o1"]), unique=True, max_size=3),
+    tpm=st.none() | st.integers(0, 5),
+    budget=st.none() | st.sampled_from([10, 10.0, 10.5]),
+    alias=st.none() | st.sampled_from(["Alice", "Al"]),
+    extra=st.dictionaries(st.sampled_from(["team", "cost_center"]), st.sampled_from(["a", "b"]), max_size=2),
+)
+def test_equal_digests_always_mean_an_empty_plan(
+    email: str, role: str, models: list[str], tpm: int | None, budget: float | None, alias: str | None, extra: Any
+) -> None:
+    """Whatever the applied fields, a user the digest settles is one the full comparison finds unchanged."""
+    alice = want("alice", models=("gpt-4o", "claude"), tpm_limit=3, max_budget=10.0, user_alias="Alice")
+    applied = desired_fields(alice) | {
+        "user_email": email,
+        "user_role": role,
+        "models": models,
+        "tpm_limit": tpm,
+        "max_budget": budget,
+        "user_alias": alias,
+    }
+    applied["metadata"] = {**applied["metadata"], **extra}
+    managed = {"alice": ManagedUser("alice", "corp", "ext-alice", "active", applied)}
+    full = make_plan(state(alice), managed)
+    settled = settled_users(state(alice), _digests(managed))
+    if settled:
+        assert full.empty
+    # and the digest is not so strict that it misses what is really the same
+    if email.lower() == "alice@example.com" and (role, set(models), tpm, budget, alias, extra) == (
+        "internal_user",
+        {"gpt-4o", "claude"},
+        3,
+        10.0,
+        "Alice",
+        {},
+    ):
+        assert settled == {"alice"}
+
+
+def test_settled_users_are_unchanged_without_their_records_and_still_weigh_in_the_guard() -> None:
+    people = [want(f"u{n}") for n in range(20)]
+    managed = {u.user_id: managed_as(u) for u in people}
+    managed["u0"] = managed_as(want("u0", max_budget=99.0))  # differs: not settled
+    settled = settled_users(state(*people), _digests(managed))
+    assert settled == {f"u{n}" for n in range(1, 20)}
+
+    # the settled ones' records left out
+    records = {"u0": managed["u0"], "gone1": managed_as(want("gone1")), "gone2": managed_as(want("gone2"))}
+    policy = PlanPolicy(max_deactivation_ratio=0.1)
+    plan = make_plan(state(*people), records, settled=settled, policy=policy)
+    assert actions(plan) == {"u0": "update", "gone1": "suspend", "gone2": "suspend"}
+    assert plan.unchanged == 19 and plan.held is None  # 2 of 22 active are within 10%
+    assert make_plan(state(*people[:1]), records, policy=policy).held  # 2 of 3 are not
+
+
+def test_suspended_or_disabled_users_are_never_settled() -> None:
+    alice, bob = want("alice"), want("bob", active=False)
+    managed = {"alice": managed_as(alice, "suspended"), "bob": managed_as(want("bob"))}
+    assert settled_users(state(alice, bob), _digests(managed)) == set()
+    assert settled_users(state(alice), {"alice": ("active", None)}) == set()

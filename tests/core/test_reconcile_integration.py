@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from syncd.litellm import LiteLLMClient
 from syncd.model import Group, Identity, Snapshot
@@ -13,6 +14,7 @@ from syncd.reconcile import ReconcileOptions, Reconciler
 from syncd.settings import Settings, settings_from_dict
 from syncd.store import make_engine, upgrade
 from syncd.store.repository import SyncStore
+from syncd.store.tables import managed_users
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
@@ -130,6 +132,25 @@ def test_a_second_sync_makes_no_write_and_no_read(world: World) -> None:
     report = world.sync()
     assert report.plan.empty and report.litellm_reads == 0
     assert world.fake.calls == []
+
+
+def test_records_without_an_applied_digest_are_compared_in_full_then_given_one(world: World) -> None:
+    """Records written before the digest existed: the first run compares them and stores their digest, nothing else;
+    a real change among them is still planned."""
+    world.record(PEOPLE)
+    world.sync()
+    with world.store.engine.begin() as conn:
+        conn.execute(update(managed_users).values(applied_digest=None))
+    world.fake.reset_calls()
+    world.record({**PEOPLE, "alice": {"groups": ["llm-users", "llm-power"]}})
+
+    report = world.sync()
+
+    assert report.applied.by_action == {"update": 1} and world.fake.write_calls() == 1
+    digests = world.store.managed_digests()
+    assert all(digest for _, digest in digests.values()) and len(digests) == 3
+    assert world.sync().plan.unchanged == 3
+    assert world.store.managed_digests() == digests
 
 
 def test_group_changes_update_only_the_changed_fields(world: World) -> None:
