@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from syncd.model import ROLE_RANK, DesiredUser, FieldOrigin, Group, Identity
@@ -92,26 +93,28 @@ class DesiredState:
 def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules: MappingRules) -> DesiredState:
     """Compute every person's desired LiteLLM user from their identities, groups and the mapping rules."""
     state = DesiredState()
-    all_groups = list(groups)
-    groups_of = _groups_by_member(all_groups)
-    # groups in the order _combine_for lists them; which of them give any grant at all
-    order = sorted(range(len(all_groups)), key=lambda i: (all_groups[i].source, all_groups[i].name.lower()))
-    rank = {position: n for n, position in enumerate(order)}
-    granting = [bool(grants_for([group], rules)) for group in all_groups]
-    names = [group.dn or group.name for group in all_groups]
+    # groups in the order _combine_for lists them, so that a group's position is its rank and a member's list of
+    # positions comes out sorted
+    ranked = sorted(groups, key=lambda g: (g.source, g.name.lower()))
+    groups_of = _groups_by_member(ranked)
+    granting = {i for i, group in enumerate(ranked) if grants_for([group], rules)}
+    names = [group.dn or group.name for group in ranked]
     # people whose groups give the same grants get the same values: combine each distinct set of granting groups
     # once (with thousands of groups, nearly every person's full set of groups is different)
     combined: dict[tuple[int, ...], _Combined] = {}
+    nothing: dict[str, list[int]] = {}
     for person in _merge_people(identities, rules.source_priorities):
         winner = person[0]
-        found = sorted(
-            {i for ident in person for i in groups_of.get((ident.source, ident.external_id), ())}, key=rank.__getitem__
-        )
-        key = tuple(i for i in found if granting[i])
+        if len(person) == 1:
+            found: list[int] | tuple[int, ...] = groups_of.get(winner.source, nothing).get(winner.external_id, ())
+        else:
+            found = sorted(
+                {i for ident in person for i in groups_of.get(ident.source, nothing).get(ident.external_id, ())}
+            )
+        key = tuple(filter(granting.__contains__, found))
         entry = combined.get(key)
         if entry is None:
-            entry = combined[key] = _combine_for([all_groups[i] for i in key], rules)
-        entry = replace(entry, group_names=tuple(names[i] for i in found))
+            entry = combined[key] = _combine_for([ranked[i] for i in key], rules)
         if winner.user_id in state.users or winner.user_id in state.unmapped:
             state.problems.append(
                 f"user_id {winner.user_id!r} is claimed by two people ({winner.email!r} from {winner.source} and "
@@ -120,27 +123,27 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
         elif entry.values is None:
             state.unmapped[winner.user_id] = winner
         else:
-            state.users[winner.user_id] = _desired_user(winner, entry)
+            state.users[winner.user_id] = _desired_user(winner, entry, tuple(map(names.__getitem__, found)))
     return state
 
 
 @dataclass(frozen=True, slots=True)
 class _Combined:
-    """The grants of one set of groups, combined (values None: no group of the set is mapped)."""
+    """The grants of one set of groups, combined (values None: no group of the set is mapped), and the desired
+    user's fields they give (`fields`: keyword arguments of DesiredUser, converted once for everyone they fit)."""
 
-    group_names: tuple[str, ...]
     values: Mapping[str, Any] | None
     origins: Mapping[str, FieldOrigin]
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _combine_for(member_of: list[Group], rules: MappingRules) -> _Combined:
     member_of.sort(key=lambda g: (g.source, g.name.lower()))
     grants = grants_for(member_of, rules)
-    names = tuple(g.dn or g.name for g in member_of)
     if not grants:
-        return _Combined(names, None, {})
+        return _Combined(None, {})
     values, origins = combine_grants(grants, rules.defaults)
-    return _Combined(names, values, origins)
+    return _Combined(values, origins, _user_fields(values, origins))
 
 
 def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int]) -> list[list[Identity]]:
@@ -148,21 +151,32 @@ def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int])
     people: dict[str, list[Identity]] = {}
     for identity in identities:
         key = f"email:{identity.email.lower()}" if identity.email else f"id:{identity.source}:{identity.external_id}"
-        people.setdefault(key, []).append(identity)
-    ranked = [
-        sorted(members, key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
-        for members in people.values()
-    ]
-    ranked.sort(key=lambda members: (-priorities.get(members[0].source, 0), members[0].source, members[0].user_id))
+        found = people.get(key)
+        if found is None:
+            people[key] = [identity]
+        else:
+            found.append(identity)
+    ranked = list(people.values())
+    for members in ranked:
+        if len(members) > 1:
+            members.sort(key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
+    if priorities:
+        ranked.sort(key=lambda m: (-priorities.get(m[0].source, 0), m[0].source, m[0].user_id))
+    else:
+        ranked.sort(key=lambda m: (m[0].source, m[0].user_id))
     return ranked
 
 
-def _groups_by_member(groups: Sequence[Group]) -> dict[tuple[str, str], list[int]]:
-    index: dict[tuple[str, str], list[int]] = {}
+def _groups_by_member(groups: Sequence[Group]) -> dict[str, dict[str, list[int]]]:
+    """source -> member external id -> the positions of the groups they are in, ascending."""
+    index: dict[str, defaultdict[str, list[int]]] = {}
     for position, group in enumerate(groups):
+        of_source = index.get(group.source)
+        if of_source is None:
+            of_source = index[group.source] = defaultdict(list)
         for member in group.members:
-            index.setdefault((group.source, member), []).append(position)
-    return index
+            of_source[member].append(position)
+    return dict(index)
 
 
 def grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
@@ -256,32 +270,39 @@ def _fill_defaults(values: dict[str, Any], origins: dict[str, FieldOrigin], defa
         origins[name] = FieldOrigin("default", "defaults")
 
 
-def _desired_user(winner: Identity, entry: _Combined) -> DesiredUser:
-    values, origins = entry.values or {}, entry.origins
+def _user_fields(values: Mapping[str, Any], origins: Mapping[str, FieldOrigin]) -> dict[str, Any]:
+    return {
+        "role": values.get("role", "internal_user"),
+        "models": values.get("models", ()),
+        "tpm_limit": _int_or_none(values.get("tpm_limit")),
+        "rpm_limit": _int_or_none(values.get("rpm_limit")),
+        "max_budget": _float_or_none(values.get("max_budget")),
+        "budget_duration": values.get("budget_duration"),
+        "auto_create_keys": bool(values.get("auto_create_keys", False)),
+        "teams": values.get("teams", ()),
+        "metadata": values.get("metadata", {}),
+        "origins": origins,
+    }
+
+
+def _desired_user(winner: Identity, entry: _Combined, group_names: tuple[str, ...]) -> DesiredUser:
+    fields = entry.fields
     if winner.overrides:
-        values, origins = dict(values), dict(origins)
+        values, origins = dict(entry.values or {}), dict(entry.origins)
         for name, value in winner.overrides.items():
             if name in GRANT_FIELDS and value is not None:
                 values[name] = tuple(value) if isinstance(value, list) else value
                 origins[name] = FieldOrigin("override", winner.dn or winner.user_id)
+        fields = _user_fields(values, origins)
     return DesiredUser(
-        user_id=winner.user_id,
-        email=winner.email,
-        source=winner.source,
-        external_id=winner.external_id,
-        active=winner.active,
-        role=values.get("role", "internal_user"),
-        models=values.get("models", ()),
-        tpm_limit=_int_or_none(values.get("tpm_limit")),
-        rpm_limit=_int_or_none(values.get("rpm_limit")),
-        max_budget=_float_or_none(values.get("max_budget")),
-        budget_duration=values.get("budget_duration"),
-        auto_create_keys=bool(values.get("auto_create_keys", False)),
-        teams=values.get("teams", ()),
+        winner.user_id,
+        winner.email,
+        winner.source,
+        winner.external_id,
+        winner.active,
         user_alias=winner.display_name,
-        metadata=values.get("metadata", {}),
-        origins=origins,
-        groups=entry.group_names,
+        groups=group_names,
+        **fields,
     )
 
 
