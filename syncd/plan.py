@@ -10,7 +10,6 @@ managed user on a drift check), else the store's record of what was last applied
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -185,9 +184,13 @@ def _same(name: str, want: Any, have: Any) -> bool:
     return bool(want == have)
 
 
-@functools.cache
-def _canonical_json() -> json.JSONEncoder:
-    return json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+def _plain(value: Any) -> Any:
+    """A value in a form whose repr does not depend on key order (mappings as sorted pairs, lists as tuples)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((key, _plain(item)) for key, item in value.items())) if value else ()
+    if isinstance(value, list | tuple):
+        return tuple(map(_plain, value))
+    return value
 
 
 def fields_digest(fields: Mapping[str, Any]) -> str:
@@ -196,32 +199,56 @@ def fields_digest(fields: Mapping[str, Any]) -> str:
     Two sets of fields with the same digest differ in no field, so a managed user whose applied fields have the
     desired fields' digest has nothing to plan (`settled_users`); different digests only mean: compare in full.
     """
+    metadata = fields.get("metadata") or {}
+    return _digest(_shared_part(fields), _own_part(fields.get("user_email"), fields.get("user_alias"), metadata))
+
+
+def _shared_part(fields: Mapping[str, Any]) -> str:
+    """What people with the same grants share: every field but the e-mail, the alias and syncd's marker."""
     budget = fields.get("max_budget")
-    canonical = (
-        (fields.get("user_email") or "").lower(),
-        fields.get("user_role"),
-        sorted(fields.get("models") or ()),
-        fields.get("tpm_limit"),
-        fields.get("rpm_limit"),
-        None if budget is None else float(budget),
-        fields.get("budget_duration"),
-        fields.get("user_alias"),
-        _canonical_json().encode(fields.get("metadata") or {}),
+    metadata = fields.get("metadata") or {}
+    return repr(
+        (
+            fields.get("user_role"),
+            sorted(fields.get("models") or ()),
+            fields.get("tpm_limit"),
+            fields.get("rpm_limit"),
+            None if budget is None else float(budget),
+            fields.get("budget_duration"),
+            _plain({key: value for key, value in metadata.items() if key != "syncd"}),
+        )
     )
-    return hashlib.blake2b(repr(canonical).encode(), digest_size=16).hexdigest()
+
+
+def _own_part(email: str | None, alias: str | None, metadata: Mapping[str, Any]) -> str:
+    return repr(((email or "").lower(), alias, _plain(metadata.get("syncd"))))
+
+
+def _digest(shared: str, own: str) -> str:
+    return hashlib.blake2b(f"{shared}\n{own}".encode(), digest_size=16).hexdigest()
 
 
 def settled_users(desired: DesiredState, managed: Mapping[str, tuple[str, str | None]]) -> set[str]:
     """The users with nothing to plan: active, and recorded active with the desired fields' digest.
 
     `managed`: user_id -> (state, applied digest) of the store's records. A reconcile reads the applied fields of
-    everyone else only, and passes these to `make_plan` as `settled`.
+    everyone else only, and passes these to `make_plan` as `settled`. The desired digest is `fields_digest` of
+    `desired_fields`, its shared part computed once per distinct set of granted values.
     """
     settled = set()
+    shared: dict[tuple[Any, ...], str] = {}
     for user_id, want in desired.users.items():
         have = managed.get(user_id)
-        active = want.active and have is not None and have[0] == "active" and have[1] is not None
-        if active and have is not None and have[1] == fields_digest(desired_fields(want)):
+        if not want.active or have is None or have[0] != "active" or have[1] is None:
+            continue
+        w = want
+        key = (w.role, w.models, w.tpm_limit, w.rpm_limit, w.max_budget, w.budget_duration, _plain(w.metadata))
+        part = shared.get(key)
+        if part is None:
+            part = shared[key] = _shared_part(desired_fields(want))
+        # _own_part of desired_fields(want), written out: _plain of the marker is its items in key order (hot)
+        own = (("external_id", w.external_id), ("managed", True), ("source", w.source))
+        if have[1] == _digest(part, repr(((w.email or "").lower(), w.user_alias, own))):
             settled.add(user_id)
     return settled
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -328,3 +329,25 @@ def test_suspended_or_disabled_users_are_never_settled() -> None:
     managed = {"alice": managed_as(alice, "suspended"), "bob": managed_as(want("bob"))}
     assert settled_users(state(alice, bob), _digests(managed)) == set()
     assert settled_users(state(alice), {"alice": ("active", None)}) == set()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    models=st.lists(st.sampled_from(["gpt-4o", "claude", "o1"]), unique=True, max_size=3).map(tuple),
+    budget=st.none() | st.sampled_from([10.0, 10.5]),
+    metadata=st.dictionaries(st.sampled_from(["team", "syncd", "cost"]), st.sampled_from(["a", 1, None]), max_size=2),
+    alias=st.none() | st.sampled_from(["Alice", "None", ""]),
+    email=st.sampled_from(["alice@example.com", "ALICE@example.com", ""]),
+)
+def test_the_settled_shortcut_computes_exactly_the_digest_of_the_desired_fields(
+    models: tuple[str, ...], budget: float | None, metadata: dict[str, Any], alias: str | None, email: str
+) -> None:
+    """settled_users builds the desired digest in parts (shared per grant combination): it must be fields_digest."""
+    people = [
+        replace(want(uid, models=models, max_budget=budget, metadata=metadata, user_alias=alias), email=email)
+        for uid in ("alice", "bob")
+    ]
+    digests = {u.user_id: ("active", fields_digest(desired_fields(u))) for u in people}
+    assert settled_users(state(*people), digests) == {"alice", "bob"}
+    digests["bob"] = ("active", fields_digest(desired_fields(replace(people[1], user_alias="other"))))
+    assert settled_users(state(*people), digests) == {"alice"}
