@@ -23,12 +23,14 @@ from scim2_models import (
     InvalidValueException,
     NotFoundException,
     PreconditionFailedException,
+    SCIMException,
     UniquenessException,
 )
 
 from syncd.grants import grant_from_fields
 from syncd.scim.filters import parse_filter, parse_sort
 from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
+from syncd.scim.recent import RecentUsers
 from syncd.scim.resources import (
     derive_user,
     etag,
@@ -51,6 +53,7 @@ from syncd.store.scim import (
     ScimStore,
     UnsupportedPath,
     UserRecord,
+    UserWrite,
 )
 
 __all__ = ["ListQuery", "ScimService"]
@@ -61,6 +64,8 @@ _log = logging.getLogger("syncd.scim")
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 _ATTEMPTS = 5
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
+#: users remembered as the base of an optimistic PATCH/PUT (a few hundred bytes each)
+RECENT_USERS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +86,14 @@ def _now() -> datetime:
 
 
 def _check_if_match(if_match: str | None, version: int) -> None:
-    if if_match is None or if_match.strip() == "*":
-        return
-    wanted = {tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")}
-    if str(version) not in wanted:
+    if not _matches(if_match, version):
         raise PreconditionFailedException(detail=f"the resource is at version {etag(version)}")
+
+
+def _matches(if_match: str | None, version: int) -> bool:
+    if if_match is None or if_match.strip() == "*":
+        return True
+    return str(version) in {tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")}
 
 
 class ScimService:
@@ -99,6 +107,7 @@ class ScimService:
         self.on_write = on_write
         self.kinds = resource_kinds()
         self.users_kind, self.groups_kind = self.kinds["User"], self.kinds["Group"]
+        self.recent = RecentUsers(RECENT_USERS if store.optimistic else 0)
 
     def _written(self, user_ids: Iterable[str]) -> None:
         affected = {user_id for user_id in user_ids if user_id}
@@ -116,6 +125,7 @@ class ScimService:
             record = session.user(source, id)
         if record is None:
             raise NotFoundException(detail=f"no User {id}")
+        self.recent.put(source, record)
         return user_json(record, base_url)
 
     def get_group(self, source: str, id: str, base_url: str, *, members: bool = True) -> dict[str, Any]:
@@ -187,6 +197,8 @@ class ScimService:
     ) -> tuple[int, list[dict[str, Any]]]:
         if kind.name == "User":
             total, users = session.users(source, criterion, sort, start, count)
+            if len(users) == 1:  # a lookup (userName eq ...), as Okta and Entra make before a PATCH
+                self.recent.put(source, users[0])
             return total, [user_json(record, base_url) for record in users]
         total, groups = session.groups(source, criterion, sort, start, count, members=members)
         return total, [group_json(record, base_url, members=members) for record in groups]
@@ -209,6 +221,7 @@ class ScimService:
             raise UniquenessException(detail=f"userName {write.user_name!r} is already taken") from None
         self._written([write.user_id])
         record = UserRecord(pk, id, write.user_name, write.user_id, write.active, write.display_name, body, 1, now, now)
+        self.recent.put(source, record)
         return user_json(record, base_url)
 
     def replace_user(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
@@ -254,28 +267,65 @@ class ScimService:
         if_match: str | None,
         change: Callable[[UserRecord], dict[str, Any] | None],
     ) -> dict[str, Any] | None:
-        kind, now = self.users_kind, _now()
+        """One attempt: from the user as last seen (no read) when it can be used, else from the row read now.
+
+        None when another write came first (the caller tries again)."""
+        seen = self.recent.get(source, id)
+        if seen is not None and _matches(if_match, seen.version):
+            written = self._rewrite_seen(source, seen, base_url, change)
+            if written is not None:
+                return written
+            self.recent.drop(source, id)
+        with self.store.session(write=True, atomic=True) as session:
+            current = self._locked_user(session, source, id, if_match)
+            if session.atomic:
+                self.recent.put(source, current)
+            body = change(current)
+            if body is None:
+                return user_json(current, base_url)
+            write = derive_user(body, id, self.settings.user_id_attribute, self.users_kind)
+            return self._store_user(session, source, current, write, base_url)
+
+    def _rewrite_seen(
+        self, source: str, seen: UserRecord, base_url: str, change: Callable[[UserRecord], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """The write computed from `seen`, applied if the user is still at its version; None when it is not, or when
+        `seen` cannot decide: a change to nothing, or an error that the current state might not give."""
         try:
-            with self.store.session(write=True, atomic=True) as session:
-                current = self._locked_user(session, source, id, if_match)
-                body = change(current)
-                if body is None:
-                    return user_json(current, base_url)
-                write = derive_user(body, id, self.settings.user_id_attribute, kind)
+            body = change(seen)
+            if body is None:
+                return None
+            write = derive_user(body, seen.id, self.settings.user_id_attribute, self.users_kind)
+        except SCIMException:
+            return None
+        with self.store.session(write=True, atomic=True) as session:
+            return self._store_user(session, source, seen, write, base_url)
+
+    def _store_user(
+        self, session: ScimSession, source: str, current: UserRecord, write: UserWrite, base_url: str
+    ) -> dict[str, Any] | None:
+        """Write `write` over `current` (the row held, or in an atomic session the version expected); the response,
+        or None when another write came first."""
+        now, kind = _now(), self.users_kind
+        before = tuple(index_values(current.resource, kind))
+        try:
+            if session.atomic:
+                groups = session.update_user_at(current.pk, write, now, before=before, version=current.version)
+                if groups is None:
+                    return None
+            else:
                 renamed = write.user_name.lower() != current.user_name.lower()
-                before = tuple(index_values(current.resource, kind))
-                stored = session.update_user(
-                    current.pk, write, now, renamed=renamed, before=before, version=current.version
-                )
+                session.update_user(current.pk, write, now, renamed=renamed, before=before)
+                groups = current.groups
         except DuplicateUserName:
             raise UniquenessException(detail="userName is already taken") from None
-        if not stored:
-            return None
-        self._written([current.user_id, write.user_id])
         record = UserRecord(
-            current.pk, id, write.user_name, write.user_id, write.active, write.display_name, body,
-            current.version + 1, current.created, now, current.groups,
+            current.pk, current.id, write.user_name, write.user_id, write.active, write.display_name,
+            dict(write.resource), current.version + 1, current.created, now, groups,
         )  # fmt: skip
+        if session.atomic:  # committed already (autocommit): what the row now holds
+            self.recent.put(source, record)
+        self._written([current.user_id, write.user_id])
         return user_json(record, base_url)
 
     def _locked_user(self, session: ScimSession, source: str, id: str, if_match: str | None) -> UserRecord:
@@ -290,6 +340,7 @@ class ScimService:
         with self.store.session(write=True) as session:
             current = self._locked_user(session, source, id, if_match)
             session.delete_user(current.pk, _now())
+        self.recent.drop(source, id)
         self._written([current.user_id])
 
     # --- groups -------------------------------------------------------------------------------------------------

@@ -249,7 +249,10 @@ def _pg_insert_user() -> Any:
 
 @cache
 def _pg_update_user() -> Any:
-    """PATCH/PUT on PostgreSQL in one statement, applied only at the version read: fields, stale and new values."""
+    """PATCH/PUT on PostgreSQL in one statement, applied only at the version read: fields, stale and new values.
+
+    It answers the user's present groups as well (as `_groups_of_user`), so that the response needs no other read.
+    """
     from sqlalchemy.dialects.postgresql import ARRAY
 
     written = {name: bindparam(name, type_=identities.c[name].type) for name in _WRITTEN_COLUMNS}
@@ -265,7 +268,7 @@ def _pg_update_user() -> Any:
         .where(_V.identity_id.in_(select(changed.c.id)), _V.path == any_(bindparam("stale", type_=ARRAY(String(300)))))
         .cte("dropped")
     )
-    return select(changed.c.id).add_cte(dropped).add_cte(_index_cte(changed, "indexed"))
+    return select(changed.c.id, _groups_of(changed.c.id)).add_cte(dropped).add_cte(_index_cte(changed, "indexed"))
 
 
 def _by_attribute(values: Sequence[IndexedValue]) -> dict[str, list[IndexedValue]]:
@@ -295,14 +298,25 @@ _USER_FIELDS = (
 
 def _groups_of_user() -> Any:
     """A user's present groups as one string (id and name of each), so that a page of users is one flat query."""
+    return _groups_of(_I.id)
+
+
+def _groups_of(identity_id: Any) -> Any:
+    """The present groups of the identity `identity_id` (a column) as one string; `_parse_groups` reads it."""
     pair = _G.external_id + _FIELD_SEPARATOR + _G.name
     return (
         select(func.aggregate_strings(pair, _GROUP_SEPARATOR))
         .select_from(memberships.join(groups, _G.id == memberships.c.group_id))
-        .where(memberships.c.identity_id == _I.id, _G.present == true())
+        .where(memberships.c.identity_id == identity_id, _G.present == true())
         .scalar_subquery()
         .label("_groups")
     )
+
+
+def _parse_groups(aggregated: str | None) -> tuple[tuple[str, str], ...]:
+    """(group id, displayName) of each group in `_groups_of`'s string, ordered."""
+    found = [tuple(pair.split(_FIELD_SEPARATOR, 1)) for pair in (aggregated or "").split(_GROUP_SEPARATOR) if pair]
+    return tuple(sorted((str(i), n) for i, n in found))
 
 
 @cache
@@ -357,13 +371,7 @@ def _is_user_name_lookup(criterion: Criterion) -> bool:
 
 
 def _user_records(rows: Sequence[RowMapping]) -> list[UserRecord]:
-    records = []
-    for row in rows:
-        found = [
-            tuple(pair.split(_FIELD_SEPARATOR, 1)) for pair in (row["_groups"] or "").split(_GROUP_SEPARATOR) if pair
-        ]
-        records.append(_user_record(row, tuple(sorted((str(i), n) for i, n in found))))
-    return records
+    return [_user_record(row, _parse_groups(row["_groups"])) for row in rows]
 
 
 # --- the store ---------------------------------------------------------------------------------------------------
@@ -375,6 +383,8 @@ class ScimStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        #: user writes are single statements applied at the version read (`ScimSession.update_user_at`)
+        self.optimistic = self.dialect == "postgresql"
 
     @contextmanager
     def session(self, *, write: bool = False, atomic: bool = False) -> Iterator[ScimSession]:
@@ -382,9 +392,9 @@ class ScimStore:
 
         A read session runs its (single-statement) queries in autocommit: no BEGIN and ROLLBACK round trips. So
         does an `atomic` write session on PostgreSQL, whose user writes are each one statement that checks the
-        version read before (optimistic: `update_user` answers False when another write came first).
+        version read before (optimistic: `update_user_at` answers None when another write came first).
         """
-        atomic = atomic and self.dialect == "postgresql"
+        atomic = atomic and self.optimistic
         try:
             with self.engine.connect() as connection:
                 if not write or atomic:
@@ -473,16 +483,13 @@ class ScimSession:
         *,
         renamed: bool = True,
         before: Sequence[IndexedValue] | None = None,
-        version: int | None = None,
-    ) -> bool:
+    ) -> None:
         """Replace a user's stored fields and indexed values, and bump its version; raises DuplicateUserName.
 
         `renamed`: the userName may now clash (checked under a savepoint); `before`: the indexed values stored so
-        far, so that only the attributes that changed are re-indexed. In an atomic session the write is one
-        statement applied only if the user is still at `version`: False when it is not.
+        far, so that only the attributes that changed are re-indexed. The user's row must be held (`user(lock=True)`
+        in this session); in an atomic session, use `update_user_at`.
         """
-        if self.atomic and before is not None and version is not None:
-            return self._update_user_atomically(pk, write, now, before, version)
         statement = (
             update(identities).where(_I.id == pk).values(**_user_columns(write), updated_at=now, version=_I.version + 1)
         )
@@ -495,18 +502,20 @@ class ScimSession:
         else:
             self.connection.execute(statement)
         self._reindex(pk, before, write.values)
-        return True
 
-    def _update_user_atomically(
-        self, pk: int, write: UserWrite, now: datetime, before: Sequence[IndexedValue], version: int
-    ) -> bool:
+    def update_user_at(
+        self, pk: int, write: UserWrite, now: datetime, *, before: Sequence[IndexedValue], version: int
+    ) -> tuple[tuple[str, str], ...] | None:
+        """`update_user` in an atomic session (PostgreSQL): one statement, applied only if the user is still at
+        `version` (`before`: its indexed values at that version). The user's groups after the write, as
+        `UserRecord.groups`; None when another write came first (nothing written). Raises DuplicateUserName."""
         stale, fresh = _index_changes(before, write.values)
         params = {**_user_columns(write), "updated_at": now, "pk": pk, "expected": version, "stale": stale}
         try:
-            found = self.connection.execute(_pg_update_user(), {**params, **_value_arrays(fresh)}).scalar()
+            row = self.connection.execute(_pg_update_user(), {**params, **_value_arrays(fresh)}).first()
         except IntegrityError:
             raise DuplicateUserName(write.user_name) from None
-        return found is not None
+        return None if row is None else _parse_groups(row[1])
 
     def _reindex(self, pk: int, before: Sequence[IndexedValue] | None, after: Sequence[IndexedValue]) -> None:
         if before is None:
