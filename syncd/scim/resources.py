@@ -7,7 +7,7 @@ attributes without another pass through the models.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from syncd.scim.schemas import ENTERPRISE, POLICY, Attribute, ResourceKind
 from syncd.store.scim import GroupRecord, IndexedValue, UserRecord, UserWrite
 
 __all__ = [
+    "changed_keys",
     "derive_user",
     "etag",
     "group_json",
@@ -177,8 +178,18 @@ def primary_email(body: Mapping[str, Any]) -> str:
     return user_name if "@" in user_name else ""
 
 
-def derive_user(body: Mapping[str, Any], id: str, user_id_attribute: str, kind: ResourceKind) -> UserWrite:
-    """The columns a user's stored form gives: the LiteLLM user_id, email, display name, active, indexed values."""
+def derive_user(
+    body: Mapping[str, Any],
+    id: str,
+    user_id_attribute: str,
+    kind: ResourceKind,
+    *,
+    indexed: Collection[str] | None = None,
+) -> UserWrite:
+    """The columns a user's stored form gives: the LiteLLM user_id, email, display name, active, indexed values.
+
+    `indexed`: the only keys of `body` whose values to index (those a rewrite changed, `changed_keys`); all else.
+    """
     user_name = str(body.get("userName") or "")
     email = primary_email(body)
     candidates = {"userName": user_name, "email": email, "externalId": body.get("externalId"), "id": id}
@@ -195,13 +206,26 @@ def derive_user(body: Mapping[str, Any], id: str, user_id_attribute: str, kind: 
         display_name=display,
         active=body.get("active") is not False,
         resource=body,
-        values=tuple(index_values(body, kind)),
+        values=tuple(index_values(body, kind, keys=indexed)),
     )
 
 
-def index_values(body: Mapping[str, Any], kind: ResourceKind) -> Iterable[IndexedValue]:
-    """Every filterable value of a user's stored form that has no column of its own."""
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str]:
+    """The keys of a stored form whose values differ between `before` and `after` (present in one only included).
+
+    Each indexed value belongs to exactly one key (an extension's to its URN), so re-indexing a rewrite needs only
+    the values of these keys, before and after.
+    """
+    return {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+def index_values(
+    body: Mapping[str, Any], kind: ResourceKind, *, keys: Collection[str] | None = None
+) -> Iterable[IndexedValue]:
+    """Every filterable value of a user's stored form that has no column of its own (of `keys` only, if given)."""
     for key, value in body.items():
+        if keys is not None and key not in keys:
+            continue
         if key.lower() == ENTERPRISE.lower() and isinstance(value, dict):
             for name, inner in value.items():
                 attribute = kind.resolve(name, ENTERPRISE)

@@ -32,6 +32,7 @@ from syncd.scim.filters import parse_filter, parse_sort
 from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
 from syncd.scim.recent import RecentUsers
 from syncd.scim.resources import (
+    changed_keys,
     derive_user,
     etag,
     group_json,
@@ -283,7 +284,7 @@ class ScimService:
             body = change(current)
             if body is None:
                 return user_json(current, base_url)
-            write = derive_user(body, id, self.settings.user_id_attribute, self.users_kind)
+            write = self._derive_rewrite(current, body)
             return self._store_user(session, source, current, write, base_url)
 
     def _rewrite_seen(
@@ -295,19 +296,25 @@ class ScimService:
             body = change(seen)
             if body is None:
                 return None
-            write = derive_user(body, seen.id, self.settings.user_id_attribute, self.users_kind)
+            write = self._derive_rewrite(seen, body)
         except SCIMException:
             return None
         with self.store.session(write=True, atomic=True) as session:
             return self._store_user(session, source, seen, write, base_url)
 
+    def _derive_rewrite(self, current: UserRecord, body: dict[str, Any]) -> UserWrite:
+        """What rewriting `current` as `body` stores; indexed values only of the attributes that change."""
+        changed = changed_keys(current.resource, body)
+        return derive_user(body, current.id, self.settings.user_id_attribute, self.users_kind, indexed=changed)
+
     def _store_user(
         self, session: ScimSession, source: str, current: UserRecord, write: UserWrite, base_url: str
     ) -> dict[str, Any] | None:
-        """Write `write` over `current` (the row held, or in an atomic session the version expected); the response,
-        or None when another write came first."""
+        """Write `write` (from `_derive_rewrite`) over `current` (the row held, or in an atomic session the version
+        expected); the response, or None when another write came first."""
         now, kind = _now(), self.users_kind
-        before = tuple(index_values(current.resource, kind))
+        changed = changed_keys(current.resource, write.resource)
+        before = tuple(index_values(current.resource, kind, keys=changed))
         try:
             if session.atomic:
                 groups = session.update_user_at(current.pk, write, now, before=before, version=current.version)

@@ -111,6 +111,7 @@ class UserWrite:
     display_name: str | None
     active: bool
     resource: Mapping[str, Any]
+    #: the indexed values of the resource; for a rewrite, those of the attributes it changes (`before` likewise)
     values: tuple[IndexedValue, ...] = ()
 
 
@@ -487,8 +488,9 @@ class ScimSession:
         """Replace a user's stored fields and indexed values, and bump its version; raises DuplicateUserName.
 
         `renamed`: the userName may now clash (checked under a savepoint); `before`: the indexed values stored so
-        far, so that only the attributes that changed are re-indexed. The user's row must be held (`user(lock=True)`
-        in this session); in an atomic session, use `update_user_at`.
+        far (of the same attributes as `write.values`), so that only the attributes that changed are re-indexed;
+        None: all are, from `write.values` (which must then hold every value). The user's row must be held
+        (`user(lock=True)` in this session); in an atomic session, use `update_user_at`.
         """
         statement = (
             update(identities).where(_I.id == pk).values(**_user_columns(write), updated_at=now, version=_I.version + 1)
@@ -507,8 +509,11 @@ class ScimSession:
         self, pk: int, write: UserWrite, now: datetime, *, before: Sequence[IndexedValue], version: int
     ) -> tuple[tuple[str, str], ...] | None:
         """`update_user` in an atomic session (PostgreSQL): one statement, applied only if the user is still at
-        `version` (`before`: its indexed values at that version). The user's groups after the write, as
-        `UserRecord.groups`; None when another write came first (nothing written). Raises DuplicateUserName."""
+        `version` (`before`: its indexed values at that version, of the same attributes as `write.values`).
+
+        The user's groups after the write, as `UserRecord.groups`; None when another write came first (nothing
+        written). Raises DuplicateUserName.
+        """
         stale, fresh = _index_changes(before, write.values)
         params = {**_user_columns(write), "updated_at": now, "pk": pk, "expected": version, "stale": stale}
         try:
