@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from syncd.mapping import DesiredState
@@ -27,12 +27,14 @@ __all__ = [
     "FieldDiff",
     "Plan",
     "PlanPolicy",
+    "Settling",
     "desired_fields",
     "fields_digest",
     "make_plan",
     "marker",
     "render_json",
     "render_text",
+    "settle",
     "settled_users",
     "short_value",
 ]
@@ -228,29 +230,50 @@ def _digest(shared: str, own: str) -> str:
     return hashlib.blake2b(f"{shared}\n{own}".encode(), digest_size=16).hexdigest()
 
 
-def settled_users(desired: DesiredState, managed: Mapping[str, tuple[str, str | None]]) -> set[str]:
-    """The users with nothing to plan: active, and recorded active with the desired fields' digest.
+@dataclass(slots=True)
+class Settling:
+    """What the short rows of the store's records say before any whole record is read (see `settle`)."""
 
-    `managed`: user_id -> (state, applied digest) of the store's records. A reconcile reads the applied fields of
-    everyone else only, and passes these to `make_plan` as `settled`. The desired digest is `fields_digest` of
-    `desired_fields`, its shared part computed once per distinct set of granted values.
+    #: the users with nothing to plan
+    settled: set[str] = field(default_factory=set)
+    #: every other record: user_id -> (state, applied digest)
+    others: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: records in state active, the settled included
+    active: int = 0
+
+
+def settle(desired: DesiredState, records: Iterable[tuple[str, str, str | None]], *, enabled: bool = True) -> Settling:
+    """Sort the store's records (user_id, state, applied digest) into the settled users and the others.
+
+    Settled: active, and recorded active with the digest of the desired fields (`fields_digest` of `desired_fields`,
+    its shared part computed once per distinct set of granted values). A reconcile then reads the whole records of
+    the others only, and passes the settled to `make_plan`. `enabled=False` settles nobody (a drift check compares
+    everyone with LiteLLM itself). The records are consumed as they come: none is held but the others.
     """
-    settled = set()
+    out = Settling()
     shared: dict[tuple[Any, ...], str] = {}
-    for user_id, want in desired.users.items():
-        have = managed.get(user_id)
-        if not want.active or have is None or have[0] != "active" or have[1] is None:
-            continue
-        w = want
-        key = (w.role, w.models, w.tpm_limit, w.rpm_limit, w.max_budget, w.budget_duration, _plain(w.metadata))
-        part = shared.get(key)
-        if part is None:
-            part = shared[key] = _shared_part(desired_fields(want))
-        # _own_part of desired_fields(want), written out: _plain of the marker is its items in key order (hot)
-        own = (("external_id", w.external_id), ("managed", True), ("source", w.source))
-        if have[1] == _digest(part, repr(((w.email or "").lower(), w.user_alias, own))):
-            settled.add(user_id)
-    return settled
+    users = desired.users
+    for user_id, state, digest in records:
+        out.active += state == "active"
+        want = users.get(user_id)
+        if enabled and want is not None and want.active and state == "active" and digest is not None:
+            w = want
+            key = (w.role, w.models, w.tpm_limit, w.rpm_limit, w.max_budget, w.budget_duration, _plain(w.metadata))
+            part = shared.get(key)
+            if part is None:
+                part = shared[key] = _shared_part(desired_fields(want))
+            # _own_part of desired_fields(want), written out: _plain of the marker is its items in key order (hot)
+            own = (("external_id", w.external_id), ("managed", True), ("source", w.source))
+            if digest == _digest(part, repr(((w.email or "").lower(), w.user_alias, own))):
+                out.settled.add(w.user_id)
+                continue
+        out.others[user_id] = (state, digest)
+    return out
+
+
+def settled_users(desired: DesiredState, managed: Mapping[str, tuple[str, str | None]]) -> set[str]:
+    """`settle`'s settled users, from a mapping user_id -> (state, applied digest)."""
+    return settle(desired, ((user_id, *record) for user_id, record in managed.items())).settled
 
 
 def _diffs(

@@ -19,7 +19,7 @@ from syncd.bulk import gc_paused
 from syncd.mapping import DesiredState, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
-from syncd.plan import USER_FIELDS, Plan, PlanPolicy, fields_digest, make_plan, settled_users
+from syncd.plan import USER_FIELDS, Plan, PlanPolicy, Settling, fields_digest, make_plan, settle
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
 from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
@@ -235,14 +235,11 @@ class Reconciler:
         self._desired_users = desired.users
         # the short rows first: users recorded with exactly the desired fields are settled without reading their
         # records (a drift check compares everyone with LiteLLM itself, so settles nobody)
-        digests = self.store.managed_digests(only)
-        settled = set() if drift_check else settled_users(desired, digests)
-        managed, stale = self._records(only, digests, settled)
+        settling = settle(desired, self.store.managed_digests(only), enabled=not drift_check)
+        settled = settling.settled
+        managed, stale = self._records(only, settling)
         # a targeted run reads only its users' records; the deactivation guard still weighs every active user
-        if only is not None:
-            active = self.store.managed_counts().get("active", 0)
-        else:
-            active = sum(1 for state, _ in digests.values() if state == "active")
+        active = self.store.managed_counts().get("active", 0) if only is not None else settling.active
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
         tentative = make_plan(desired, managed, {}, policy, only=only, active_managed=active, settled=settled)
         if drift_check:
@@ -259,19 +256,17 @@ class Reconciler:
         reads = len(current) if drift_check else len(read)
         return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale)
 
-    def _records(
-        self, only: set[str] | None, digests: Mapping[str, tuple[str, str | None]], settled: set[str]
-    ) -> tuple[dict[str, ManagedUser], dict[str, str]]:
+    def _records(self, only: set[str] | None, settling: Settling) -> tuple[dict[str, ManagedUser], dict[str, str]]:
         """The whole records of the users not settled, and the applied digests to store where they are missing."""
-        unsettled = digests.keys() - settled
-        if only is None and len(unsettled) > len(digests) // 2:  # one scan rather than thousands of lookups
-            managed = {uid: record for uid, record in self.store.load_managed().items() if uid not in settled}
+        others = settling.others
+        if only is None and len(others) > len(settling.settled):  # one scan rather than thousands of lookups
+            managed = {uid: record for uid, record in self.store.load_managed().items() if uid in others}
         else:
-            managed = self.store.load_managed(unsettled)
+            managed = self.store.load_managed(others)
         stale = {}
         for user_id, record in managed.items():
             digest = fields_digest(record.applied)
-            if digest != digests.get(user_id, ("", None))[1]:
+            if digest != others.get(user_id, ("", None))[1]:
                 stale[user_id] = digest
         return managed, stale
 

@@ -6,13 +6,13 @@ it is complete: an incomplete snapshot changes nothing, so the previous state st
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
@@ -20,6 +20,8 @@ from syncd.model import Group, Identity, Snapshot
 from syncd.store.tables import groups, identities, memberships, source_state
 
 __all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
+
+T = TypeVar("T")
 
 _IDENTITY_FIELDS = ("user_id", "email", "display_name", "active", "dn", "overrides")
 _GROUP_FIELDS = ("name", "dn", "grant", "members_digest")
@@ -125,7 +127,7 @@ def _digest(group: Group, known: Mapping[str, int]) -> str:
 @dataclass(slots=True)
 class _RowChanges:
     inserted: list[dict[str, Any]]
-    updated: list[Any]  # the rows as they were (light: id, external_id, present, digest and the `light` columns)
+    updated: list[Any]  # the rows as they were: id, external_id and the `light` columns
     removed: list[Any]
     #: every row id of the source by external id, after the changes (present or not)
     ids: dict[str, int]
@@ -135,35 +137,46 @@ def _sync_rows(
     conn: Connection,
     table: Any,
     snapshot: Snapshot,
-    entries: Mapping[str, tuple[str, Callable[[], dict[str, Any]]]],
+    items: Mapping[str, T],
+    digest_of: Callable[[T], str],
+    values_of: Callable[[T], dict[str, Any]],
     fields: tuple[str, ...],
     light: tuple[str, ...] = (),
 ) -> _RowChanges:
     """Bring one source's rows of `table` (identities or groups) in line with a snapshot, in bulk.
 
-    `entries`: external id -> (the digest of its compared values, a function giving the row's values: the `fields`
-    compared, and derived columns). Rows are first read light (ids, presence, digest and the `light` columns); only
-    the rows whose digest differs are read whole and compared field by field, so that an unchanged pull of 100,000
-    people reads 100,000 short rows and decodes no JSON. A digest that differs while the values do not (a row
-    written before the digest existed, or by another version) is only refreshed: no new version, no change reported.
-    A full snapshot marks rows it lacks absent.
+    `items`: external id -> what the snapshot says, with the digest of its compared values (`digest_of`) and the
+    row's values (`values_of`: the `fields` compared, and derived columns). Only the id, presence and digest of each
+    stored row are read; the rows whose digest differs are then read whole and compared field by field, so that an
+    unchanged pull of 100,000 people reads 100,000 short rows, decodes no JSON and holds no row object. A digest
+    that differs while the values do not (a row written before the digest existed, or by another version) is only
+    refreshed: no new version, no change reported. A full snapshot marks rows it lacks absent. The `light` columns
+    of the rows updated or removed are read before the writes (the callers report what they were).
     """
     now = _now()
-    columns = (table.c.id, table.c.external_id, table.c.present, table.c.digest, *(table.c[name] for name in light))
-    query = select(*columns).where(table.c.source == snapshot.source)
+    query = select(table.c.external_id, table.c.id, table.c.present, table.c.digest).where(
+        table.c.source == snapshot.source
+    )
     queries = [query]
     if snapshot.incremental:  # it marks nothing absent: only the rows it sends are compared
-        keys = sorted(entries)
+        keys = sorted(items)
         queries = [query.where(table.c.external_id.in_(keys[i : i + 900])) for i in range(0, len(keys), 900)]
-    existing = {row.external_id: row for q in queries for row in conn.execute(q)}
-    inserts, updates, updated, suspect = [], [], [], []
-    for external_id, (digest, values_of) in entries.items():
-        row = existing.get(external_id)
-        if row is None:
+    ids: dict[str, int] = {}
+    digests: dict[str, str | None] = {}
+    absent: set[str] = set()
+    for q in queries:
+        for external_id, row_id, present, digest in conn.execute(q):
+            ids[external_id], digests[external_id] = row_id, digest
+            if not present:
+                absent.add(external_id)
+    inserts, updates, updated_ids, suspect = [], [], [], []
+    for external_id, item in items.items():
+        row_id = ids.get(external_id)
+        if row_id is None:
             inserts.append(
                 {
-                    **values_of(),
-                    "digest": digest,
+                    **values_of(item),
+                    "digest": digest_of(item),
                     "source": snapshot.source,
                     "external_id": external_id,
                     "present": True,
@@ -172,27 +185,31 @@ def _sync_rows(
                     "updated_at": now,
                 }
             )
-        elif not row.present:
-            updates.append({**values_of(), "digest": digest, "b_id": row.id, "present": True, "updated_at": now})
-            updated.append(row)
-        elif row.digest != digest:
-            suspect.append(row)
+        elif external_id in absent:
+            updates.append(
+                {**values_of(item), "digest": digest_of(item), "b_id": row_id, "present": True, "updated_at": now}
+            )
+            updated_ids.append(row_id)
+        elif digests[external_id] != digest_of(item):
+            suspect.append(external_id)
+    del digests
     refreshed = []
     if suspect:
         whole = select(table.c.id, *(table.c[name] for name in fields))
         stored = {}
         for start in range(0, len(suspect), 900):
-            chunk = [row.id for row in suspect[start : start + 900]]
+            chunk = [ids[external_id] for external_id in suspect[start : start + 900]]
             stored.update({r.id: r for r in conn.execute(whole.where(table.c.id.in_(chunk)))})
-        for row in suspect:
-            digest, values_of = entries[row.external_id]
-            values = values_of()
-            if any(getattr(stored[row.id], name) != values[name] for name in fields):
-                updates.append({**values, "digest": digest, "b_id": row.id, "present": True, "updated_at": now})
-                updated.append(row)
+        for external_id in suspect:
+            row_id, item = ids[external_id], items[external_id]
+            values, digest = values_of(item), digest_of(item)
+            if any(getattr(stored[row_id], name) != values[name] for name in fields):
+                updates.append({**values, "digest": digest, "b_id": row_id, "present": True, "updated_at": now})
+                updated_ids.append(row_id)
             else:
-                refreshed.append({"b_id": row.id, "b_digest": digest})
-    removed = [] if snapshot.incremental else [r for e, r in existing.items() if r.present and e not in entries]
+                refreshed.append({"b_id": row_id, "b_digest": digest})
+    removed_ids = [] if snapshot.incremental else [i for e, i in ids.items() if e not in absent and e not in items]
+    updated, removed = _rows_before(conn, table, light, updated_ids), _rows_before(conn, table, light, removed_ids)
     if inserts:
         conn.execute(insert(table), inserts)
     if updates:
@@ -200,14 +217,13 @@ def _sync_rows(
     if refreshed:
         quietly = update(table).where(table.c.id == bindparam("b_id")).values(digest=bindparam("b_digest"))
         conn.execute(quietly, refreshed)
-    if removed:
+    if removed_ids:
         conn.execute(
             update(table)
             .where(table.c.id == bindparam("b_id"))
             .values(present=False, updated_at=now, version=table.c.version + 1),
-            [{"b_id": row.id} for row in removed],
+            [{"b_id": row_id} for row_id in removed_ids],
         )
-    ids: dict[str, int] = {external_id: row.id for external_id, row in existing.items()}
     if inserts:  # their new ids
         new = sorted(values["external_id"] for values in inserts)
         lookup = select(table.c.external_id, table.c.id).where(table.c.source == snapshot.source)
@@ -215,6 +231,15 @@ def _sync_rows(
             rows = conn.execute(lookup.where(table.c.external_id.in_(new[start : start + 900])))
             ids.update((row[0], row[1]) for row in rows)
     return _RowChanges(inserts, updated, removed, ids)
+
+
+def _rows_before(conn: Connection, table: Any, light: tuple[str, ...], row_ids: list[int]) -> list[Any]:
+    """The id, external id and `light` columns of these rows, as they are."""
+    query = select(table.c.id, table.c.external_id, *(table.c[name] for name in light))
+    found: list[Any] = []
+    for start in range(0, len(row_ids), 900):
+        found.extend(conn.execute(query.where(table.c.id.in_(row_ids[start : start + 900]))))
+    return found
 
 
 class SourceStore:
@@ -255,14 +280,13 @@ class SourceStore:
     def _record_identities(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
         """Record the identities; returns the row id of each identity the snapshot names (all of the source's when
         the snapshot is full)."""
-        entries = {
-            i.external_id: (_identity_digest(i), functools.partial(_identity_values, i))
-            for i in reversed(snapshot.identities)
-        }
-        change = _sync_rows(conn, identities, snapshot, entries, _IDENTITY_FIELDS, light=("user_id",))
+        items = {i.external_id: i for i in reversed(snapshot.identities)}
+        change = _sync_rows(
+            conn, identities, snapshot, items, _identity_digest, _identity_values, _IDENTITY_FIELDS, light=("user_id",)
+        )
         result.affected_user_ids.update(values["user_id"] for values in change.inserted)
         result.affected_user_ids.update(row.user_id for row in change.updated)
-        result.affected_user_ids.update(entries[row.external_id][1]()["user_id"] for row in change.updated)
+        result.affected_user_ids.update(items[row.external_id].user_id for row in change.updated)
         result.affected_user_ids.update(row.user_id for row in change.removed)
         result.identities_added, result.identities_updated = len(change.inserted), len(change.updated)
         result.identities_removed = len(change.removed)
@@ -274,12 +298,11 @@ class SourceStore:
         self, conn: Connection, snapshot: Snapshot, result: RecordResult, identity_ids: Mapping[str, int]
     ) -> tuple[dict[str, int], set[str]]:
         """Record the groups; returns every group id of the source, and the groups whose members may have changed."""
-        entries: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {}
+        items: dict[str, tuple[str, dict[str, Any]]] = {}
         for g in reversed(snapshot.groups):
             values = _group_values(g, identity_ids)
-            digest = row_digest(values[name] for name in _GROUP_FIELDS)
-            entries[g.external_id] = (digest, functools.partial(dict, values))
-        change = _sync_rows(conn, groups, snapshot, entries, _GROUP_FIELDS)
+            items[g.external_id] = (row_digest(values[name] for name in _GROUP_FIELDS), values)
+        change = _sync_rows(conn, groups, snapshot, items, itemgetter(0), lambda item: dict(item[1]), _GROUP_FIELDS)
         result.groups_added, result.groups_updated = len(change.inserted), len(change.updated)
         result.groups_removed = len(change.removed)
         touched = {values["external_id"] for values in change.inserted}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,9 +117,10 @@ class StateStore:
                     )
         return out
 
-    def managed_digests(self, user_ids: Collection[str] | None = None) -> dict[str, tuple[str, str | None]]:
-        """user_id -> (state, digest of the applied fields) of every managed user (or of `user_ids`): the short
-        rows a reconcile reads first (`plan.settled_users`), before the whole records of the users it must compare."""
+    def managed_digests(self, user_ids: Collection[str] | None = None) -> Iterator[tuple[str, str, str | None]]:
+        """(user_id, state, digest of the applied fields) of every managed user (or of `user_ids`), as they are
+        read: the short rows a reconcile reads first (`plan.settle`), before the whole records of the users it must
+        compare."""
         c = managed_users.c
         query = select(c.user_id, c.state, c.applied_digest)
         wanted = sorted(user_ids) if user_ids is not None else None
@@ -129,7 +130,9 @@ class StateStore:
             else [query.where(c.user_id.in_(wanted[i : i + 900])) for i in range(0, len(wanted), 900)]
         )
         with self.engine.connect() as conn:
-            return {row[0]: (row[1], row[2]) for q in queries for row in conn.execute(q)}
+            for q in queries:
+                for user_id, state, digest in conn.execute(q):  # noqa: UP028 (plain tuples, not Row objects)
+                    yield user_id, state, digest
 
     def refresh_applied_digests(self, digests: Mapping[str, str]) -> None:
         """Store the applied-fields digest of records written before it existed (or by another version)."""
