@@ -279,13 +279,12 @@ class ScimService:
             self.recent.drop(source, id)
         with self.store.session(write=True, atomic=True) as session:
             current = self._locked_user(session, source, id, if_match)
-            if session.atomic:
-                self.recent.put(source, current)
+            self.recent.put(source, current)
             body = change(current)
             if body is None:
                 return user_json(current, base_url)
-            write = self._derive_rewrite(current, body)
-            return self._store_user(session, source, current, write, base_url)
+            record = self._store_user(session, current, self._derive_rewrite(current, body))
+        return self._rewritten(source, current, record, base_url)
 
     def _rewrite_seen(
         self, source: str, seen: UserRecord, base_url: str, change: Callable[[UserRecord], dict[str, Any] | None]
@@ -300,18 +299,17 @@ class ScimService:
         except SCIMException:
             return None
         with self.store.session(write=True, atomic=True) as session:
-            return self._store_user(session, source, seen, write, base_url)
+            record = self._store_user(session, seen, write)
+        return self._rewritten(source, seen, record, base_url)
 
     def _derive_rewrite(self, current: UserRecord, body: dict[str, Any]) -> UserWrite:
         """What rewriting `current` as `body` stores; indexed values only of the attributes that change."""
         changed = changed_keys(current.resource, body)
         return derive_user(body, current.id, self.settings.user_id_attribute, self.users_kind, indexed=changed)
 
-    def _store_user(
-        self, session: ScimSession, source: str, current: UserRecord, write: UserWrite, base_url: str
-    ) -> dict[str, Any] | None:
+    def _store_user(self, session: ScimSession, current: UserRecord, write: UserWrite) -> UserRecord | None:
         """Write `write` (from `_derive_rewrite`) over `current` (the row held, or in an atomic session the version
-        expected); the response, or None when another write came first."""
+        expected); the user as written, or None when another write came first."""
         now, kind = _now(), self.users_kind
         changed = changed_keys(current.resource, write.resource)
         before = tuple(index_values(current.resource, kind, keys=changed))
@@ -326,13 +324,19 @@ class ScimService:
                 groups = current.groups
         except DuplicateUserName:
             raise UniquenessException(detail="userName is already taken") from None
-        record = UserRecord(
+        return UserRecord(
             current.pk, current.id, write.user_name, write.user_id, write.active, write.display_name,
             dict(write.resource), current.version + 1, current.created, now, groups,
         )  # fmt: skip
-        if session.atomic:  # committed already (autocommit): what the row now holds
-            self.recent.put(source, record)
-        self._written([current.user_id, write.user_id])
+
+    def _rewritten(
+        self, source: str, before: UserRecord, record: UserRecord | None, base_url: str
+    ) -> dict[str, Any] | None:
+        """After the commit: remember the user as written, report who changed, answer (None: not written)."""
+        if record is None:
+            return None
+        self.recent.put(source, record)
+        self._written([before.user_id, record.user_id])
         return user_json(record, base_url)
 
     def _locked_user(self, session: ScimSession, source: str, id: str, if_match: str | None) -> UserRecord:

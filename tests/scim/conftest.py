@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,13 @@ class Writes:
 
     def __init__(self) -> None:
         self.calls: list[set[str]] = []
+        #: called with each report, as it is made (to look at the database at that moment)
+        self.watch: Callable[[set[str]], None] | None = None
 
     def __call__(self, user_ids: set[str]) -> None:
         self.calls.append(set(user_ids))
+        if self.watch is not None:
+            self.watch(set(user_ids))
 
     @property
     def all(self) -> set[str]:

@@ -163,3 +163,34 @@ def test_plain_patches_match_scim2_models(operations: list) -> None:
     model = apply_to_model(kind, patch, {**stored, "id": "u1"})
     slow = None if model is None else stored_form(kind, model)
     assert (fast or stored) == (slow if slow is not None else stored)
+
+
+def test_on_write_is_told_after_the_write_is_committed(scim: Scim) -> None:
+    from sqlalchemy import create_engine, select
+
+    from syncd.store.tables import identities
+
+    user = scim.post("/Users", {"schemas": [USER], "userName": "seen@example.com", "title": "before"}).json()
+    other = create_engine(scim.engine.url)  # another connection: sees only what is committed
+    titles: list[str] = []
+
+    def look(_user_ids: set[str]) -> None:
+        with other.connect() as connection:
+            resource = connection.execute(
+                select(identities.c.resource).where(identities.c.external_id == user["id"])
+            ).scalar_one()
+        titles.append(resource.get("title"))
+
+    scim.writes.watch = look
+    try:
+        for title in ("patched", "patched again"):
+            assert (
+                scim.patch(f"/Users/{user['id']}", {"op": "replace", "path": "title", "value": title}).status_code
+                == 200
+            )
+        replaced = {"schemas": [USER], "userName": "seen@example.com", "title": "put"}
+        assert scim.put(f"/Users/{user['id']}", replaced).status_code == 200
+    finally:
+        scim.writes.watch = None
+        other.dispose()
+    assert titles == ["patched", "patched again", "put"]
