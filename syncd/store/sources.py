@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
+from types import MappingProxyType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Text, bindparam, cast, delete, func, insert, select, update
 
 from syncd.model import Group, Identity, Snapshot
 from syncd.store.tables import groups, identities, memberships, source_state
@@ -68,6 +70,11 @@ class RecordResult:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _overrides(text: str | None) -> dict[str, Any]:
+    """A stored overrides column (JSON text); most people have none."""
+    return json.loads(text) if text and text != "{}" else {}
 
 
 def _identity_values(identity: Identity) -> dict[str, Any]:
@@ -474,31 +481,30 @@ class SourceStore:
                 identities.c.user_id.in_(ids), identities.c.email_lower != ""
             )
             wanted = wanted & (identities.c.user_id.in_(ids) | identities.c.email_lower.in_(emails))
+        c = identities.c
+        columns = (c.id, c.source, c.external_id, c.user_id, c.email, c.display_name, c.active, c.dn)
+        no_overrides: Mapping[str, Any] = MappingProxyType({})
         with self.engine.connect() as conn:
-            rows = conn.execute(select(identities).where(wanted)).all()
+            rows = conn.execute(select(*columns, cast(c.overrides, Text)).where(wanted)).all()
             people = [
-                Identity(
-                    source=row.source,
-                    external_id=row.external_id,
-                    user_id=row.user_id,
-                    email=row.email,
-                    display_name=row.display_name,
-                    active=row.active,
-                    dn=row.dn,
-                    overrides=row.overrides or {},
-                )
+                Identity(row[1], row[2], row[3], row[4], row[5], row[6], row[7], _overrides(row[8]) or no_overrides)
                 for row in rows
             ]
-            pairs = select(memberships.c.group_id, identities.c.external_id).select_from(memberships.join(identities))
+            # memberships as pairs of ids (no join: a quarter of the time at 750,000), named by the people loaded
+            external = {row[0]: row[2] for row in rows}
+            del rows
+            pairs = select(memberships.c.group_id, memberships.c.identity_id)
             if user_ids is None:
-                pairs = pairs.where(identities.c.present)
                 if exclude_sources:
                     pairs = pairs.where(memberships.c.source.not_in(list(exclude_sources)))
             else:
-                pairs = pairs.where(memberships.c.identity_id.in_([row.id for row in rows]))
-            members: dict[int, set[str]] = {}
-            for group_id, identity_ext in conn.execute(pairs):
-                members.setdefault(group_id, set()).add(identity_ext)
+                pairs = pairs.where(memberships.c.identity_id.in_(list(external)))
+            members: defaultdict[int, set[str]] = defaultdict(set)
+            for part in conn.execute(pairs).partitions(20_000):
+                for group_id, identity_id in part:
+                    name = external.get(identity_id)
+                    if name is not None:  # a present identity
+                        members[group_id].add(name)
             group_query = select(groups).where(groups.c.present)
             if exclude_sources:
                 group_query = group_query.where(groups.c.source.not_in(list(exclude_sources)))
