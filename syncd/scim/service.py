@@ -1,9 +1,11 @@
 """The SCIM operations on Users and Groups: validate, write in one transaction, answer, report who changed.
 
 No HTTP here: the router hands over parsed JSON and headers and renders what comes back. Each write runs in one
-store transaction holding the resource's row (`SELECT ... FOR UPDATE` on PostgreSQL, the write lock on SQLite), so
-concurrent PATCHes on one group serialise and lose no member; `on_write` gets the LiteLLM user_ids a committed write
-affected.
+store transaction: a group write holds the group's row (`SELECT ... FOR UPDATE` on PostgreSQL, the write lock on
+SQLite), so concurrent PATCHes on one group serialise and lose no member; on PostgreSQL a user write is one statement
+applied only at the version it was computed from (the user as this process last saw it, syncd.scim.recent, else as
+read now), retried from a fresh read when another write came first. `on_write` gets the LiteLLM user_ids a
+committed write affected.
 """
 
 from __future__ import annotations
