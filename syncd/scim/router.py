@@ -323,7 +323,12 @@ def _query(get: Callable[[str], Any]) -> ListQuery:
     )
 
 
+_NO_QUERY = ListQuery()
+
+
 def _query_from_params(request: Request) -> ListQuery:
+    if not request.scope.get("query_string"):
+        return _NO_QUERY
     params = {key.lower(): value for key, value in request.query_params.items()}
     return _query(lambda name: params.get(name.lower()))
 
@@ -380,16 +385,17 @@ def make_router(settings: ScimSettings, service: ScimService, metrics: Metrics |
     router = APIRouter(route_class=route_class)
     api = _Api(settings, service)
     add = router.add_api_route
+    # routes are tried in order: the resources (nearly every request an identity provider makes) come first
+    for collection in ("Users", "Groups"):
+        add(f"/{collection}/.search", _bind(api.search, collection), methods=_ALL_METHODS, include_in_schema=False)
+        add(f"/{collection}", _bind(api.collection, collection), methods=_ALL_METHODS, include_in_schema=False)
+        add(f"/{collection}/{{id}}", _bind(api.resource, collection), methods=_ALL_METHODS, include_in_schema=False)
     add("/ServiceProviderConfig", api.service_provider_config, methods=_ALL_METHODS, include_in_schema=False)
     add("/Schemas", api.schemas, methods=_ALL_METHODS, include_in_schema=False)
     add("/Schemas/{id:anything}", api.schema, methods=_ALL_METHODS, include_in_schema=False)
     add("/ResourceTypes", api.resource_types, methods=_ALL_METHODS, include_in_schema=False)
     add("/ResourceTypes/{id}", api.resource_type, methods=_ALL_METHODS, include_in_schema=False)
     add("/.search", api.search_all, methods=_ALL_METHODS, include_in_schema=False)
-    for collection in ("Users", "Groups"):
-        add(f"/{collection}/.search", _bind(api.search, collection), methods=_ALL_METHODS, include_in_schema=False)
-        add(f"/{collection}", _bind(api.collection, collection), methods=_ALL_METHODS, include_in_schema=False)
-        add(f"/{collection}/{{id}}", _bind(api.resource, collection), methods=_ALL_METHODS, include_in_schema=False)
     add("/{rest:anything}", api.not_found, methods=_ALL_METHODS, include_in_schema=False)
     return router
 
