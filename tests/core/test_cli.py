@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from syncd.store import make_engine, schema_revision, upgrade
+from syncd.store.db import SCHEMA_HEAD
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
@@ -86,6 +88,16 @@ def test_migrations_upgrade_an_empty_database_and_sync_refuses_an_old_schema(cli
     assert current == head and f"-> {head}" in done.stdout
     again = cli.run("db", "upgrade")
     assert again.returncode == 0 and f"database schema at {head}" in again.stdout
+    assert head == SCHEMA_HEAD  # the fast check of every run compares with this constant
+
+
+def test_sync_refuses_a_schema_one_revision_behind(cli: Cli) -> None:
+    assert cli.run("db", "upgrade").returncode == 0
+    engine = make_engine(cli.config["database"]["url"])
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    refused = cli.run("sync")
+    assert refused.returncode == 2 and "at revision 0003" in refused.stderr and "syncd db upgrade" in refused.stderr
 
 
 def test_import_plan_sync_end_to_end(cli: Cli) -> None:
