@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,43 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_when_idle(engine)
+    return engine
+
+
+#: a pooled PostgreSQL connection idle for longer than this is pinged before use
+IDLE_PING_S = 5.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only when it sat idle in the pool for more than IDLE_PING_S.
+
+    SQLAlchemy's pool_pre_ping pings on every checkout: one more round trip for each SCIM request (measured: POST
+    0.76x -> 0.82x and PATCH 0.94x -> 0.97x of the reference server's throughput without it). A connection in steady
+    use is live; one that sat idle (a restart of PostgreSQL, a proxy's idle timeout) is checked, and a dead one is
+    replaced before the request sees it. A server lost while connections are in steady use fails the requests then
+    in flight (SCIM answers 503 with Retry-After) and the pool is renewed at once.
+    """
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["syncd_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("syncd_idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return  # just connected, or in steady use
+        dbapi_error: Any = engine.dialect.loaded_dbapi.Error
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except dbapi_error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects again and retries the checkout
+            raise
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
