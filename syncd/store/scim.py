@@ -220,6 +220,7 @@ _WRITTEN_COLUMNS = (
     "scim_external_id",
     "resource",
     "updated_at",
+    "digest",  # always None: a pull's digest of the row (store/sources.py) no longer describes it
 )
 
 
@@ -653,11 +654,13 @@ def _user_columns(write: UserWrite) -> dict[str, Any]:
         "user_name_lower": write.user_name.lower(),
         "scim_external_id": write.scim_external_id,
         "resource": dict(write.resource),
+        "digest": None,  # see _WRITTEN_COLUMNS
     }
 
 
 def _group_columns(write: GroupWrite) -> dict[str, Any]:
     return {
+        "digest": None,  # see _WRITTEN_COLUMNS
         "name": write.display_name,
         "name_lower": write.display_name.lower(),
         "scim_external_id": write.scim_external_id,
