@@ -45,7 +45,7 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     )
     desired = next((state.users[i.user_id] for i in person if i.user_id in state.users), None)
     user_id = desired.user_id if desired else person[0].user_id
-    managed = store.load_managed().get(user_id)
+    managed = store.load_managed([user_id]).get(user_id)
     current_raw = client.get_users([user_id]) if client is not None else []
     current = {u.user_id: u for u in map(current_user, current_raw) if u.user_id == user_id}
     plan = make_plan(

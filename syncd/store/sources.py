@@ -297,8 +297,9 @@ class SourceStore:
         result.affected_user_ids.update(row.user_id for row in change.removed)
         result.identities_added, result.identities_updated = len(change.inserted), len(change.updated)
         result.identities_removed = len(change.removed)
-        if snapshot.incremental:  # its groups may name members it did not send
-            return self._ids(conn, identities, snapshot.source)
+        if snapshot.incremental:  # its groups may name members it did not send: their ids too
+            named = set(items).union(*(group.members for group in snapshot.groups))
+            return self._ids(conn, identities, snapshot.source, named)
         return change.ids
 
     def _record_groups(
@@ -370,13 +371,20 @@ class SourceStore:
         result.memberships_added, result.memberships_removed = len(added), len(removed)
         changed_ids = {i for _, i in added | removed}
         if changed_ids:
-            by_id = {ident_id: ext for ext, ident_id in identity_ids.items() if ident_id in changed_ids}
-            result.affected_user_ids.update(self._user_ids(conn, by_id.keys()))
+            result.affected_user_ids.update(self._user_ids(conn, changed_ids))
 
     @staticmethod
-    def _ids(conn: Connection, table: Any, source: str) -> dict[str, int]:
-        rows = conn.execute(select(table.c.external_id, table.c.id).where(table.c.source == source))
-        return {row[0]: row[1] for row in rows}
+    def _ids(conn: Connection, table: Any, source: str, only: Collection[str] | None = None) -> dict[str, int]:
+        """external id -> row id of the source's rows (of those in `only`: looked up when they are few)."""
+        query = select(table.c.external_id, table.c.id).where(table.c.source == source)
+        if only is None or len(only) > 20_000:  # one scan beats thousands of lookups
+            return {row[0]: row[1] for row in conn.execute(query)}
+        wanted = sorted(only)
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), 900):
+            rows = conn.execute(query.where(table.c.external_id.in_(wanted[start : start + 900])))
+            found.update((row[0], row[1]) for row in rows)
+        return found
 
     @staticmethod
     def _user_ids(conn: Connection, ids: Iterable[int]) -> set[str]:

@@ -94,3 +94,18 @@ def test_members_and_their_nesting_are_compared_by_the_group_digest(store: SyncS
     assert store.dump_source("corp")["memberships"]["g1"] == {"e1": None, "e2": None, "e3": "g2"}
     same = store.record_snapshot(Snapshot("corp", identities=[person(1), person(2), person(3)], groups=[nested, child]))
     assert not same.changed
+
+
+def test_an_incremental_group_change_names_every_person_it_affects(store: SyncStore) -> None:
+    """Serve reconciles only the users an incremental pull affected: someone who left a group is one of them, though
+    the pull sent neither them nor anyone else but the group."""
+    store.record_snapshot(snapshot([person(1), person(2), person(3)], frozenset({"e1", "e2"})))
+    group = Group(
+        "corp", "g1", "llm-users", "cn=llm-users,ou=groups,dc=example,dc=com", members=frozenset({"e1", "e3"})
+    )
+
+    result = store.record_snapshot(Snapshot("corp", incremental=True, groups=[group]))
+
+    assert (result.memberships_added, result.memberships_removed) == (1, 1)
+    assert result.affected_user_ids == {"u2@example.com", "u3@example.com"}
+    assert store.dump_source("corp")["memberships"]["g1"] == {"e1": None, "e3": None}
