@@ -160,10 +160,7 @@ def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int])
     for members in ranked:
         if len(members) > 1:
             members.sort(key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
-    if priorities:
-        ranked.sort(key=lambda m: (-priorities.get(m[0].source, 0), m[0].source, m[0].user_id))
-    else:
-        ranked.sort(key=lambda m: (m[0].source, m[0].user_id))
+    ranked.sort(key=lambda m: (-priorities.get(m[0].source, 0), m[0].source, m[0].user_id))
     return ranked
 
 

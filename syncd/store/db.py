@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["SchemaOutOfDate", "make_engine", "migrations_dir", "require_current_schema", "schema_revision", "upgrade"]
+__all__ = [
+    "SchemaOutOfDate",
+    "in_chunks",
+    "make_engine",
+    "migrations_dir",
+    "require_current_schema",
+    "schema_revision",
+    "upgrade",
+]
+
+#: values per IN (...) list: under SQLite's historical limit of 999 bound parameters per statement
+IN_CHUNK = 900
+
+
+def in_chunks(query: Any, column: Any, values: Sequence[Any]) -> list[Any]:
+    """`query` restricted to `column IN values`, as one query per IN_CHUNK values (none for no values)."""
+    return [query.where(column.in_(values[i : i + IN_CHUNK])) for i in range(0, len(values), IN_CHUNK)]
 
 
 class SchemaOutOfDate(Exception):

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, Text, bindparam, cast, delete, func, insert, select, update
 
 from syncd.model import Group, Identity, Snapshot
+from syncd.store.db import in_chunks
 from syncd.store.tables import groups, identities, memberships, source_state
 
 __all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
@@ -122,10 +123,9 @@ def _digest(group: Group, known: Mapping[str, int]) -> str:
     """
     recorded = group.members & known.keys()
     nested = {member: via for member, via in group.via.items() if via and member in recorded}
-    lines = [f"{member}\t" for member in sorted(recorded - nested.keys())] if nested else []
     if nested:
-        lines += [f"{member}\t{via}" for member, via in nested.items()]
-        text = "\n".join(sorted(lines))
+        lines = [f"{member}\t" for member in recorded - nested.keys()]
+        text = "\n".join(sorted(lines + [f"{member}\t{via}" for member, via in nested.items()]))
     else:
         text = "\t\n".join(sorted(recorded)) + "\t" if recorded else ""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -166,8 +166,7 @@ def _sync_rows(
     )
     queries = [query]
     if snapshot.incremental:  # it marks nothing absent: only the rows it sends are compared
-        keys = sorted(items)
-        queries = [query.where(table.c.external_id.in_(keys[i : i + 900])) for i in range(0, len(keys), 900)]
+        queries = in_chunks(query, table.c.external_id, sorted(items))
     ids: dict[str, int] = {}
     digests: dict[str, str | None] = {}
     absent: set[str] = set()
@@ -204,9 +203,8 @@ def _sync_rows(
     if suspect:
         whole = select(table.c.id, *(table.c[name] for name in fields))
         stored = {}
-        for start in range(0, len(suspect), 900):
-            chunk = [ids[external_id] for external_id in suspect[start : start + 900]]
-            stored.update({r.id: r for r in conn.execute(whole.where(table.c.id.in_(chunk)))})
+        for q in in_chunks(whole, table.c.id, [ids[external_id] for external_id in suspect]):
+            stored.update({r.id: r for r in conn.execute(q)})
         for external_id in suspect:
             row_id, item = ids[external_id], items[external_id]
             values, digest = values_of(item), digest_of(item)
@@ -234,19 +232,15 @@ def _sync_rows(
     if inserts:  # their new ids
         new = sorted(values["external_id"] for values in inserts)
         lookup = select(table.c.external_id, table.c.id).where(table.c.source == snapshot.source)
-        for start in range(0, len(new), 900):
-            rows = conn.execute(lookup.where(table.c.external_id.in_(new[start : start + 900])))
-            ids.update((row[0], row[1]) for row in rows)
+        for q in in_chunks(lookup, table.c.external_id, new):
+            ids.update((row[0], row[1]) for row in conn.execute(q))
     return _RowChanges(inserts, updated, removed, ids)
 
 
 def _rows_before(conn: Connection, table: Any, light: tuple[str, ...], row_ids: list[int]) -> list[Any]:
     """The id, external id and `light` columns of these rows, as they are."""
     query = select(table.c.id, table.c.external_id, *(table.c[name] for name in light))
-    found: list[Any] = []
-    for start in range(0, len(row_ids), 900):
-        found.extend(conn.execute(query.where(table.c.id.in_(row_ids[start : start + 900]))))
-    return found
+    return [row for q in in_chunks(query, table.c.id, row_ids) for row in conn.execute(q)]
 
 
 class SourceStore:
@@ -340,8 +334,7 @@ class SourceStore:
         query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
             memberships.c.source == snapshot.source
         )
-        ids = sorted(group_ids[external_id] for external_id in touched)
-        queries = [query.where(memberships.c.group_id.in_(ids[i : i + 900])) for i in range(0, len(ids), 900)]
+        queries = in_chunks(query, memberships.c.group_id, sorted(group_ids[external_id] for external_id in touched))
         current = {(row[0], row[1]): row[2] for q in queries for row in conn.execute(q)}
         added = wanted.keys() - current.keys()
         removed = current.keys() - wanted.keys()
@@ -379,21 +372,12 @@ class SourceStore:
         query = select(table.c.external_id, table.c.id).where(table.c.source == source)
         if only is None or len(only) > 20_000:  # one scan beats thousands of lookups
             return {row[0]: row[1] for row in conn.execute(query)}
-        wanted = sorted(only)
-        found: dict[str, int] = {}
-        for start in range(0, len(wanted), 900):
-            rows = conn.execute(query.where(table.c.external_id.in_(wanted[start : start + 900])))
-            found.update((row[0], row[1]) for row in rows)
-        return found
+        return {row[0]: row[1] for q in in_chunks(query, table.c.external_id, sorted(only)) for row in conn.execute(q)}
 
     @staticmethod
     def _user_ids(conn: Connection, ids: Iterable[int]) -> set[str]:
-        wanted = list(ids)
-        found: set[str] = set()
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            found.update(conn.scalars(select(identities.c.user_id).where(identities.c.id.in_(chunk))))
-        return found
+        query = select(identities.c.user_id)
+        return {user_id for q in in_chunks(query, identities.c.id, list(ids)) for user_id in conn.scalars(q)}
 
     def _mark_success(self, conn: Connection, snapshot: Snapshot) -> None:
         now = _now()

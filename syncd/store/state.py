@@ -14,6 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from syncd.model import ManagedUser
 from syncd.plan import fields_digest
+from syncd.store.db import in_chunks
 from syncd.store.tables import audit_log, changes, managed_users, sync_runs
 
 __all__ = ["AuditEntry", "Completion", "RunRecord", "StateStore"]
@@ -94,12 +95,7 @@ class StateStore:
             c.suspended_at,
             c.adopted,
         )
-        wanted = sorted(user_ids) if user_ids is not None else None
-        queries = (
-            [query]
-            if wanted is None
-            else [query.where(c.user_id.in_(wanted[i : i + 900])) for i in range(0, len(wanted), 900)]
-        )
+        queries = [query] if user_ids is None else in_chunks(query, c.user_id, sorted(user_ids))
         out: dict[str, ManagedUser] = {}
         with self.engine.connect() as conn:
             for rows in (part for q in queries for part in conn.execute(q).partitions(5_000)):
@@ -123,12 +119,7 @@ class StateStore:
         compare."""
         c = managed_users.c
         query = select(c.user_id, c.state, c.applied_digest)
-        wanted = sorted(user_ids) if user_ids is not None else None
-        queries = (
-            [query]
-            if wanted is None
-            else [query.where(c.user_id.in_(wanted[i : i + 900])) for i in range(0, len(wanted), 900)]
-        )
+        queries = [query] if user_ids is None else in_chunks(query, c.user_id, sorted(user_ids))
         with self.engine.connect() as conn:
             for q in queries:
                 for user_id, state, digest in conn.execute(q):  # noqa: UP028 (plain tuples, not Row objects)
