@@ -5,7 +5,7 @@ PYTHON ?= .venv/bin/python
 UV ?= .venv/bin/uv
 LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 # the container image as CI builds it (scripts/podman: runc, no default ulimits; scripts/container-base: the base)
-IMAGE ?= localhost/syncd:dev
+IMAGE ?= localhost/syncd:latest
 
 .PHONY: bench bench-quick lock image
 

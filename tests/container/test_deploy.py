@@ -201,6 +201,7 @@ def test_dockerfile_compose_and_manifests_agree() -> None:
     config_path = _config_path(image["cmd"])
     assert image["env"]["SYNCD_CONFIG"] == config_path
     assert any(v.split(":")[1] == config_path and v.endswith(":ro") for v in compose["volumes"])
+    assert {v.split(":")[1] for v in compose["volumes"]} == {config_path, *image["volumes"]}
     assert {m["mountPath"] for m in container["volumeMounts"]} == {config_path.rsplit("/", 1)[0], *WRITABLE}
     assert image["volumes"] == ["/var/lib/syncd"] and image["workdir"] == "/var/lib/syncd"
     assert set(compose["tmpfs"]) == {"/tmp"} and compose["read_only"] is True

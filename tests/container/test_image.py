@@ -135,11 +135,22 @@ def test_read_only_container_on_sqlite_pulls_ldap_takes_scim_and_stops_cleanly(
     carol = scim_engineer(syncd, "carol")
     wait_for(lambda: carol in fake.users(), 15, "the SCIM user in LiteLLM")
 
+    peak_kib = re.search(r"^VmHWM:\s+(\d+) kB", syncd.exec("cat", "/proc/1/status").stdout, re.M)
+    assert peak_kib is not None
+    _record(peak_rss_mb=int(peak_kib[1]) * 1024 / MB)
+
     # read-only root: the state is in the volume, nothing else is writable
     assert syncd.exec("touch", "/opt/syncd/written").returncode != 0
     assert syncd.exec("touch", "/var/lib/syncd/probe", "/tmp/probe").returncode == 0
     assert "syncd.db" in syncd.exec("ls", "/var/lib/syncd").stdout
     assert syncd.inspect()["HostConfig"]["ReadonlyRootfs"] is True
+
+    # the SQLite backup of deploy/README.md, run in the container as written there, gives a complete copy
+    backup = _readme_backup_command()
+    assert syncd.exec("python", "-c", backup).returncode == 0
+    count = "import sqlite3; db = sqlite3.connect('/var/lib/syncd/backup.db')\n"
+    count += "print(db.execute('SELECT count(*) FROM managed_users').fetchone()[0])"
+    assert syncd.exec("python", "-c", count).stdout.strip() == "3"
 
     # SIGTERM (podman stop): the daemon finishes what is in flight and exits 0 well within the grace period
     stopping = time.monotonic()
@@ -149,6 +160,14 @@ def test_read_only_container_on_sqlite_pulls_ldap_takes_scim_and_stops_cleanly(
     assert syncd.exit_code() == 0, syncd.logs()[-3000:]
     assert stop_s < GRACE_S - 5, f"podman stop took {stop_s:.1f} s: SIGKILL after the grace period?"
     assert "syncd serve stopped" in syncd.logs()
+
+
+def _readme_backup_command() -> str:
+    """The Python of the SQLite online backup that deploy/README.md tells operators to run in the container."""
+    text = (ROOT / "deploy" / "README.md").read_text()
+    found = re.search(r'python -c "([^"]*src\.backup\([^"]*)"', text)
+    assert found, "deploy/README.md lost its SQLite backup command"
+    return found[1]
 
 
 def _downgrade_one_step(url: str) -> None:
