@@ -155,5 +155,5 @@ class Container:
     def remove(self) -> None:
         """Remove the container and its state volume, by name."""
         if self.created:
-            podman("rm", "--force", "--time", "0", self.name, check=False)
+            podman("rm", "--force", "--volumes", "--time", "0", self.name, check=False)
         podman("volume", "rm", "--force", self.volume, check=False)

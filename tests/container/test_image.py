@@ -15,7 +15,7 @@ from _podman import BASE_IMAGE, IMAGE, ROOT, Container, podman
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 
-pytestmark = pytest.mark.container
+pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]  # the first test builds the image
 
 MB = 1_000_000
 #: what the Dockerfile may add to python:3.11-slim (the dependencies, syncd and their bytecode measured ~100 MB)
