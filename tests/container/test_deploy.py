@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,24 @@ def test_dockerfile_compose_and_manifests_agree() -> None:
     # the stop grace: the same 40 s for compose and the pod (syncd needs at most ~30 s)
     grace = int(str(compose["stop_grace_period"]).rstrip("s"))
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace >= 35
+
+
+def test_the_site_overlay_of_the_readme_renders_with_its_image_and_config(tmp_path: Path) -> None:
+    text = (DEPLOY / "README.md").read_text()
+    block = re.search(r"# my-syncd/kustomization.yaml\n(.*?)```", text, re.S)
+    assert block, "deploy/README.md lost its example overlay"
+    site = tmp_path / "my-syncd"
+    site.mkdir()
+    (tmp_path / "syncd").symlink_to(ROOT)
+    (site / "kustomization.yaml").write_text(textwrap.dedent(block[1]))
+    config = (KUSTOMIZE / "base" / "syncd.yaml").read_text().replace("http://litellm:4000", "http://llm.internal:4000")
+    (site / "syncd.yaml").write_text(config)
+    done = subprocess.run([_kubectl(), "kustomize", str(site)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    objects = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    assert {o["metadata"].get("namespace") for o in objects} == {"syncd"}
+    assert _container(objects)["image"] == "registry.example.org/syncd:0.1.0"
+    config_map = _one(objects, "ConfigMap")
+    assert "http://llm.internal:4000" in config_map["data"]["syncd.yaml"]
+    volumes = _one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "config", "configMap": {"name": config_map["metadata"]["name"]}} in volumes
