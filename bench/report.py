@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-#: hand-written notes on the fixes made from profiles (before/after figures measured at the time), kept in the page
-FIXES = ROOT / "bench" / "results" / "fixes.md"
+#: hand-written sections kept in the page: the fixes made from profiles (before/after figures measured at the time)
+#: first, then every other `bench/results/*.md` (figures measured outside `python -m bench`, e.g. the container image)
+NOTES = ROOT / "bench" / "results"
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -167,12 +168,17 @@ def write_markdown(results: dict[str, Any], path: Path, png: Path) -> None:
     for title, note, table in tables(results):
         lines += ["", f"## {title}", "", note, "", *table]
     lines += ["", "## How each figure is measured", "", *_method(results)]
-    if FIXES.exists():
-        lines += ["", FIXES.read_text().strip()]
+    for note in _notes():
+        lines += ["", note.read_text().strip()]
     seconds = results.get("seconds") or {}
     if seconds:
         lines += ["", "Section run times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + "."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _notes() -> list[Path]:
+    """The hand-written sections, fixes.md first."""
+    return sorted(NOTES.glob("*.md"), key=lambda p: (p.name != "fixes.md", p.name))
 
 
 def _kept(results: dict[str, Any]) -> list[str]:
