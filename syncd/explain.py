@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from syncd.mapping import desired_state, grants_for, rules_from_settings
+from syncd.mapping import IdentityConflict, desired_state, grants_for, identify_people, rules_from_settings
 from syncd.model import Group, Identity
 from syncd.plan import PlanPolicy, make_plan
 from syncd.reconcile import current_user
@@ -24,26 +24,39 @@ class UnknownPerson(Exception):
     """No identity in the store has this user_id or email."""
 
 
-def _person(identities: list[Identity], who: str) -> list[Identity]:
+def _hits(identities: list[Identity], who: str) -> list[Identity]:
     lowered = who.lower()
-    hits = [i for i in identities if i.user_id == who or i.email.lower() == lowered or i.external_id == who]
-    emails = {i.email.lower() for i in hits if i.email}
-    return [i for i in identities if i in hits or (i.email and i.email.lower() in emails)]
+    return [i for i in identities if i.user_id == who or i.email.lower() == lowered or i.external_id == who]
+
+
+def _person(people: list[list[Identity]], hits: list[Identity]) -> list[Identity]:
+    """The person the mapping made of the first identity found (merged identities included), else that identity.
+
+    Identities of different sources are one person only when the mapping merged them (identity.merge_by).
+    """
+    for identity in hits:
+        for person in people:
+            if identity in person:
+                return person
+    return hits[:1]
 
 
 def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str, Any]:
     """Everything about one person, as JSON-ready data (client None: LiteLLM is not read)."""
     identities, groups = store.load_people()
-    person = _person(identities, who)
-    if not person:
+    hits = _hits(identities, who)
+    if not hits:
         raise UnknownPerson(f"no identity has the user_id, email or external id {who!r}")
     rules = rules_from_settings(settings)
+    person = _person(identify_people(identities, rules)[0], hits)
     state = desired_state(identities, groups, rules)
     keys = {(i.source, i.external_id) for i in person}
     member_of = sorted(
         (g for g in groups if any((g.source, m) in keys for m in g.members)), key=lambda g: (g.source, g.name.lower())
     )
     desired = next((state.users[i.user_id] for i in person if i.user_id in state.users), None)
+    if desired is not None and (desired.source, desired.external_id) not in keys:
+        desired = None  # refused: the user_id is another person's
     user_id = desired.user_id if desired else person[0].user_id
     managed = store.load_managed([user_id]).get(user_id)
     current_raw = client.get_users([user_id]) if client is not None else []
@@ -63,7 +76,8 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     return {
         "user_id": user_id,
         "identities": [_identity(i) for i in person],
-        "groups": [_group(g, _path(store, person, g, groups)) for g in member_of],
+        "groups": [_group(g, _path(store, person, g, groups), bool(grants_for([g], rules))) for g in member_of],
+        "conflicts": [_conflict(c) for c in state.conflicts if keys & {_key(c.refused), _key(c.holder)}],
         "grants": [
             {
                 "origin": f"{g.origin.kind} {g.origin.name}",
@@ -75,7 +89,7 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
             for g in grants_for(member_of, rules)
         ],
         "desired": _desired(desired),
-        "unmapped": desired is None and user_id in state.unmapped,
+        "unmapped": desired is None and user_id in state.unmapped and _key(state.unmapped[user_id]) in keys,
         "last_applied": None
         if managed is None
         else {
@@ -97,6 +111,7 @@ def _only(state: Any, user_id: str) -> Any:
         only.users[user_id] = state.users[user_id]
     if user_id in state.unmapped:
         only.unmapped[user_id] = state.unmapped[user_id]
+    only.held = state.held & {user_id}
     return only
 
 
@@ -113,8 +128,29 @@ def _identity(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _group(group: Group, path: list[str]) -> dict[str, Any]:
-    return {"source": group.source, "name": group.name, "dn": group.dn, "grant": dict(group.grant), "via": path}
+def _group(group: Group, path: list[str], counts: bool) -> dict[str, Any]:
+    return {
+        "source": group.source,
+        "name": group.name,
+        "dn": group.dn,
+        "grant": dict(group.grant),
+        "via": path,
+        "counts": counts,  # a mapping (of a source it names) or a grant kept on the group applies
+    }
+
+
+def _key(identity: Identity) -> tuple[str, str]:
+    return identity.source, identity.external_id
+
+
+def _conflict(conflict: IdentityConflict) -> dict[str, Any]:
+    return {
+        "kind": conflict.kind,
+        "value": conflict.value,
+        "refused": {"source": conflict.refused.source, "external_id": conflict.refused.external_id},
+        "holder": {"source": conflict.holder.source, "external_id": conflict.holder.external_id},
+        "message": conflict.describe(),
+    }
 
 
 def _path(store: Any, person: list[Identity], group: Group, groups: list[Group]) -> list[str]:
@@ -164,10 +200,12 @@ def render_explanation(data: dict[str, Any]) -> str:
     lines.append("groups:" if data["groups"] else "groups: none")
     lines.extend(
         f"  {g['source']}: {g['dn'] or g['name']}"
+        + ("" if g["counts"] else "  (not mapped for this source)")
         + (f"  (through {' > '.join(g['via'])})" if g["via"] else "")
         + (f"  grant {g['grant']}" if g["grant"] else "")
         for g in data["groups"]
     )
+    lines.extend(f"conflict: {c['message']}" for c in data["conflicts"])
     lines.append("grants that apply:" if data["grants"] else "grants that apply: none (in no mapped group)")
     lines.extend(
         f"  {g['origin']}" + (f" (priority {g['priority']})" if g["priority"] else "") + f": {g['values']}"

@@ -1,8 +1,26 @@
 """Groups to what a person gets in LiteLLM: a purely computational module with no side effects.
 
-`desired_state(identities, groups, rules)` merges each person's identities across sources (by email, the source
-with the highest priority winning), finds the grants of every group they belong to, and combines them with the
-precedence rules of CONTRACT.md:
+`desired_state(identities, groups, rules)` finds the people (`identify_people`), the grants of every group they belong
+to, and combines them with the precedence rules of CONTRACT.md.
+
+Who is a person (each source owns its people):
+
+- identities of different sources are different people, unless `identity.merge_by: email` says that the sources of
+  `identity.merge_sources` describe the same people: then identities with the same email are one person, described by
+  the source with the highest priority (ties: the source name first in order). People without an email are never
+  merged;
+- an email belongs to one person. The identity recorded first (the store's order; active identities before disabled
+  ones) holds it; another active identity with the same email, in the same source or in a source not merged with the
+  holder's, is refused: an `IdentityConflict`, reported, and its user_id is left as it is (`DesiredState.held`),
+  never suspended. A disabled identity is never refused for its email: it is its own person;
+- a user_id belongs to one person: the one recorded first; another person with it is refused the same way.
+
+Which groups a mapping matches (`grants_for`): only groups of the sources it names (`sources:`, unset: every source).
+A mapping whose group is a DN (it starts with an attribute type and `=`, RFC 4514) matches LDAP groups by their DN;
+a SCIM group's displayName never matches a DN, unless the mapping names that SCIM source. Any other group name matches
+an LDAP group's CN and a SCIM group's displayName.
+
+How grants combine:
 
 - role: the most privileged wins; models and teams: the union; tpm_limit, rpm_limit, max_budget: the largest;
   budget_duration: the one of the grant that gave max_budget; auto_create_keys: true if any grant says so;
@@ -27,10 +45,13 @@ __all__ = [
     "GRANT_FIELDS",
     "DesiredState",
     "Grant",
+    "IdentityConflict",
     "MappingRules",
     "combine_grants",
     "desired_state",
     "grants_for",
+    "identify_people",
+    "is_dn",
     "normalise_group_key",
     "rules_from_settings",
 ]
@@ -48,6 +69,13 @@ GRANT_FIELDS = (
 )
 _LARGEST = ("tpm_limit", "rpm_limit", "max_budget")
 _DN_SPACES = re.compile(r"\s*([,=+])\s*")
+#: the start of an RFC 4514 DN: an attribute type (a name or an OID) and "="
+_DN_START = re.compile(r"\s*(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)\s*=")
+
+
+def is_dn(text: str) -> bool:
+    """True when a mapping's group is a DN (`cn=llm-admins,ou=groups,...`), matched against LDAP groups' DNs only."""
+    return _DN_START.match(text) is not None
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -68,6 +96,39 @@ class Grant:
     values: Mapping[str, Any]  # a subset of GRANT_FIELDS, plus "metadata"
     priority: int = 0
     order: int = 0  # config order: breaks ties deterministically
+    #: the sources whose groups the grant's mapping matches (None: any source, by the kind of its group key)
+    sources: frozenset[str] | None = None
+    #: the mapping's group is a DN (see is_dn)
+    dn_key: bool = False
+    #: the mapping wins over a grant kept in the directory for the same group (issue 9)
+    authoritative: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConflict:
+    """An identity refused because another person holds its email or user_id (the holder keeps it)."""
+
+    kind: str  # "email" | "user_id"
+    value: str  # the email or user_id both claim
+    refused: Identity
+    holder: Identity
+
+    def describe(self) -> str:
+        """One line for the plan, `explain` and the logs."""
+        refused, holder = self.refused, self.holder
+        same = refused.source == holder.source
+        where = f"another person of {holder.source}" if same else f"a person of source {holder.source}"
+        hint = "" if same else " (if both sources describe the same people, set identity.merge_by: email)"
+        if self.kind == "user_id":
+            return (
+                f"user_id {self.value!r} of {refused.source} (external id {refused.external_id}) is already held by "
+                f"{where} (external id {holder.external_id}): refused, the holder keeps it{hint}"
+            )
+        return (
+            f"email {self.value!r} of {refused.source} {refused.user_id!r} (external id {refused.external_id}) is "
+            f"already held by {where}, {holder.user_id!r} (external id {holder.external_id}): {refused.user_id!r} "
+            f"is refused (not created; if already provisioned, left as last applied){hint}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +138,12 @@ class MappingRules:
     grants_by_group: Mapping[str, Sequence[Grant]]
     defaults: Mapping[str, Any]
     source_priorities: Mapping[str, int] = field(default_factory=dict)
-    #: directory grants (group.grant) are used unless an authoritative config mapping names the same group
-    authoritative_groups: frozenset[str] = frozenset()
+    #: the sources that are SCIM tokens (every other source is a directory: LDAP or an imported file)
+    scim_sources: frozenset[str] = frozenset()
+    #: "none": people of different sources are never merged; "email": merged by email (see identify_people)
+    merge_by: str = "none"
+    #: the sources merged with each other under merge_by "email" (None: every source)
+    merge_sources: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +153,10 @@ class DesiredState:
     users: dict[str, DesiredUser] = field(default_factory=dict)
     unmapped: dict[str, Identity] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: identities refused for an email or user_id another person holds
+    conflicts: list[IdentityConflict] = field(default_factory=list)
+    #: user_ids of refused identities that no one else claims: left exactly as they are (never suspended)
+    held: set[str] = field(default_factory=set)
 
 
 def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules: MappingRules) -> DesiredState:
@@ -103,7 +172,8 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
     # once (with thousands of groups, nearly every person's full set of groups is different)
     combined: dict[tuple[int, ...], _Combined] = {}
     nothing: dict[str, list[int]] = {}
-    for person in _merge_people(identities, rules.source_priorities):
+    people, state.conflicts = identify_people(identities, rules)
+    for person in people:
         winner = person[0]
         if len(person) == 1:
             found: list[int] | tuple[int, ...] = groups_of.get(winner.source, nothing).get(winner.external_id, ())
@@ -115,16 +185,82 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
         entry = combined.get(key)
         if entry is None:
             entry = combined[key] = _combine_for([ranked[i] for i in key], rules)
-        if winner.user_id in state.users or winner.user_id in state.unmapped:
-            state.problems.append(
-                f"user_id {winner.user_id!r} is claimed by two people ({winner.email!r} from {winner.source} and "
-                "another); the first by source priority is kept"
-            )
-        elif entry.values is None:
+        if entry.values is None:
             state.unmapped[winner.user_id] = winner
         else:
             state.users[winner.user_id] = _desired_user(winner, entry, tuple(map(names.__getitem__, found)))
+    for conflict in state.conflicts:
+        state.problems.append(conflict.describe())
+        user_id = conflict.refused.user_id
+        if user_id not in state.users and user_id not in state.unmapped:
+            state.held.add(user_id)
     return state
+
+
+def identify_people(
+    identities: Iterable[Identity], rules: MappingRules
+) -> tuple[list[list[Identity]], list[IdentityConflict]]:
+    """The people (each a list of identities, the one that describes them first) and the identities refused.
+
+    People come in the order their first identity was recorded; see the module docstring for the rules.
+    """
+    people, conflicts = _people_by_email(identities, rules)
+    priorities = rules.source_priorities
+    for person in people:
+        if len(person) > 1:
+            person.sort(key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
+    people.sort(key=lambda p: min(map(_recorded_order, p)))
+    kept: list[list[Identity]] = []
+    holders: dict[str, Identity] = {}
+    for person in people:
+        holder = holders.get(person[0].user_id)
+        if holder is None:
+            holders[person[0].user_id] = person[0]
+            kept.append(person)
+        else:
+            conflicts.extend(IdentityConflict("user_id", i.user_id, i, holder) for i in person)
+    return kept, conflicts
+
+
+def _people_by_email(
+    identities: Iterable[Identity], rules: MappingRules
+) -> tuple[list[list[Identity]], list[IdentityConflict]]:
+    """Identities into people: one per identity, but merged by email where the rules say so; email clashes refused."""
+    merging = rules.merge_by == "email"
+    people: list[list[Identity]] = []
+    holders: dict[str, Identity] = {}  # lower-case email -> the identity holding it
+    merged: dict[str, list[Identity]] = {}  # lower-case email -> the person of a merged source holding it
+    conflicts: list[IdentityConflict] = []
+    for identity in sorted(identities, key=lambda i: (not i.active, *_recorded_order(i))):
+        email = identity.email.lower()
+        holder = holders.get(email) if email else None
+        mergeable = merging and email != "" and _merges(identity.source, rules)
+        if holder is None:
+            if email:
+                holders[email] = identity
+            person = [identity]
+            if mergeable:
+                merged[email] = person
+            people.append(person)
+            continue
+        joined = merged.get(email) if mergeable else None
+        if joined is not None and all(other.source != identity.source for other in joined):
+            joined.append(identity)
+        elif identity.active:
+            conflicts.append(IdentityConflict("email", identity.email, identity, holder))
+        else:  # disabled: needs no email, claims nothing but its own user_id
+            people.append([identity])
+    return people, conflicts
+
+
+def _merges(source: str, rules: MappingRules) -> bool:
+    return rules.merge_sources is None or source in rules.merge_sources
+
+
+def _recorded_order(identity: Identity) -> tuple[bool, int, str, str]:
+    """First recorded first; identities not recorded yet (a snapshot planned before it is recorded) after them."""
+    recorded = identity.recorded
+    return (recorded is None, recorded or 0, identity.source, identity.external_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,24 +282,6 @@ def _combine_for(member_of: list[Group], rules: MappingRules) -> _Combined:
     return _Combined(values, origins, _user_fields(values, origins))
 
 
-def _merge_people(identities: Iterable[Identity], priorities: Mapping[str, int]) -> list[list[Identity]]:
-    """Identities grouped into people by email (an identity without one is its own person), best source first."""
-    people: dict[str, list[Identity]] = {}
-    for identity in identities:
-        key = f"email:{identity.email.lower()}" if identity.email else f"id:{identity.source}:{identity.external_id}"
-        found = people.get(key)
-        if found is None:
-            people[key] = [identity]
-        else:
-            found.append(identity)
-    ranked = list(people.values())
-    for members in ranked:
-        if len(members) > 1:
-            members.sort(key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
-    ranked.sort(key=lambda m: (-priorities.get(m[0].source, 0), m[0].source, m[0].user_id))
-    return ranked
-
-
 def _groups_by_member(groups: Sequence[Group]) -> dict[str, dict[str, list[int]]]:
     """source -> member external id -> the positions of the groups they are in, ascending."""
     index: dict[str, defaultdict[str, list[int]]] = {}
@@ -180,12 +298,9 @@ def grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
     """Every grant that applies to members of these groups: config mappings, then grants kept on the groups."""
     grants: list[Grant] = []
     for group in member_of:
-        keys = {normalise_group_key(group.name)}
-        if group.dn:
-            keys.add(normalise_group_key(group.dn))
-        for key in sorted(keys):
-            grants.extend(rules.grants_by_group.get(key, ()))
-        if group.grant and not keys & rules.authoritative_groups:
+        mapped = _mapped(group, rules)
+        grants.extend(mapped)
+        if group.grant and not any(grant.authoritative for grant in mapped):
             grants.append(
                 Grant(
                     FieldOrigin("group_attribute", group.dn or group.name),
@@ -196,6 +311,30 @@ def grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
             )
     unique = {(g.origin, g.order): g for g in grants}
     return sorted(unique.values(), key=lambda g: g.order)
+
+
+def _mapped(group: Group, rules: MappingRules) -> list[Grant]:
+    """The config mappings that match this group, by its name (CN, displayName) or by its DN."""
+    name = normalise_group_key(group.name)
+    found = [g for g in rules.grants_by_group.get(name, ()) if _matches(g, group, rules, by_dn=False)]
+    if group.dn:
+        dn = normalise_group_key(group.dn)
+        if dn != name:
+            found.extend(g for g in rules.grants_by_group.get(dn, ()) if _matches(g, group, rules, by_dn=True))
+    return found
+
+
+def _matches(grant: Grant, group: Group, rules: MappingRules, *, by_dn: bool) -> bool:
+    if grant.sources is not None and group.source not in grant.sources:
+        return False
+    scim = group.source in rules.scim_sources
+    if by_dn:
+        return not scim  # only a directory group has a DN
+    if not grant.dn_key:
+        return True  # a CN or a displayName
+    # a displayName (or a CN) that looks like a DN: never by default, so that no SCIM tenant can take an LDAP
+    # group's grants by naming a group after its DN; only where the mapping names the SCIM source itself
+    return scim and grant.sources is not None
 
 
 def combine_grants(
@@ -314,16 +453,30 @@ def _float_or_none(value: Any) -> float | None:
 def rules_from_settings(settings: Any) -> MappingRules:
     """The mapping rules of a loaded `syncd.settings.Settings` (read as plain attributes)."""
     grants: dict[str, list[Grant]] = {}
-    authoritative: set[str] = set()
     for order, mapping in enumerate(settings.mappings):
         key = normalise_group_key(mapping.group)
         values = {name: getattr(mapping, name) for name in GRANT_FIELDS}
         values["models"] = tuple(values["models"]) if values["models"] is not None else None
         values["teams"] = tuple(values["teams"] or ())
         values["metadata"] = dict(mapping.metadata)
-        grant = Grant(FieldOrigin("mapping", mapping.group), values, mapping.priority, order)
+        sources = frozenset(mapping.sources) if mapping.sources is not None else None
+        grant = Grant(
+            FieldOrigin("mapping", mapping.group),
+            values,
+            mapping.priority,
+            order,
+            sources=sources,
+            dn_key=is_dn(mapping.group),
+            authoritative=mapping.authoritative,
+        )
         grants.setdefault(key, []).append(grant)
-        if mapping.authoritative:
-            authoritative.add(key)
     defaults = {name: getattr(settings.defaults, name, None) for name in GRANT_FIELDS if name != "teams"}
-    return MappingRules(grants, defaults, settings.source_priorities, frozenset(authoritative))
+    identity = settings.identity
+    return MappingRules(
+        grants,
+        defaults,
+        settings.source_priorities,
+        scim_sources=frozenset(token.name for token in settings.scim.tokens),
+        merge_by=identity.merge_by,
+        merge_sources=frozenset(identity.merge_sources) if identity.merge_sources is not None else None,
+    )

@@ -62,6 +62,12 @@ class Metrics:
         self.grant_errors = Counter(
             "syncd_grant_errors", "Malformed grants kept in the directory", ["source"], registry=r
         )
+        self.identity_conflicts = Gauge(
+            "syncd_identity_conflicts",
+            "Identities refused at the last full plan: their email or user_id is another person's",
+            ["kind"],
+            registry=r,
+        )
 
         self._add_daemon_metrics(r)
 

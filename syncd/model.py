@@ -46,6 +46,8 @@ class Identity:
     dn: str | None = None
     #: personal grant overrides read from the source (issue 9); field name -> value
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    #: the order in which the store first recorded this identity (its row id); None: not recorded yet
+    recorded: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,6 +310,8 @@ class _Planner:
         everyone = set(self.desired.users) | set(self.managed)
         if only is not None:
             everyone &= set(only)
+        # refused for an email or user_id another person holds (mapping.IdentityConflict): reported, left as is
+        everyone -= self.desired.held
         if settled:
             before = len(everyone)
             everyone -= set(settled)

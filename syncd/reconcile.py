@@ -233,6 +233,9 @@ class Reconciler:
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
         self._desired_users = desired.users
+        if only is None and self.metrics is not None:  # a targeted run sees only some of the people
+            for kind in ("email", "user_id"):
+                self.metrics.identity_conflicts.labels(kind).set(sum(c.kind == kind for c in desired.conflicts))
         # the short rows first: users recorded with exactly the desired fields are settled without reading their
         # records (a drift check compares everyone with LiteLLM itself, so settles nobody)
         settling = settle(desired, self.store.managed_digests(only), enabled=not drift_check)

@@ -19,6 +19,7 @@ from syncd.settings._base import Strict
 from syncd.settings.core import (
     DatabaseSettings,
     DefaultsSettings,
+    IdentitySettings,
     LiteLLMSettings,
     MappingSettings,
     PolicySettings,
@@ -58,6 +59,7 @@ class Settings(Strict):
     defaults: DefaultsSettings = DefaultsSettings()
     policy: PolicySettings = PolicySettings()
     teams: list[TeamSettings] = Field(default_factory=list)
+    identity: IdentitySettings = IdentitySettings()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -69,6 +71,17 @@ class Settings(Strict):
         repeated = sorted({alias for alias in aliases if aliases.count(alias) > 1})
         if repeated:
             raise ValueError(f"team aliases must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> Settings:
+        known = {source.name for source in self.ldap} | {token.name for token in self.scim.tokens}
+        named = [(f"mappings[{i}].sources", m.sources or []) for i, m in enumerate(self.mappings)]
+        named.append(("identity.merge_sources", self.identity.merge_sources or []))
+        for where, names in named:
+            unknown = sorted(set(names) - known)
+            if unknown:
+                raise ValueError(f"{where}: no source is named {', '.join(map(repr, unknown))}")
         return self
 
     @property

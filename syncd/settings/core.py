@@ -13,6 +13,7 @@ from syncd.settings._base import BudgetDuration, Interval, Strict, read_secret
 __all__ = [
     "DatabaseSettings",
     "DefaultsSettings",
+    "IdentitySettings",
     "LiteLLMSettings",
     "MappingSettings",
     "PolicySettings",
@@ -91,6 +92,9 @@ class MappingSettings(_Grant):
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: wins over a grant kept in the directory for the same group (issue 9)
     authoritative: bool = False
+    #: the sources whose groups this mapping matches (LDAP source and SCIM token names); unset: a DN matches the
+    #: groups of every LDAP source, a name the CN of LDAP groups and the displayName of SCIM groups of every source
+    sources: list[str] | None = Field(None, min_length=1)
 
 
 class DefaultsSettings(_Grant):
@@ -98,6 +102,16 @@ class DefaultsSettings(_Grant):
 
     role: Role = "internal_user"
     auto_create_keys: bool = False
+
+
+class IdentitySettings(Strict):
+    """When identities of different sources are the same person (by default never: each source owns its people)."""
+
+    #: none: people of different sources are never merged; email: identities with the same email in the sources of
+    #: merge_sources are one person, described by the source with the highest priority (ties: source name)
+    merge_by: Literal["none", "email"] = "none"
+    #: the sources merged with each other under merge_by: email (unset: every source)
+    merge_sources: list[str] | None = Field(None, min_length=2)
 
 
 class PolicySettings(Strict):

@@ -479,7 +479,9 @@ class SourceStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(*columns, cast(c.overrides, Text)).where(wanted)).all()
             people = [
-                Identity(row[1], row[2], row[3], row[4], row[5], row[6], row[7], _overrides(row[8]) or no_overrides)
+                Identity(
+                    row[1], row[2], row[3], row[4], row[5], row[6], row[7], _overrides(row[8]) or no_overrides, row[0]
+                )
                 for row in rows
             ]
             # memberships as pairs of ids (no join: a quarter of the time at 750,000), named by the people loaded

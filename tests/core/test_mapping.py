@@ -146,8 +146,9 @@ def test_people_in_no_mapped_group_are_reported_as_unmapped() -> None:
     assert set(state.users) == {"u"} and set(state.unmapped) == {"v"}
 
 
-def test_a_person_in_two_sources_is_one_user_and_the_higher_priority_source_wins() -> None:
+def test_with_merge_by_email_a_person_in_two_sources_is_one_user_and_the_higher_priority_source_wins() -> None:
     settings = {
+        "identity": {"merge_by": "email"},
         "mappings": [{"group": "ldap-llm", "models": ["a"]}, {"group": "okta-llm", "models": ["b"]}],
         "ldap": [{"name": "corp", "url": "ldap://x", "priority": 1, "users": {"base_dn": "dc=x"}}],
         "scim": {"tokens": [{"name": "okta", "token": "t0ken", "priority": 5}]},
@@ -171,7 +172,9 @@ def test_two_people_claiming_one_user_id_is_a_problem_not_a_merge() -> None:
     state = desired_state(
         [a, b], [group("g", "x"), Group("corp", "g", "g", None, frozenset({"e1", "e2"}))], rules([{"group": "g"}])
     )
-    assert len(state.users) == 1 and state.problems and "claimed by two people" in state.problems[0]
+    assert list(state.users) == ["same"] and state.users["same"].external_id == "e1"
+    assert len(state.problems) == 1 and "user_id 'same' of corp (external id e2) is already held" in state.problems[0]
+    assert [(c.kind, c.refused.external_id, c.holder.external_id) for c in state.conflicts] == [("user_id", "e2", "e1")]
 
 
 def test_personal_overrides_apply_after_the_group_rules() -> None:
