@@ -176,7 +176,21 @@ class Reconciler:
         fresh = {snapshot.source for snapshot in snapshots if snapshot.complete and not snapshot.incremental}
         identities, groups = self.store.load_people(user_ids, exclude_sources=fresh)
         identities, groups = overlay(identities, groups, snapshots)
-        return desired_state(identities, groups, self.rules)
+        state = desired_state(identities, groups, self.rules)
+        # a conflict's holder is the identity recorded first; a snapshot's identities carry no recording order
+        unordered = {
+            (i.source, i.external_id) for c in state.conflicts for i in (c.refused, c.holder) if i.recorded is None
+        }
+        order = self.store.recorded_ids(unordered) if unordered else {}
+        if order:
+            identities = [
+                replace(i, recorded=order[(i.source, i.external_id)])
+                if i.recorded is None and (i.source, i.external_id) in order
+                else i
+                for i in identities
+            ]
+            state = desired_state(identities, groups, self.rules)
+        return state
 
     def policy(self, *, allow_mass_deactivation: bool = False) -> PlanPolicy:
         """The plan policy of the settings."""
@@ -233,6 +247,8 @@ class Reconciler:
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
         self._desired_users = desired.users
+        if only is not None:  # the people loaded with them: merged with them (identity.merge_by), or sharing an email
+            only |= set(desired.users) | set(desired.unmapped)
         if only is None and self.metrics is not None:  # a targeted run sees only some of the people
             for kind in ("email", "user_id"):
                 self.metrics.identity_conflicts.labels(kind).set(sum(c.kind == kind for c in desired.conflicts))

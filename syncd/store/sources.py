@@ -456,6 +456,17 @@ class SourceStore:
                 members.setdefault(group_ext, {})[identity_ext] = via
         return {"identities": people, "groups": teams, "memberships": members}
 
+    def recorded_ids(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The row id (the order in which the store first recorded it) of each identity named (source, external_id)."""
+        wanted = set(keys)
+        c = identities.c
+        query = select(c.source, c.external_id, c.id)
+        with self.engine.connect() as conn:
+            rows = [
+                row for q in in_chunks(query, c.external_id, sorted({k[1] for k in wanted})) for row in conn.execute(q)
+            ]
+        return {(row[0], row[1]): row[2] for row in rows if (row[0], row[1]) in wanted}
+
     def load_people(
         self, user_ids: Collection[str] | None = None, *, exclude_sources: Collection[str] = ()
     ) -> tuple[list[Identity], list[Group]]:
