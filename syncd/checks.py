@@ -24,6 +24,7 @@ def run_checks(settings: Any) -> list[CheckResult]:
     """Every check, in order; none raises."""
     results = [CheckResult("config", True, "valid")]
     results += _role_warnings(settings)
+    results += _tenant_warnings(settings)
     results.append(_check_database(settings))
     results.append(_check_litellm(settings))
     results += [_check_ldap(source) for source in settings.ldap]
@@ -39,6 +40,27 @@ def _role_warnings(settings: Any) -> list[CheckResult]:
     return [
         CheckResult(where, False, f"role {role!r}: LiteLLM refuses it (422) for users; those users will fail", True)
         for where, role in found
+    ]
+
+
+def _tenant_warnings(settings: Any) -> list[CheckResult]:
+    """A mapping by name without `sources:` matches a group of that name in every source: say so when a tenant
+    (a SCIM token) could create one and another source exists."""
+    from syncd.mapping import is_dn
+
+    tokens = [token.name for token in settings.scim.tokens]
+    if not tokens or len(tokens) + len(settings.ldap) < 2:
+        return []
+    return [
+        CheckResult(
+            f"mappings[{i}] ({m.group})",
+            False,
+            f"matches a group of that name in every source ({', '.join(tokens)} included): "
+            "name the sources it is for with `sources:`",
+            True,
+        )
+        for i, m in enumerate(settings.mappings)
+        if m.sources is None and not is_dn(m.group)
     ]
 
 

@@ -261,3 +261,13 @@ def test_emails_and_user_ids_have_one_holder_whatever_the_input_order(
         owner = next(i for i in identities if (i.source, i.external_id) == (user.source, user.external_id))
         assert user.active == owner.active and user.user_id == owner.user_id
     assert not state.held & set(state.users)
+
+
+def test_check_config_warns_about_a_name_mapping_open_to_every_tenant() -> None:
+    from syncd.checks import _tenant_warnings
+
+    mappings = [{"group": "eng"}, {"group": "admins", "sources": ["corp"]}, {"group": ADMINS_DN}]
+    (warning,) = _tenant_warnings(settings_from_dict(config(mappings)))
+    assert warning.warning and warning.what == "mappings[0] (eng)" and "okta, evil" in warning.detail
+    alone = settings_from_dict({"scim": {"tokens": [{"name": "okta", "token": "t"}]}, "mappings": mappings[:1]})
+    assert _tenant_warnings(alone) == []  # one source: nobody else to fear
