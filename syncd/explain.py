@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from syncd.mapping import IdentityConflict, desired_state, grants_for, identify_people, rules_from_settings
+from syncd.mapping import DesiredState, IdentityConflict, grants_for, rules_from_settings
 from syncd.model import Group, Identity
 from syncd.plan import PlanPolicy, make_plan
-from syncd.reconcile import current_user
+from syncd.reconcile import current_user, desired_from
 
 __all__ = ["UnknownPerson", "explain", "render_explanation"]
 
@@ -29,15 +29,16 @@ def _hits(identities: list[Identity], who: str) -> list[Identity]:
     return [i for i in identities if i.user_id == who or i.email.lower() == lowered or i.external_id == who]
 
 
-def _person(people: list[list[Identity]], hits: list[Identity]) -> list[Identity]:
-    """The person the mapping made of the first identity found (merged identities included), else that identity.
+def _person(state: DesiredState, identities: list[Identity], hits: list[Identity]) -> list[Identity]:
+    """The person of the first identity found: with the identities the mapping merged with it (identity.merge_by).
 
-    Identities of different sources are one person only when the mapping merged them (identity.merge_by).
+    Identities of different sources are one person only when the mapping merged them.
     """
-    for identity in hits:
-        for person in people:
-            if identity in person:
-                return person
+    by_key = {_key(i): i for i in identities}
+    for hit in hits:
+        for keys in state.merged.values():
+            if _key(hit) in keys:
+                return [by_key[key] for key in keys if key in by_key]
     return hits[:1]
 
 
@@ -48,8 +49,8 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     if not hits:
         raise UnknownPerson(f"no identity has the user_id, email or external id {who!r}")
     rules = rules_from_settings(settings)
-    person = _person(identify_people(identities, rules)[0], hits)
-    state = desired_state(identities, groups, rules)
+    state = desired_from(store, rules, identities, groups)
+    person = _person(state, identities, hits)
     keys = {(i.source, i.external_id) for i in person}
     member_of = sorted(
         (g for g in groups if any((g.source, m) in keys for m in g.members)), key=lambda g: (g.source, g.name.lower())

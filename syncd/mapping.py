@@ -9,10 +9,11 @@ Who is a person (each source owns its people):
   `identity.merge_sources` describe the same people: then identities with the same email are one person, described by
   the source with the highest priority (ties: the source name first in order). People without an email are never
   merged;
-- an email belongs to one person. The identity recorded first (the store's order; active identities before disabled
-  ones) holds it; another active identity with the same email, in the same source or in a source not merged with the
-  holder's, is refused: an `IdentityConflict`, reported, and its user_id is left as it is (`DesiredState.held`),
-  never suspended. A disabled identity is never refused for its email: it is its own person;
+- an email belongs to one person. It is held by, in this order: an active identity before a disabled one, the
+  identity whose LiteLLM user carries it now (when the caller knows: `email_owners`), the identity recorded first
+  (the store's order). Another active identity with the same email, in the same source or in a source not merged
+  with the holder's, is refused: an `IdentityConflict`, reported, and its user_id is left as it is
+  (`DesiredState.held`), never suspended. A disabled identity is never refused for its email: it is its own person;
 - a user_id belongs to one person: the one recorded first; another person with it is refused the same way.
 
 Which groups a mapping matches (`grants_for`): only groups of the sources it names (`sources:`, unset: every source).
@@ -157,10 +158,22 @@ class DesiredState:
     conflicts: list[IdentityConflict] = field(default_factory=list)
     #: user_ids of refused identities that no one else claims: left exactly as they are (never suspended)
     held: set[str] = field(default_factory=set)
+    #: user_id -> (source, external_id) of every identity of a person merged from several (identity.merge_by)
+    merged: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
-def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules: MappingRules) -> DesiredState:
-    """Compute every person's desired LiteLLM user from their identities, groups and the mapping rules."""
+def desired_state(
+    identities: Iterable[Identity],
+    groups: Iterable[Group],
+    rules: MappingRules,
+    *,
+    email_owners: Mapping[str, str] | None = None,
+) -> DesiredState:
+    """Compute every person's desired LiteLLM user from their identities, groups and the mapping rules.
+
+    `email_owners` (lower-case email -> user_id) names the LiteLLM user that carries an email now: an identity of
+    that user_id holds the email before any other (see identify_people).
+    """
     state = DesiredState()
     # groups in the order _combine_for lists them, so that a group's position is its rank and a member's list of
     # positions comes out sorted
@@ -172,9 +185,11 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
     # once (with thousands of groups, nearly every person's full set of groups is different)
     combined: dict[tuple[int, ...], _Combined] = {}
     nothing: dict[str, list[int]] = {}
-    people, state.conflicts = identify_people(identities, rules)
+    people, state.conflicts = identify_people(identities, rules, email_owners=email_owners)
     for person in people:
         winner = person[0]
+        if len(person) > 1:
+            state.merged[winner.user_id] = tuple((i.source, i.external_id) for i in person)
         if len(person) == 1:
             found: list[int] | tuple[int, ...] = groups_of.get(winner.source, nothing).get(winner.external_id, ())
         else:
@@ -198,13 +213,14 @@ def desired_state(identities: Iterable[Identity], groups: Iterable[Group], rules
 
 
 def identify_people(
-    identities: Iterable[Identity], rules: MappingRules
+    identities: Iterable[Identity], rules: MappingRules, *, email_owners: Mapping[str, str] | None = None
 ) -> tuple[list[list[Identity]], list[IdentityConflict]]:
     """The people (each a list of identities, the one that describes them first) and the identities refused.
 
-    People come in the order their first identity was recorded; see the module docstring for the rules.
+    People come in the order their first identity was recorded; see the module docstring for the rules. An email
+    is held first by the identity whose user_id `email_owners` names for it (the LiteLLM user carrying it now).
     """
-    people, conflicts = _people_by_email(identities, rules)
+    people, conflicts = _people_by_email(identities, rules, email_owners or {})
     priorities = rules.source_priorities
     for person in people:
         if len(person) > 1:
@@ -223,7 +239,7 @@ def identify_people(
 
 
 def _people_by_email(
-    identities: Iterable[Identity], rules: MappingRules
+    identities: Iterable[Identity], rules: MappingRules, owners: Mapping[str, str]
 ) -> tuple[list[list[Identity]], list[IdentityConflict]]:
     """Identities into people: one per identity, but merged by email where the rules say so; email clashes refused."""
     merging = rules.merge_by == "email"
@@ -231,7 +247,11 @@ def _people_by_email(
     holders: dict[str, Identity] = {}  # lower-case email -> the identity holding it
     merged: dict[str, list[Identity]] = {}  # lower-case email -> the person of a merged source holding it
     conflicts: list[IdentityConflict] = []
-    for identity in sorted(identities, key=lambda i: (not i.active, *_recorded_order(i))):
+
+    def rank(i: Identity) -> tuple[bool, bool, bool, int, str, str]:
+        return (not i.active, owners.get(i.email.lower()) != i.user_id, *_recorded_order(i))
+
+    for identity in sorted(identities, key=rank):
         email = identity.email.lower()
         holder = holders.get(email) if email else None
         mergeable = merging and email != "" and _merges(identity.source, rules)

@@ -16,7 +16,7 @@ from typing import Any
 
 from syncd.apply import Applier, ApplyResult, ApplyStopped
 from syncd.bulk import gc_paused
-from syncd.mapping import DesiredState, desired_state, rules_from_settings
+from syncd.mapping import DesiredState, MappingRules, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
 from syncd.plan import USER_FIELDS, Plan, PlanPolicy, Settling, fields_digest, make_plan, settle
@@ -24,7 +24,15 @@ from syncd.settings import Settings
 from syncd.store.repository import SyncStore
 from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
 
-__all__ = ["DRIFT_STATE", "ReconcileOptions", "Reconciler", "RunReport", "current_user", "overlay"]
+__all__ = [
+    "DRIFT_STATE",
+    "ReconcileOptions",
+    "Reconciler",
+    "RunReport",
+    "current_user",
+    "desired_from",
+    "overlay",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +153,40 @@ def overlay(
     return identities, groups
 
 
+def desired_from(
+    store: SyncStore, rules: MappingRules, identities: list[Identity], groups: list[Group]
+) -> DesiredState:
+    """The mapping of these people, its identity conflicts resolved with what the store knows.
+
+    Who holds a contested email or user_id (mapping.identify_people) depends on what the identities alone cannot
+    say: the order in which the store first recorded them (a fresh snapshot's identities carry none), and which
+    LiteLLM user carries the email now (so that a person who changes their email to another's never takes it from
+    them). Both are read only for the identities in conflict, and the mapping runs again only when there are some.
+    """
+    state = desired_state(identities, groups, rules)
+    if not state.conflicts:
+        return state
+    involved = [i for c in state.conflicts for i in (c.refused, c.holder)]
+    unordered = {(i.source, i.external_id) for i in involved if i.recorded is None}
+    order = store.recorded_ids(unordered) if unordered else {}
+    contested = {i.user_id for c in state.conflicts if c.kind == "email" for i in (c.refused, c.holder)}
+    owners: dict[str, str] = {}
+    for user_id, record in store.load_managed(contested).items() if contested else ():
+        email = record.applied.get("user_email")
+        if record.state != "deleted" and isinstance(email, str) and email:
+            owners[email.lower()] = user_id
+    if not order and not owners:
+        return state
+    if order:
+        identities = [
+            replace(i, recorded=order[(i.source, i.external_id)])
+            if i.recorded is None and (i.source, i.external_id) in order
+            else i
+            for i in identities
+        ]
+    return desired_state(identities, groups, rules, email_owners=owners)
+
+
 class Reconciler:
     """Runs reconciles for one configuration, store and LiteLLM client."""
 
@@ -176,21 +218,7 @@ class Reconciler:
         fresh = {snapshot.source for snapshot in snapshots if snapshot.complete and not snapshot.incremental}
         identities, groups = self.store.load_people(user_ids, exclude_sources=fresh)
         identities, groups = overlay(identities, groups, snapshots)
-        state = desired_state(identities, groups, self.rules)
-        # a conflict's holder is the identity recorded first; a snapshot's identities carry no recording order
-        unordered = {
-            (i.source, i.external_id) for c in state.conflicts for i in (c.refused, c.holder) if i.recorded is None
-        }
-        order = self.store.recorded_ids(unordered) if unordered else {}
-        if order:
-            identities = [
-                replace(i, recorded=order[(i.source, i.external_id)])
-                if i.recorded is None and (i.source, i.external_id) in order
-                else i
-                for i in identities
-            ]
-            state = desired_state(identities, groups, self.rules)
-        return state
+        return desired_from(self.store, self.rules, identities, groups)
 
     def policy(self, *, allow_mass_deactivation: bool = False) -> PlanPolicy:
         """The plan policy of the settings."""

@@ -271,3 +271,13 @@ def test_check_config_warns_about_a_name_mapping_open_to_every_tenant() -> None:
     assert warning.warning and warning.what == "mappings[0] (eng)" and "okta, evil" in warning.detail
     alone = settings_from_dict({"scim": {"tokens": [{"name": "okta", "token": "t"}]}, "mappings": mappings[:1]})
     assert _tenant_warnings(alone) == []  # one source: nobody else to fear
+
+
+def test_the_person_whose_litellm_user_carries_an_email_keeps_it_when_another_changes_to_it() -> None:
+    first = who("corp", "p0", email="p1@example.org", recorded=1)  # p0 changed their email to p1's
+    second = who("corp", "p1", recorded=2)
+    groups, r = [ldap_group("eng", first, second)], rules([{"group": "eng"}])
+    assert desired_state([first, second], groups, r).held == {"p1"}  # by recording order alone
+    state = desired_state([first, second], groups, r, email_owners={"p1@example.org": "p1", "p0@example.org": "p0"})
+    assert set(state.users) == {"p1"} and state.held == {"p0"}
+    assert state.conflicts[0].refused == first

@@ -233,3 +233,30 @@ def test_merge_by_email_is_an_opt_in_that_makes_two_sources_one_person(
         ("okta", "power", True),
     }
     assert MASTER_KEY not in full.stdout + full.stderr
+
+
+def test_a_person_changing_their_email_to_anothers_takes_it_from_nobody(
+    database_url: str, fake: Any, tmp_path: Path, slapd: Any, directory: Any
+) -> None:
+    import ldap3
+    import yaml
+
+    directory.add_group("engineers", [directory.add_user("p0"), directory.add_user("p1")])
+    config_path = tmp_path / "sync.yaml"
+    config_path.write_text(yaml.safe_dump(_config(database_url, fake, slapd, directory)))
+    assert _syncd(config_path, "db", "upgrade").returncode == 0
+    first = _syncd(config_path, "sync", "--json")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert {"p0", "p1"} <= set(fake.users())
+
+    # p0 (recorded first) now says it has p1's email: p1's LiteLLM user carries it, so p1 keeps it
+    change = {"mail": [(ldap3.MODIFY_REPLACE, ["p1@example.org"])]}
+    assert directory.conn.modify(f"uid=p0,ou=people,{directory.base}", change), directory.conn.result
+    again = _syncd(config_path, "sync", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = json.loads(again.stdout)
+    assert report["plan"]["changes"] == [], report["plan"]["changes"]
+    assert any("email 'p1@example.org' of corp 'p0'" in p for p in report["problems"])
+    users = fake.users()
+    assert users["p0"]["user_email"] == "p0@example.org" and users["p1"]["user_email"] == "p1@example.org"
+    assert not _suspended(users["p0"]) and not _suspended(users["p1"])
