@@ -217,60 +217,81 @@ def identify_people(
 ) -> tuple[list[list[Identity]], list[IdentityConflict]]:
     """The people (each a list of identities, the one that describes them first) and the identities refused.
 
-    People come in the order their first identity was recorded; see the module docstring for the rules. An email
-    is held first by the identity whose user_id `email_owners` names for it (the LiteLLM user carrying it now).
+    See the module docstring for the rules. An email is held first by the identity whose user_id `email_owners`
+    names for it (the LiteLLM user carrying it now). Only identities that share an email or a user_id are ranked:
+    everyone else is their own person at the cost of a dict lookup.
     """
     people, conflicts = _people_by_email(identities, rules, email_owners or {})
     priorities = rules.source_priorities
     for person in people:
         if len(person) > 1:
             person.sort(key=lambda i: (-priorities.get(i.source, 0), i.source, i.external_id))
-    people.sort(key=lambda p: min(map(_recorded_order, p)))
-    kept: list[list[Identity]] = []
-    holders: dict[str, Identity] = {}
+    first: dict[str, list[Identity]] = {}
+    contested: dict[str, list[list[Identity]]] = {}
     for person in people:
-        holder = holders.get(person[0].user_id)
-        if holder is None:
-            holders[person[0].user_id] = person[0]
-            kept.append(person)
-        else:
-            conflicts.extend(IdentityConflict("user_id", i.user_id, i, holder) for i in person)
-    return kept, conflicts
+        claimant = first.setdefault(person[0].user_id, person)
+        if claimant is not person:
+            contested.setdefault(person[0].user_id, [claimant]).append(person)
+    if contested:
+        refused: set[int] = set()
+        for claimants in contested.values():
+            claimants.sort(key=lambda p: min(map(_recorded_order, p)))
+            holder = claimants[0][0]
+            for person in claimants[1:]:
+                conflicts.extend(IdentityConflict("user_id", i.user_id, i, holder) for i in person)
+                refused.add(id(person))
+        people = [person for person in people if id(person) not in refused]
+    conflicts.sort(key=lambda c: (c.kind, c.value.lower(), _recorded_order(c.refused)))
+    return people, conflicts
 
 
 def _people_by_email(
     identities: Iterable[Identity], rules: MappingRules, owners: Mapping[str, str]
 ) -> tuple[list[list[Identity]], list[IdentityConflict]]:
     """Identities into people: one per identity, but merged by email where the rules say so; email clashes refused."""
-    merging = rules.merge_by == "email"
     people: list[list[Identity]] = []
-    holders: dict[str, Identity] = {}  # lower-case email -> the identity holding it
-    merged: dict[str, list[Identity]] = {}  # lower-case email -> the person of a merged source holding it
-    conflicts: list[IdentityConflict] = []
-
-    def rank(i: Identity) -> tuple[bool, bool, bool, int, str, str]:
-        return (not i.active, owners.get(i.email.lower()) != i.user_id, *_recorded_order(i))
-
-    for identity in sorted(identities, key=rank):
+    by_email: dict[str, list[Identity]] = {}
+    for identity in identities:
         email = identity.email.lower()
-        holder = holders.get(email) if email else None
-        mergeable = merging and email != "" and _merges(identity.source, rules)
-        if holder is None:
-            if email:
-                holders[email] = identity
-            person = [identity]
-            if mergeable:
-                merged[email] = person
-            people.append(person)
+        if not email:
+            people.append([identity])
             continue
-        joined = merged.get(email) if mergeable else None
-        if joined is not None and all(other.source != identity.source for other in joined):
-            joined.append(identity)
+        same = by_email.get(email)
+        if same is None:
+            by_email[email] = same = []
+            people.append(same)  # the holder's person, filled below
+        same.append(identity)
+    conflicts: list[IdentityConflict] = []
+    for email, same in by_email.items():
+        if len(same) > 1:
+            _share_email(email, same, rules, owners, people, conflicts)
+    return people, conflicts
+
+
+def _share_email(
+    email: str,
+    same: list[Identity],
+    rules: MappingRules,
+    owners: Mapping[str, str],
+    people: list[list[Identity]],
+    conflicts: list[IdentityConflict],
+) -> None:
+    """Identities with one email: the holder first, then each merged with the holder, refused, or on its own.
+
+    `same` is the holder's person in `people`: it keeps the holder and the identities merged with it.
+    """
+    owner = owners.get(email)
+    ranked = sorted(same, key=lambda i: (not i.active, i.user_id != owner, *_recorded_order(i)))
+    holder = ranked[0]
+    same[:] = [holder]
+    merging = rules.merge_by == "email" and _merges(holder.source, rules)
+    for identity in ranked[1:]:
+        if merging and _merges(identity.source, rules) and all(o.source != identity.source for o in same):
+            same.append(identity)
         elif identity.active:
             conflicts.append(IdentityConflict("email", identity.email, identity, holder))
         else:  # disabled: needs no email, claims nothing but its own user_id
             people.append([identity])
-    return people, conflicts
 
 
 def _merges(source: str, rules: MappingRules) -> bool:
