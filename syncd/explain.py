@@ -201,7 +201,7 @@ def render_explanation(data: dict[str, Any]) -> str:
     lines.append("groups:" if data["groups"] else "groups: none")
     lines.extend(
         f"  {g['source']}: {g['dn'] or g['name']}"
-        + ("" if g["counts"] else "  (not mapped for this source)")
+        + ("" if g["counts"] else "  (no mapping or grant of this source matches it)")
         + (f"  (through {' > '.join(g['via'])})" if g["via"] else "")
         + (f"  grant {g['grant']}" if g["grant"] else "")
         for g in data["groups"]

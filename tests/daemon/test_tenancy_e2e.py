@@ -197,6 +197,8 @@ def test_a_duplicate_email_inside_one_source_is_a_conflict_never_a_suspension(
     (conflict,) = explained["conflicts"]
     assert conflict["kind"] == "email" and conflict["holder"]["external_id"] != conflict["refused"]["external_id"]
     assert explained["desired"] is None and explained["next_change"] == []
+    text = _syncd(syncd.config_path, "explain", "p6", "--offline").stdout
+    assert "corp: p6 <P0@example.org> active" in text and "conflict: email 'P0@example.org' of corp 'p6'" in text
 
 
 def test_merge_by_email_is_an_opt_in_that_makes_two_sources_one_person(
