@@ -281,7 +281,8 @@ def _plan(args: argparse.Namespace) -> int:
         reconciler = Reconciler(settings, store, client)
         plan, _ = reconciler.plan(snapshots=snapshots, drift_check=args.drift_check)
         teams = TeamReconciler(settings, store, client)
-        team_plan, _ = teams.plan(reconciler.desired(snapshots).users, pending_users=users_brought_in(plan))
+        desired = reconciler.desired(snapshots)
+        team_plan, _ = teams.plan(desired.users, pending_users=users_brought_in(plan), held=desired.held)
     data = render_json(plan) | {"teams": render_team_json(team_plan), "failed_sources": failed}
     text = render_text(plan)
     if team_plan.changes or team_plan.problems:

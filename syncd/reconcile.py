@@ -210,6 +210,7 @@ class Reconciler:
         self.applying = False
         self.rules = rules_from_settings(settings)
         self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
+        self._held: Collection[str] = ()  # and the user_ids it left as they are (identity conflicts)
 
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
@@ -274,7 +275,7 @@ class Reconciler:
         only = set(user_ids) if user_ids else None
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
-        self._desired_users = desired.users
+        self._desired_users, self._held = desired.users, desired.held
         if only is not None:  # the people loaded with them: merged with them (identity.merge_by), or sharing an email
             only |= set(desired.users) | set(desired.unmapped)
         if only is None and self.metrics is not None:  # a targeted run sees only some of the people
@@ -408,6 +409,7 @@ class Reconciler:
             dry_run=options.dry_run,
             pending_users=pending,
             only=options.user_ids or None,
+            held=self._held,
         )
         report.problems.extend(report.teams.plan.problems)
         if not report.teams.ok and report.status == "success":

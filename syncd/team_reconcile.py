@@ -71,6 +71,7 @@ class TeamReconciler:
         *,
         pending_users: Collection[str] = (),
         only: Collection[str] | None = None,
+        held: Collection[str] = (),
     ) -> tuple[TeamPlan, int]:
         """The team plan (one /team/list read, none when no team is configured or recorded) and the reads made.
 
@@ -92,6 +93,7 @@ class TeamReconciler:
             pending_users=pending_users,
             team_groups=team_groups_of(self.settings.mappings),
             only=only,
+            held=held,
         )
         return plan, 1
 
@@ -104,9 +106,10 @@ class TeamReconciler:
         dry_run: bool = False,
         pending_users: Collection[str] = (),
         only: Collection[str] | None = None,
+        held: Collection[str] = (),
     ) -> TeamReport:
         """Plan the teams against LiteLLM and, unless dry_run, apply the plan (journaled under run_id)."""
-        plan, reads = self.plan(desired_users, managed_users, pending_users=pending_users, only=only)
+        plan, reads = self.plan(desired_users, managed_users, pending_users=pending_users, only=only, held=held)
         if reads == 0:
             return TeamReport(plan, "nothing")
         if dry_run or run_id is None:

@@ -90,10 +90,12 @@ class _TeamPlanner:
         pending_users: Collection[str],
         team_groups: Mapping[str, Collection[str]],
         only: Collection[str] | None,
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self.desired, self.managed_teams, self.managed_users = desired, managed_teams, managed_users
         self.team_groups = team_groups
         self.leave, self.pending, self.only = suspended_leave_teams, pending_users, only
+        self.held = held
         self.by_id = {team.team_id: team for team in current}
         self.by_alias: dict[str, list[CurrentTeam]] = {}
         for team in reversed(current):  # /team/list is newest first: keep the oldest first
@@ -282,6 +284,8 @@ class _TeamPlanner:
         """A suspended member keeps the teams syncd gave them unless policy.suspended_leave_teams."""
         if self.only is not None and user_id not in self.only:
             return True  # a run for some users only: everyone else's memberships stand
+        if user_id in self.held:
+            return True  # refused for an identity conflict: left as last applied
         return self._suspended(user_id) and not self.leave
 
     def _why_leave(self, user_id: str) -> str:
@@ -403,6 +407,7 @@ def plan_teams(
     pending_users: Collection[str] = (),
     team_groups: Mapping[str, Collection[str]] | None = None,
     only: Collection[str] | None = None,
+    held: Collection[str] = (),
 ) -> TeamPlan:
     """Plan the team changes that bring LiteLLM's teams to what the config and the groups say.
 
@@ -410,7 +415,8 @@ def plan_teams(
     users that exist in LiteLLM join a team); `pending_users` users about to be created (a dry run's preview);
     `groups_as_teams` maps a user_id to the SCIM group names that become teams (`scim.groups_as_teams`);
     `team_groups` (see `team_groups_of`) names, in each reason, the group that gave a membership; with `only`
-    (a run for some users, `desired_users` holding just them) no one else's membership changes.
+    (a run for some users, `desired_users` holding just them) no one else's membership changes; the memberships of
+    `held` users (refused for an identity conflict, `DesiredState.held`) stand too.
     """
     planner = _TeamPlanner(
         desired_users,
@@ -421,6 +427,7 @@ def plan_teams(
         pending_users=set(pending_users),
         team_groups=team_groups or {},
         only=set(only) if only is not None else None,
+        held=frozenset(held),
     )
     wanted = _wanted_teams(desired_users, team_settings, groups_as_teams or {}, managed_teams)
     for key in sorted(wanted):

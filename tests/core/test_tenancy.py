@@ -281,3 +281,23 @@ def test_the_person_whose_litellm_user_carries_an_email_keeps_it_when_another_ch
     state = desired_state([first, second], groups, r, email_owners={"p1@example.org": "p1", "p0@example.org": "p0"})
     assert set(state.users) == {"p1"} and state.held == {"p0"}
     assert state.conflicts[0].refused == first
+
+
+def test_a_refused_person_keeps_the_teams_syncd_gave_them() -> None:
+    from syncd.teams import MARKER, ManagedTeam, plan_teams
+
+    current = [
+        {
+            "team_id": "t1",
+            "team_alias": "platform",
+            "metadata": {"syncd": dict(MARKER)},
+            "members_with_roles": [{"user_id": "p0-again", "role": "user"}],
+            "team_memberships": [],
+        }
+    ]
+    record = ManagedTeam("platform", "t1", True, {"team_alias": "platform"}, frozenset({"p0-again"}))
+    users = {"p0-again": ManagedUser("p0-again", "okta", "okta-p0-again", "active", {})}
+    left = plan_teams({}, [], current, {"platform": record}, users)
+    assert [(c.action, c.user_id) for c in left.changes] == [("remove_member", "p0-again")]  # what held prevents
+    kept = plan_teams({}, [], current, {"platform": record}, users, held={"p0-again"})
+    assert kept.changes == ()
