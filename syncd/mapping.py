@@ -69,6 +69,8 @@ GRANT_FIELDS = (
     "teams",
 )
 _LARGEST = ("tpm_limit", "rpm_limit", "max_budget")
+#: the identity conflicts described one by one in `DesiredState.problems`; the rest are counted in one line
+_PROBLEMS_SHOWN = 50
 _DN_SPACES = re.compile(r"\s*([,=+])\s*")
 #: the start of an RFC 4514 DN: an attribute type (a name or an OID) and "="
 _DN_START = re.compile(r"\s*(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)\s*=")
@@ -204,11 +206,17 @@ def desired_state(
             state.unmapped[winner.user_id] = winner
         else:
             state.users[winner.user_id] = _desired_user(winner, entry, tuple(map(names.__getitem__, found)))
-    for conflict in state.conflicts:
-        state.problems.append(conflict.describe())
+    for n, conflict in enumerate(state.conflicts):
+        if n < _PROBLEMS_SHOWN:
+            state.problems.append(conflict.describe())
         user_id = conflict.refused.user_id
         if user_id not in state.users and user_id not in state.unmapped:
             state.held.add(user_id)
+    if len(state.conflicts) > _PROBLEMS_SHOWN:
+        state.problems.append(
+            f"... and {len(state.conflicts) - _PROBLEMS_SHOWN} more identity conflicts (each refused identity is left "
+            "as it is; `syncd explain USER` shows one)"
+        )
     return state
 
 
@@ -238,7 +246,7 @@ def identify_people(
             claimants.sort(key=lambda p: min(map(_recorded_order, p)))
             holder = claimants[0][0]
             for person in claimants[1:]:
-                conflicts.extend(IdentityConflict("user_id", i.user_id, i, holder) for i in person)
+                conflicts.extend(IdentityConflict("user_id", holder.user_id, i, holder) for i in person)
                 refused.add(id(person))
         people = [person for person in people if id(person) not in refused]
     conflicts.sort(key=lambda c: (c.kind, c.value.lower(), _recorded_order(c.refused)))

@@ -301,3 +301,26 @@ def test_a_refused_person_keeps_the_teams_syncd_gave_them() -> None:
     assert [(c.action, c.user_id) for c in left.changes] == [("remove_member", "p0-again")]  # what held prevents
     kept = plan_teams({}, [], current, {"platform": record}, users, held={"p0-again"})
     assert kept.changes == ()
+
+
+def test_a_thousand_conflicts_are_listed_fifty_and_counted() -> None:
+    ldap = [who("corp", f"u{i}", recorded=i) for i in range(1000)]
+    okta = [who("okta", f"u{i}.okta", email=f"u{i}@example.org", recorded=2000 + i) for i in range(1000)]
+    state = desired_state(
+        ldap + okta, [ldap_group("eng", *ldap), scim_group("okta", "eng", *okta)], rules([{"group": "eng"}])
+    )
+    assert (
+        len(state.conflicts) == 1000 and len(state.held) == 1000 and set(state.users) == {f"u{i}" for i in range(1000)}
+    )
+    assert len(state.problems) == 51 and state.problems[-1].startswith("... and 950 more identity conflicts")
+
+
+def test_a_merged_person_refused_a_user_id_names_the_user_id_in_every_conflict() -> None:
+    r = rules([{"group": "eng"}], identity={"merge_by": "email"})
+    holder = who("evil", "alice", email="m@example.org", recorded=1)
+    corp, okta = who("corp", "alice", recorded=2), who("okta", "alice.okta", email="alice@example.org", recorded=3)
+    state = desired_state([holder, corp, okta], [ldap_group("eng", corp)], r)
+    assert [(c.kind, c.value, c.refused.source) for c in state.conflicts] == [
+        ("user_id", "alice", "corp"),
+        ("user_id", "alice", "okta"),
+    ]
