@@ -364,16 +364,14 @@ def grants_for(member_of: Sequence[Group], rules: MappingRules) -> list[Grant]:
 
 def _mapped(group: Group, rules: MappingRules) -> list[Grant]:
     """The config mappings that match this group, by its name (CN, displayName) or by its DN."""
-    name = normalise_group_key(group.name)
-    found = [g for g in rules.grants_by_group.get(name, ()) if _matches(g, group, rules, by_dn=False)]
+    found = [g for g in rules.grants_by_group.get(normalise_group_key(group.name), ()) if _matches(g, group, rules)]
     if group.dn:
-        dn = normalise_group_key(group.dn)
-        if dn != name:
-            found.extend(g for g in rules.grants_by_group.get(dn, ()) if _matches(g, group, rules, by_dn=True))
+        by_dn = rules.grants_by_group.get(normalise_group_key(group.dn), ())
+        found.extend(g for g in by_dn if g not in found and _matches(g, group, rules, by_dn=True))
     return found
 
 
-def _matches(grant: Grant, group: Group, rules: MappingRules, *, by_dn: bool) -> bool:
+def _matches(grant: Grant, group: Group, rules: MappingRules, *, by_dn: bool = False) -> bool:
     if grant.sources is not None and group.source not in grant.sources:
         return False
     scim = group.source in rules.scim_sources

@@ -324,3 +324,38 @@ def test_a_merged_person_refused_a_user_id_names_the_user_id_in_every_conflict()
         ("user_id", "alice", "corp"),
         ("user_id", "alice", "okta"),
     ]
+
+
+_KEYS = ["eng", "ENG ", ADMINS_DN, ADMINS_DN.upper(), "cn=eng"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(_KEYS),
+    sources=st.one_of(st.none(), st.sets(st.sampled_from(["corp", "okta", "evil"]), min_size=1).map(sorted)),
+    group_source=st.sampled_from(["corp", "okta", "evil"]),
+    group_name=st.sampled_from(_KEYS),
+    with_dn=st.booleans(),
+)
+def test_a_mapping_matches_only_the_sources_and_the_kind_it_allows(
+    key: str, sources: list[str] | None, group_source: str, group_name: str, with_dn: bool
+) -> None:
+    from syncd.mapping import grants_for, normalise_group_key
+
+    mapping: dict[str, Any] = {"group": key, "models": ["m"]}
+    if sources is not None:
+        mapping["sources"] = sources
+    scim = group_source != "corp"
+    dn = ADMINS_DN if with_dn and not scim else None  # only directory groups have a DN
+    group = Group(group_source, "g", group_name, dn, frozenset({"x"}))
+    matched = bool(grants_for([group], rules([mapping])))
+    if sources is not None and group_source not in sources:
+        assert not matched, "a mapping matched a source it does not name"
+    if scim and is_dn(key) and sources is None:
+        assert not matched, "a DN matched a SCIM group by default"
+    allowed = sources is None or group_source in sources
+    by_name = normalise_group_key(key) == normalise_group_key(group_name) and (
+        not is_dn(key) or (scim and sources is not None)
+    )
+    by_dn = dn is not None and normalise_group_key(key) == normalise_group_key(dn)
+    assert matched == (allowed and (by_name or by_dn))
