@@ -83,6 +83,14 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)
     #: the high-water mark to store when this snapshot is recorded (modifyTimestamp, uSNChanged), if any
     high_water_mark: str | None = None
+    #: a change-based sync (RFC 4533 content sync): incremental in form (only what changed), yet complete in meaning,
+    #: since the source said what is gone; recorded as a full pull would be
+    change_based: bool = False
+    #: what a change-based snapshot reports gone, by external id: recorded absent, as a full snapshot's missing rows
+    removed_identities: set[str] = field(default_factory=set)
+    removed_groups: set[str] = field(default_factory=set)
+    #: the content sync cookies to store with the snapshot (opaque text), if any
+    sync_cookie: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

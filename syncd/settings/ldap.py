@@ -25,12 +25,17 @@ __all__ = [
 
 
 class LdapScheduleSettings(Strict):
-    """When the directory is pulled: `full` is a cron string or an interval, `incremental` an interval."""
+    """When the directory is pulled: `full` is a cron string or an interval, `incremental` an interval.
+
+    With content sync, `full` pulls read only what changed; `verify` (a cron string or an interval, default daily)
+    is the true full pull that reads every entry and logs any difference from the change-based state as drift.
+    """
 
     full: str | None = None
     incremental: Interval | None = None
+    verify: str | None = "24h"
 
-    @field_validator("full")
+    @field_validator("full", "verify")
     @classmethod
     def _cron_or_interval(cls, value: str | None) -> str | None:
         if value is None:
@@ -102,6 +107,8 @@ class LdapSourceSettings(Strict):
     #: incremental pulls re-read changes this far before the high-water mark (replication lag, clock steps)
     incremental_overlap_s: float = Field(60.0, ge=0)
     priority: int = 0
+    #: RFC 4533 content sync (OpenLDAP syncprov) for full pulls: auto (when the root DSE advertises it), on, off
+    content_sync: Literal["auto", "on", "off"] = "auto"
     schedule: LdapScheduleSettings = LdapScheduleSettings()
     users: LdapUsersSettings
     groups: LdapGroupsSettings | None = None

@@ -160,6 +160,20 @@ class DirectoryIndex:
         self.group_by_dn[record.dn_key] = record.external_id
         return before
 
+    def drop_user(self, external_id: str) -> tuple[str, bool] | None:
+        """Forget a user the directory no longer has; returns what was recorded (None when unknown)."""
+        before = self.users.pop(external_id, None)
+        if before is not None and self.user_by_key.get(before[0]) == external_id:
+            del self.user_by_key[before[0]]
+        return before
+
+    def drop_group(self, external_id: str) -> GroupRecord | None:
+        """Forget a group the directory no longer has; returns its record (None when unknown)."""
+        before = self.groups.pop(external_id, None)
+        if before is not None and self.group_by_dn.get(before.dn_key) == external_id:
+            del self.group_by_dn[before.dn_key]
+        return before
+
     def direct_members(self, record: GroupRecord) -> tuple[frozenset[str], list[str], int]:
         """(user external ids, child group ids, dangling count) of one group's direct member keys."""
         users: set[str] = set()

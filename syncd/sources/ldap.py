@@ -5,6 +5,15 @@ failed bind, a dropped connection, a timeout, a size limit, a referral or a sudd
 with `complete=False`, no identities or groups and the reason in `problems`, so the previous state stands.
 `check()` raises `LdapSourceError` (server URLs and reasons, never the password) when no server accepts the bind.
 
+Content sync (RFC 4533, OpenLDAP's syncprov; `content_sync: auto|on|off`): the first pull of a process takes a
+cookie for each search (users, groups, disabled users) with an empty refresh, then reads everything with the usual
+paged searches, remembering each entry's entryUUID. Each later pull sends a refreshOnly Sync Request with the
+cookie: the server answers with the entries changed since, whole, and with what is gone (deleted UUIDs, or the
+UUIDs still present), which this object applies to the index it kept; the snapshot then carries only what changed
+and what is gone (`change_based`). A cookie the server refuses (`e-syncRefreshRequired`) or a refresh over the
+bind account's size limit gives a full pull instead; `pull(true_full=True)` always reads everything (the daily
+safety net) and starts the content sync afresh.
+
 Incremental pulls read the users and groups whose modifyTimestamp (uSNChanged on Active Directory) is at or after
 the high-water mark. Unchanged members of a changed group are resolved through the `DirectoryIndex` this object
 kept from its previous pull, so `pull(since=...)` does a full pull (`incremental=False`) when it has no index
@@ -22,18 +31,19 @@ import ssl
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
-from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import BASE, DEREF_NEVER, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 
 from syncd.grants import admin_allowed, parse_grant
 from syncd.model import Group, Identity, Snapshot
 from syncd.settings.ldap import LdapSourceSettings, ResolvedLdap
+from syncd.sources._content import Refresh, SyncSession, cookies_to_text
 from syncd.sources._ldap_graph import (
     DirectoryIndex,
     ExpansionCounters,
@@ -42,6 +52,18 @@ from syncd.sources._ldap_graph import (
     expand_group,
     member_key,
     normalise_dn,
+)
+from syncd.sources._syncrepl import (
+    REFRESH_REQUIRED,
+    SYNC_DONE_OID,
+    SYNC_INFO_OID,
+    SYNC_REQUEST_OID,
+    SYNC_STATE_OID,
+    SyncMessageError,
+    parse_sync_done,
+    parse_sync_info,
+    parse_sync_state,
+    sync_request_value,
 )
 
 __all__ = ["LdapCheck", "LdapSource", "LdapSourceError"]
@@ -65,6 +87,22 @@ class LdapSourceError(Exception):
 
 class _Incomplete(Exception):
     """A search did not return everything it should have."""
+
+
+class _RefreshRequired(Exception):
+    """The server cannot continue a content sync from the cookie (e-syncRefreshRequired, or over a size limit)."""
+
+
+@dataclass(slots=True)
+class _ContentSync:
+    """What a content-synced source keeps between pulls: the index and each search's cookie and entries."""
+
+    index: DirectoryIndex
+    sessions: dict[str, SyncSession]
+
+    def cookies(self) -> dict[str, bytes | None]:
+        """Each session's cookie."""
+        return {name: session.cookie for name, session in self.sessions.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +130,8 @@ class _Pull:
     #: groups a user new to the index says it belongs to (memberOf), read again in an incremental pull
     claimed_groups: set[str] = field(default_factory=set)
     skipped_logged: int = 0
+    #: while a content sync starts: per search (users, groups, disabled), entryUUID -> external id of each entry read
+    uuids: dict[str, dict[bytes, str]] | None = None
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to one of the snapshot's counters."""
@@ -119,13 +159,27 @@ class LdapSource:
         self._index: DirectoryIndex | None = None
         self._last_groups = 0
         self._pulling = threading.Lock()  # a full and an incremental job of one source must not interleave
+        self._content: _ContentSync | None = None
+        self._content_supported: bool | None = None  # the root DSE's answer, read once
+        self._size_limit_logged = False
 
     # -- public -------------------------------------------------------------------------------------------------
 
-    def pull(self, *, since: str | None = None) -> Snapshot:
-        """Read the directory: everything when `since` is None, else what changed since that high-water mark."""
+    def pull(self, *, since: str | None = None, true_full: bool = False) -> Snapshot:
+        """Read the directory: everything when `since` is None, else what changed since that high-water mark.
+
+        With content sync, every pull but the first reads only what changed (whatever `since` says); `true_full`
+        reads everything, as the safety net does.
+        """
         with self._pulling:
-            return self._pull(since)
+            if self.settings.content_sync == "off" or self.settings.dialect == "active_directory":
+                return self._pull(since)
+            return self._pull_content(since, true_full=true_full)
+
+    @property
+    def content_synced(self) -> bool:
+        """True once a pull has started a content sync that the next pull continues."""
+        return self._content is not None
 
     def _pull(self, since: str | None) -> Snapshot:
         index = self._index
@@ -159,15 +213,264 @@ class LdapSource:
                     groups = sum(1 for _ in self._search(conn, base, self.attrs.group_filter, []))
             except (_Incomplete, LDAPException, OSError) as exc:
                 raise LdapSourceError(f"LDAP source {self.name} ({url}): search failed: {_reason(exc)}") from None
+            content = self._content_note(conn)
         warnings = [] if users else ["the user filter returns no entries"]
         if url.lower().startswith("ldap://") and not self.settings.start_tls:
             warnings.append(f"{url} without start_tls: the bind password travels unencrypted")
+        if content:
+            warnings.append(content)
         return LdapCheck(server=url, users=users, groups=groups, warnings=tuple(warnings))
+
+    def _content_note(self, conn: Connection) -> str | None:
+        """What check-config says of content sync: off, used, or wanted but not offered by the server."""
+        mode = self.settings.content_sync
+        if mode == "off" or self.settings.dialect == "active_directory":
+            return None
+        if self._offers_content_sync(conn):
+            return "content sync (RFC 4533): used, full pulls read only what changed"
+        if mode == "on":
+            return "content_sync is on but the server does not advertise RFC 4533 (syncprov): pulls will fail"
+        return "content sync (RFC 4533) not advertised by the server: full pulls read every entry"
 
     @property
     def name(self) -> str:
         """The source's name."""
         return self.settings.name
+
+    # -- content sync (RFC 4533) ------------------------------------------------------------------------------
+
+    def _pull_content(self, since: str | None, *, true_full: bool) -> Snapshot:
+        content, self._content = self._content, None  # until this pull succeeds: a failure starts afresh
+        snapshot = Snapshot(source=self.settings.name, high_water_mark=since)
+        try:
+            with self._session() as (conn, _url):
+                if not self._offers_content_sync(conn) and self.settings.content_sync == "auto":
+                    state = _Pull(snapshot, DirectoryIndex())
+                    self._index = None
+                    self._read(conn, state, None)
+                    self._index, self._last_groups = state.index, len(state.index.groups)
+                    return snapshot
+                if content is not None and not true_full:
+                    try:
+                        self._content = self._content_refresh(conn, content, snapshot)
+                        return snapshot
+                    except _RefreshRequired as exc:
+                        log.info("LDAP source %s: %s; doing a full pull", self.name, exc)
+                        snapshot = Snapshot(source=self.settings.name, high_water_mark=since)
+                        snapshot.counters["content_sync_fallback"] = 1
+                self._content = self._content_start(conn, snapshot)
+        except (LdapSourceError, _Incomplete, _RefreshRequired, LDAPException, OSError) as exc:
+            self._content = None
+            return self._failed(snapshot, exc)
+        except Exception as exc:  # a bug or an answer that cannot be parsed must not pass for a complete pull
+            self._content = None
+            log.exception("LDAP source %s: unexpected error during the pull", self.name)
+            return self._failed(snapshot, exc)
+        return snapshot
+
+    def _offers_content_sync(self, conn: Connection) -> bool:
+        if self.settings.content_sync == "on":
+            return True
+        if self._content_supported is None:
+            conn.search("", "(objectClass=*)", BASE, attributes=["supportedControl"])
+            raw = _raw(conn.response[0]) if conn.response else {}
+            offered = {v.decode("ascii", "replace") for v in raw.get("supportedcontrol", [])}
+            self._content_supported = SYNC_REQUEST_OID in offered
+            log.info(
+                "LDAP source %s: content sync (RFC 4533) %s",
+                self.name,
+                "offered by the server: used" if self._content_supported else "not offered: full pulls read everything",
+            )
+        return self._content_supported
+
+    def _searches(self) -> dict[str, tuple[str, str, list[str]]]:
+        """The content-synced searches: name -> (base, filter, attributes)."""
+        a, users_base = self.attrs, self.settings.users.base_dn
+        found = {"users": (users_base, a.user_filter, self._user_attributes(None))}
+        if a.disabled_filter:
+            found["disabled"] = (users_base, f"(&{a.user_filter}{a.disabled_filter})", [a.user_external_id_attribute])
+        if self.settings.groups is not None and a.group_filter is not None:
+            found["groups"] = (self.settings.groups.base_dn, a.group_filter, self._group_attributes())
+        return found
+
+    def _content_start(self, conn: Connection, snapshot: Snapshot) -> _ContentSync:
+        """A full pull that starts a content sync: each search's cookie first (an empty refresh), then every entry,
+        read with the paged searches, with its entryUUID. A change between the two is sent again next time."""
+        searches = self._searches()
+        cookies = {}
+        for name, (base, flt, _) in searches.items():
+            cookies[name] = self._sync_search(conn, base, f"(&{flt}(!(objectClass=*)))", [], None).cookie
+        state = _Pull(snapshot, DirectoryIndex(), uuids={name: {} for name in searches})
+        self._index = None
+        self._read(conn, state, None)
+        assert state.uuids is not None
+        snapshot.sync_cookie = cookies_to_text(cookies)
+        snapshot.counters["content_sync_started"] = 1
+        self._last_groups = len(state.index.groups)
+        sessions = {name: SyncSession(cookies[name], state.uuids[name]) for name in searches}
+        return _ContentSync(state.index, sessions)
+
+    def _sync_search(
+        self, conn: Connection, base: str, search_filter: str, attributes: list[str], cookie: bytes | None
+    ) -> Refresh:
+        """One refreshOnly search: every message of the answer read into a Refresh."""
+        conn.search(
+            base,
+            search_filter,
+            SUBTREE,
+            attributes=attributes or ["1.1"],
+            controls=[(SYNC_REQUEST_OID, True, sync_request_value(cookie))],
+            dereference_aliases=DEREF_NEVER,  # syncprov refuses any other
+            time_limit=int(self.settings.search_timeout_s),
+        )
+        result = conn.result or {}
+        if result.get("result") == REFRESH_REQUIRED:
+            raise _RefreshRequired(f"the server refused the content sync cookie of {base} (e-syncRefreshRequired)")
+        if result.get("result") == 4 and cookie is not None:
+            if not self._size_limit_logged:
+                self._size_limit_logged = True
+                log.warning(
+                    "LDAP source %s: a content sync refresh of %s went over the bind account's size limit (a refresh "
+                    "is not paged): give it an unlimited size limit, or each such change means a full pull",
+                    self.name,
+                    base,
+                )
+            raise _RefreshRequired(f"the content sync refresh of {base} went over the size limit")
+        if result.get("result") != 0:
+            raise _Incomplete(f"content sync of {base} failed: {_result_text(result)}")
+        refresh = Refresh()
+        try:
+            for message in conn.response or []:
+                kind = message.get("type")
+                if kind == "searchResEntry":
+                    value = _control(message, SYNC_STATE_OID)
+                    if value is None:
+                        raise _Incomplete(f"content sync of {base}: an entry without a Sync State control")
+                    refresh.entry(parse_sync_state(value), message)
+                elif kind == "intermediateResponse" and message.get("responseName") == SYNC_INFO_OID:
+                    refresh.info(parse_sync_info(message.get("responseValue") or b""))
+                elif kind == "searchResRef":
+                    raise _Incomplete(f"content sync of {base} was referred elsewhere; referrals are not followed")
+            refresh.done(parse_sync_done(_control(result, SYNC_DONE_OID)))
+        except SyncMessageError as exc:
+            raise _Incomplete(f"content sync of {base}: malformed answer: {exc}") from None
+        return refresh
+
+    def _content_refresh(self, conn: Connection, content: _ContentSync, snapshot: Snapshot) -> _ContentSync:
+        """Apply what changed since the cookies to the index kept; the snapshot carries the changes and removals."""
+        snapshot.incremental = snapshot.change_based = True
+        state = _Pull(snapshot, content.index)
+        searches = self._searches()
+        if set(searches) != set(content.sessions):
+            raise _RefreshRequired("the searches changed")
+        refreshes = {
+            name: self._sync_search(conn, base, flt, attrs, content.sessions[name].cookie)
+            for name, (base, flt, attrs) in searches.items()
+        }
+        disabled = self._refresh_disabled(content, refreshes.get("disabled"))
+        self._refresh_users(conn, state, content, refreshes["users"], disabled)
+        if "groups" in refreshes:
+            self._refresh_groups(conn, state, content.sessions["groups"], refreshes["groups"])
+            self._reread_referencing(conn, state)
+            self._emit_groups(state, "content sync")
+        for name, refresh in refreshes.items():
+            content.sessions[name].cookie = refresh.cookie or content.sessions[name].cookie
+        snapshot.sync_cookie = cookies_to_text(content.cookies())
+        snapshot.counters["identities"] = len(snapshot.identities)
+        snapshot.counters["groups"] = len(snapshot.groups)
+        snapshot.counters["removed"] = len(snapshot.removed_identities) + len(snapshot.removed_groups)
+        return content
+
+    def _refresh_disabled(self, content: _ContentSync, refresh: Refresh | None) -> tuple[set[str], set[str]]:
+        """(the disabled users' external ids now, those whose disabled state changed)."""
+        session = content.sessions.get("disabled")
+        if session is None or refresh is None:
+            return set(), set()
+        before = set(session.entries.values())
+        for uuid in refresh.gone(session.entries):
+            del session.entries[uuid]
+        attribute = self.attrs.user_external_id_attribute
+        for uuid, entry in refresh.changed:
+            session.entries[uuid] = _external_id(_raw(entry), attribute) or ""
+        now = set(session.entries.values())
+        return now - {""}, (before ^ now) - {""}
+
+    def _refresh_users(
+        self,
+        conn: Connection,
+        state: _Pull,
+        content: _ContentSync,
+        refresh: Refresh,
+        disabled: tuple[set[str], set[str]],
+    ) -> None:
+        session = content.sessions["users"]
+        had_users = bool(session.entries)
+        for uuid in refresh.gone(session.entries):
+            external_id = session.entries.pop(uuid)
+            if external_id:
+                self._drop_user(state, external_id)
+        sent = set()
+        for uuid, entry in refresh.changed:
+            sent.add(self._refreshed_user(state, session, uuid, entry, disabled[0]))
+        flipped = disabled[1] - sent  # disabled or enabled without a change the users' search saw
+        if flipped:
+            by_id = {external_id: uuid for uuid, external_id in session.entries.items() if external_id in flipped}
+            for uuid in by_id.values():
+                entry = self._entry_by_uuid(conn, uuid)
+                if entry is not None:
+                    self._refreshed_user(state, session, uuid, entry, disabled[0])
+        state.count("users_read", len(refresh.changed))
+        if had_users and not session.entries:
+            raise _Incomplete(
+                f"the content sync of {self.settings.users.base_dn} removed every user; treated as a failure so "
+                "that nobody is deactivated"
+            )
+
+    def _refreshed_user(self, state: _Pull, session: SyncSession, uuid: bytes, entry: Any, disabled: set[str]) -> str:
+        """Apply one user sent whole; returns its external id."""
+        before = session.entries.get(uuid)
+        emitted = len(state.snapshot.identities)
+        self._user(state, entry, disabled)
+        external_id = _external_id(_raw(entry), self.attrs.user_external_id_attribute) or ""
+        session.entries[uuid] = external_id
+        if before and before != external_id:
+            self._drop_user(state, before)
+        elif before and len(state.snapshot.identities) == emitted:
+            state.snapshot.removed_identities.add(before)  # no longer a person syncd records (no mail, no uid)
+        return external_id
+
+    def _drop_user(self, state: _Pull, external_id: str) -> None:
+        before = state.index.drop_user(external_id)
+        if before is not None:
+            state.changed_keys.add(before[0])
+        state.snapshot.removed_identities.add(external_id)
+
+    def _entry_by_uuid(self, conn: Connection, uuid: bytes) -> Any | None:
+        text = str(UUID(bytes=uuid))
+        flt = f"(&{self.attrs.user_filter}(entryUUID={text}))"
+        found = list(self._search(conn, self.settings.users.base_dn, flt, self._user_attributes(None)))
+        return next((e for e in found if e.get("type") == "searchResEntry"), None)
+
+    def _refresh_groups(self, conn: Connection, state: _Pull, session: SyncSession, refresh: Refresh) -> None:
+        for uuid in refresh.gone(session.entries):
+            external_id = session.entries.pop(uuid)
+            if external_id:
+                self._drop_group(state, external_id)
+        for uuid, entry in refresh.changed:
+            before = session.entries.get(uuid)
+            self._group(conn, state, entry)
+            external_id = _external_id(_raw(entry), self.attrs.group_external_id_attribute or "") or ""
+            session.entries[uuid] = external_id
+            if before and before != external_id:
+                self._drop_group(state, before)
+        state.count("groups_read", len(refresh.changed))
+
+    def _drop_group(self, state: _Pull, external_id: str) -> None:
+        before = state.index.drop_group(external_id)
+        if before is not None:
+            state.changed_keys.add(before.dn_key)
+        state.changed_groups.discard(external_id)
+        state.snapshot.removed_groups.add(external_id)
 
     # -- connection ---------------------------------------------------------------------------------------------
 
@@ -233,6 +536,9 @@ class LdapSource:
         snapshot.problems.append(problem)
         snapshot.identities.clear()
         snapshot.groups.clear()
+        snapshot.removed_identities.clear()
+        snapshot.removed_groups.clear()
+        snapshot.sync_cookie = None
         return snapshot
 
     # -- searching ----------------------------------------------------------------------------------------------
@@ -312,8 +618,9 @@ class LdapSource:
         flt = self._changed_filter(f"(&{self.attrs.user_filter}{self.attrs.disabled_filter})", since)
         attribute = self.attrs.user_external_id_attribute
         found = set()
-        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, [attribute]):
+        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, _with_uuid(state, [attribute])):
             external_id = _external_id(_raw(entry), attribute)
+            _remember_uuid(state, "disabled", entry, external_id)
             if external_id:
                 found.add(external_id)
         return found
@@ -322,7 +629,8 @@ class LdapSource:
         disabled = self._disabled(conn, state, since)
         flt = self._changed_filter(self.attrs.user_filter, since)
         seen = 0
-        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, self._user_attributes(since)):
+        attributes = _with_uuid(state, self._user_attributes(since))
+        for entry in self._entries(conn, state, self.settings.users.base_dn, flt, attributes):
             seen += 1
             self._user(state, entry, disabled)
         state.count("users_read", seen)
@@ -337,6 +645,7 @@ class LdapSource:
         raw = _raw(entry)
         state.saw_change(_text(raw, "modifytimestamp"))
         external_id = _external_id(raw, a.user_external_id_attribute)
+        _remember_uuid(state, "users", entry, external_id)
         user_id, email = _text(raw, a.user_id_attribute), _text(raw, a.email_attribute)
         if not external_id or not user_id:
             state.count("skipped_no_id")
@@ -432,7 +741,11 @@ class LdapSource:
         base = self.settings.groups.base_dn
         seen = 0
         for entry in self._entries(
-            conn, state, base, self._changed_filter(self.attrs.group_filter, since), self._group_attributes()
+            conn,
+            state,
+            base,
+            self._changed_filter(self.attrs.group_filter, since),
+            _with_uuid(state, self._group_attributes()),
         ):
             seen += 1
             self._group(conn, state, entry)
@@ -447,6 +760,7 @@ class LdapSource:
         raw = _raw(entry)
         state.saw_change(_text(raw, "modifytimestamp"))
         external_id = _external_id(raw, a.group_external_id_attribute or "")
+        _remember_uuid(state, "groups", entry, external_id)
         if not external_id:
             state.count("skipped_no_id")
             return
@@ -635,9 +949,37 @@ def _decode_entries_lean(conn: Connection) -> None:
         name, attributes = message["payload"][0][3], message["payload"][1][3]
         raw = {bytes(a[3][0][3]).decode("utf-8").lower(): [bytes(v[3]) for v in a[3][1][3]] for a in attributes}
         dn = bytes(name).decode("utf-8", "replace")
-        return {"type": "searchResEntry", "dn": dn, "raw_attributes": raw, "attributes": {}}
+        entry = {"type": "searchResEntry", "dn": dn, "raw_attributes": raw, "attributes": {}}
+        if message["controls"]:  # a content sync's Sync State control: OID -> {"value": BER bytes}
+            entry["controls"] = {
+                bytes(c[3][0][3]).decode("ascii"): {"value": next((bytes(r[3]) for r in c[3][1:] if r[2] == 4), None)}
+                for c in message["controls"]
+            }
+        return entry
 
     conn.strategy.decode_response_fast = decode
+
+
+def _with_uuid(state: _Pull, attributes: list[str]) -> list[str]:
+    """The attributes to read, with entryUUID while a content sync starts (later deletions name entries by it)."""
+    if state.uuids is None:
+        return attributes
+    return list(dict.fromkeys([*attributes, "entryUUID"]))
+
+
+def _remember_uuid(state: _Pull, search: str, entry: Any, external_id: str | None) -> None:
+    if state.uuids is None:
+        return
+    values = _raw(entry).get("entryuuid")
+    if values:
+        state.uuids[search][UUID(values[0].decode("ascii")).bytes] = external_id or ""
+
+
+def _control(message: Any, oid: str) -> bytes | None:
+    """The value of one control of a decoded message (a search entry, or the final result)."""
+    control = (message.get("controls") or {}).get(oid)
+    value = control.get("value") if isinstance(control, dict) else None
+    return bytes(value) if value is not None else None
 
 
 def _raw(entry: Any) -> dict[str, list[bytes]]:
@@ -656,7 +998,7 @@ def _external_id(raw: dict[str, list[bytes]], attribute: str) -> str | None:
     if not values:
         return None
     if attribute.lower() in _BINARY_IDS and len(values[0]) == 16:
-        return str(uuid.UUID(bytes_le=values[0]))
+        return str(UUID(bytes_le=values[0]))
     return values[0].decode("utf-8", "replace")
 
 

@@ -45,6 +45,8 @@ class SourceState:
     last_attempt_at: datetime | None = None
     last_error: str | None = None
     counters: Mapping[str, int] = field(default_factory=dict)
+    #: the RFC 4533 cookies of the last content-synced pull recorded (opaque text)
+    sync_cookie: str | None = None
 
 
 @dataclass(slots=True)
@@ -149,6 +151,7 @@ def _sync_rows(
     values_of: Callable[[T], dict[str, Any]],
     fields: tuple[str, ...],
     light: tuple[str, ...] = (),
+    gone: Collection[str] = (),
 ) -> _RowChanges:
     """Bring one source's rows of `table` (identities or groups) in line with a snapshot, in bulk.
 
@@ -157,7 +160,8 @@ def _sync_rows(
     stored row are read; the rows whose digest differs are then read whole and compared field by field, so that an
     unchanged pull of 100,000 people reads 100,000 short rows, decodes no JSON and holds no row object. A digest
     that differs while the values do not (a row written before the digest existed, or by another version) is only
-    refreshed: no new version, no change reported. A full snapshot marks rows it lacks absent. The `light` columns
+    refreshed: no new version, no change reported. A full snapshot marks rows it lacks absent, an incremental one
+    those named `gone` (what a change-based snapshot reports removed). The `light` columns
     of the rows updated or removed are read before the writes (the callers report what they were).
     """
     now = _now()
@@ -166,7 +170,7 @@ def _sync_rows(
     )
     queries = [query]
     if snapshot.incremental:  # it marks nothing absent: only the rows it sends are compared
-        queries = in_chunks(query, table.c.external_id, sorted(items))
+        queries = in_chunks(query, table.c.external_id, sorted(set(items).union(gone)))
     ids: dict[str, int] = {}
     digests: dict[str, str | None] = {}
     absent: set[str] = set()
@@ -213,7 +217,8 @@ def _sync_rows(
                 updated_ids.append(row_id)
             else:
                 refreshed.append({"b_id": row_id, "b_digest": digest})
-    removed_ids = [] if snapshot.incremental else [i for e, i in ids.items() if e not in absent and e not in items]
+    lacking = gone if snapshot.incremental else ids
+    removed_ids = [ids[e] for e in lacking if e in ids and e not in absent and e not in items]
     updated, removed = _rows_before(conn, table, light, updated_ids), _rows_before(conn, table, light, removed_ids)
     if inserts:
         conn.execute(insert(table), inserts)
@@ -283,7 +288,15 @@ class SourceStore:
         the snapshot is full)."""
         items = {i.external_id: i for i in reversed(snapshot.identities)}
         change = _sync_rows(
-            conn, identities, snapshot, items, _identity_digest, _identity_values, _IDENTITY_FIELDS, light=("user_id",)
+            conn,
+            identities,
+            snapshot,
+            items,
+            _identity_digest,
+            _identity_values,
+            _IDENTITY_FIELDS,
+            light=("user_id",),
+            gone=snapshot.removed_identities,
         )
         result.affected_user_ids.update(values["user_id"] for values in change.inserted)
         result.affected_user_ids.update(row.user_id for row in change.updated)
@@ -304,7 +317,16 @@ class SourceStore:
         for g in reversed(snapshot.groups):
             values = _group_values(g, identity_ids)
             items[g.external_id] = (row_digest(values[name] for name in _GROUP_FIELDS), values)
-        change = _sync_rows(conn, groups, snapshot, items, itemgetter(0), lambda item: dict(item[1]), _GROUP_FIELDS)
+        change = _sync_rows(
+            conn,
+            groups,
+            snapshot,
+            items,
+            itemgetter(0),
+            lambda item: dict(item[1]),
+            _GROUP_FIELDS,
+            gone=snapshot.removed_groups,
+        )
         result.groups_added, result.groups_updated = len(change.inserted), len(change.updated)
         result.groups_removed = len(change.removed)
         touched = {values["external_id"] for values in change.inserted}
@@ -389,8 +411,10 @@ class SourceStore:
         }
         if snapshot.high_water_mark is not None:
             values["high_water_mark"] = snapshot.high_water_mark
-        if not snapshot.incremental:
+        if not snapshot.incremental or snapshot.change_based:  # a change-based pull is a full one, cheaply
             values["last_full_at"] = now
+        if snapshot.sync_cookie is not None:
+            values["sync_cookie"] = snapshot.sync_cookie
         self._upsert_state(conn, snapshot.source, values)
 
     def mark_success(self, source: str) -> None:

@@ -198,6 +198,7 @@ source_state = Table(
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("last_error", Text),
     Column("counters", JSON, nullable=False, default=dict),
+    Column("sync_cookie", Text),
 )
 
 leader_lease = Table(

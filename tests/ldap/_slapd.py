@@ -1,9 +1,10 @@
 """A throwaway OpenLDAP server for the LDAP source tests (and the benchmark).
 
-`Slapd.create(root)` writes a throwaway CA and a server certificate for 127.0.0.1, a private cn=config (slapadd -n0:
-mdb, memberof, refint and ppolicy overlays, StartTLS and LDAPS) and an empty suffix; `load(ldif)` bulk-loads entries
-with `slapadd -q` while the server is stopped; `start()` runs `slapd -d 0` in the foreground on two free loopback
-ports (ldap:// and ldaps://). The sync account cn=syncd is limited to 1,000 entries per search unless it pages.
+`Slapd.create(root)` writes a throwaway CA and a server certificate for 127.0.0.1, a private cn=config (slapadd
+-n0: mdb, memberof, refint, ppolicy and syncprov overlays, StartTLS and LDAPS) and an empty suffix; `load(ldif)`
+bulk-loads entries with `slapadd -q` while the server is stopped; `start()` runs `slapd -d 0` in the foreground on
+two free loopback ports (ldap:// and ldaps://). The sync account cn=syncd is limited to 1,000 entries per search
+unless it pages; syncprov keeps a session log of deletes, so a content sync with a recent cookie is told them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ SYNC_DN = f"cn=syncd,{SUFFIX}"
 SYNC_PASSWORD = "s3cret-Sync-Pw"
 #: a second reader whose paged searches are capped too, to provoke a size limit
 LIMITED_DN = f"cn=limited,{SUFFIX}"
+#: deletes syncprov remembers, so that a content sync with a recent cookie is told them (refreshDeletes) rather
+#: than sent every unchanged entry's UUID (refreshPresent)
+SESSIONLOG = 10_000
 SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
 LITELLM_SCHEMA = Path(__file__).resolve().parents[2] / "config" / "ldap" / "litellm.ldif"
 
@@ -121,6 +125,7 @@ olcModuleLoad: back_mdb
 olcModuleLoad: memberof
 olcModuleLoad: refint
 olcModuleLoad: ppolicy
+olcModuleLoad: syncprov
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -148,6 +153,7 @@ olcDbMaxSize: 4294967296
 olcDbNoSync: TRUE
 olcDbIndex: objectClass eq
 olcDbIndex: entryUUID eq
+olcDbIndex: entryCSN eq
 olcDbIndex: uid eq
 olcDbIndex: member eq
 olcLimits: dn.exact="{SYNC_DN}" size.soft=1000 size.hard=1000 size.pr=noEstimate size.prtotal=unlimited
@@ -171,6 +177,13 @@ dn: olcOverlay={{2}}ppolicy,{database}
 objectClass: olcOverlayConfig
 objectClass: olcPPolicyConfig
 olcOverlay: {{2}}ppolicy
+
+dn: olcOverlay={{3}}syncprov,{database}
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: {{3}}syncprov
+olcSpCheckpoint: 100 1
+olcSpSessionlog: {SESSIONLOG}
 """
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ldap3
@@ -24,12 +24,24 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
     server.stop()
 
 
+def _new_tree(slapd: Slapd, conn: ldap3.Connection) -> Tree:
+    base = f"ou=t{next_number()},{SUFFIX}"
+    for dn in (base, f"ou=people,{base}", f"ou=groups,{base}"):
+        assert conn.add(dn, ["organizationalUnit"], {"ou": dn.split(",")[0][3:]}), conn.result
+    return Tree(slapd, conn, base)
+
+
 @pytest.fixture
 def tree(slapd: Slapd) -> Iterator[Tree]:
     """A fresh `ou=tN` subtree with ou=people and ou=groups, for one test."""
     conn = ldap3.Connection(ldap3.Server(slapd.url), ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
-    base = f"ou=t{next_number()},{SUFFIX}"
-    for dn in (base, f"ou=people,{base}", f"ou=groups,{base}"):
-        assert conn.add(dn, ["organizationalUnit"], {"ou": dn.split(",")[0][3:]}), conn.result
-    yield Tree(slapd, conn, base)
+    yield _new_tree(slapd, conn)
+    conn.unbind()
+
+
+@pytest.fixture
+def tree_factory(slapd: Slapd) -> Iterator[Callable[[], Tree]]:
+    """Makes a fresh subtree on each call (one per example of a property test)."""
+    conn = ldap3.Connection(ldap3.Server(slapd.url), ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
+    yield lambda: _new_tree(slapd, conn)
     conn.unbind()

@@ -1,0 +1,231 @@
+"""RFC 4533 content sync against the real slapd (syncprov): each change-based pull, recorded, leaves the store as a
+fresh full pull would; deletions are reported; a refused cookie or a failure falls back to a full pull."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _tree import Tree
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syncd.model import Snapshot
+from syncd.sources._content import cookies_from_text
+from syncd.sources.ldap import LdapSource
+from syncd.store import make_engine
+from syncd.store.repository import SyncStore
+from syncd.store.tables import metadata
+
+pytestmark = pytest.mark.slapd
+
+
+def new_store(path: Path) -> SyncStore:
+    """A SyncStore on a fresh SQLite file."""
+    path.unlink(missing_ok=True)
+    engine = make_engine(f"sqlite:///{path}")
+    metadata.create_all(engine)
+    return SyncStore(engine)
+
+
+def present(store: SyncStore, source: str = "corp") -> dict[str, Any]:
+    """What the store holds as present for a source: identities, groups and memberships."""
+    dump = store.dump_source(source)
+    people = {k: v for k, v in dump["identities"].items() if v["present"]}
+    teams = {k: v for k, v in dump["groups"].items() if v["present"]}
+    members = {g: m for g, m in dump["memberships"].items() if g in teams and m}
+    return {"identities": people, "groups": teams, "memberships": members}
+
+
+def pull_recorded(source: LdapSource, store: SyncStore) -> Snapshot:
+    """One pull, recorded; it must be complete."""
+    snapshot = source.pull()
+    assert snapshot.complete, snapshot.problems
+    store.record_snapshot(snapshot)
+    return snapshot
+
+
+def full_state(tree: Tree, tmp_path: Path) -> dict[str, Any]:
+    """The store's state after one plain full pull (content sync off) into a fresh store."""
+    store = new_store(tmp_path / "full.db")
+    snapshot = LdapSource(tree.settings(content_sync="off")).pull()
+    assert snapshot.complete and not snapshot.change_based, snapshot.problems
+    store.record_snapshot(snapshot)
+    return present(store)
+
+
+def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path: Path) -> None:
+    users = {uid: tree.add_user(uid) for uid in ("alice", "bob", "carol", "dave", "erin")}
+    leaf = tree.add_group("leaf", [users["alice"]])
+    tree.add_group("middle", [users["bob"], leaf])
+    flat = tree.add_group("flat", [users["carol"], users["dave"]])
+    source = tree.source()
+    store = new_store(tmp_path / "content.db")
+    first = pull_recorded(source, store)
+    assert not first.change_based and first.counters["content_sync_started"] == 1 and source.content_synced
+    assert set(cookies_from_text(first.sync_cookie)) == {"users", "groups", "disabled"}
+
+    nothing = pull_recorded(source, store)
+    assert nothing.change_based and nothing.incremental
+    assert (nothing.identities, nothing.groups, nothing.removed_identities) == ([], [], set())
+
+    tree.add_member(leaf, users["erin"])  # leaf and, through nesting, middle
+    tree.replace(users["bob"], mail="robert@example.org")
+    users["carol"] = tree.rename(users["carol"], "uid=caroline")  # refint rewrites flat's member value
+    tree.replace(users["dave"], pwdAccountLockedTime="000001010000Z")  # disabled
+    changed = pull_recorded(source, store)
+    assert {g.name for g in changed.groups} >= {"leaf", "middle", "flat"}
+    assert present(store) == full_state(tree, tmp_path)
+
+    erin_id = tree.entry_uuid(users["erin"])
+    flat_id = tree.entry_uuid(flat)
+    tree.delete(users["erin"])  # refint takes erin out of leaf
+    tree.delete(flat)
+    tree.replace(users["alice"], mail=[])  # no mail: no longer a person syncd records
+    tree.add_user("frank")
+    gone = pull_recorded(source, store)
+    assert gone.change_based and erin_id in gone.removed_identities and gone.removed_groups == {flat_id}
+    assert present(store) == full_state(tree, tmp_path)
+    state = store.source_state("corp")
+    assert state.sync_cookie == gone.sync_cookie and state.last_full_at is not None
+
+
+def test_a_cookie_older_than_the_session_log_gets_a_present_phase(tree: Tree, tmp_path: Path) -> None:
+    users = [tree.add_user(uid) for uid in ("gina", "hank")]
+    tree.add_group("team", users)
+    source = tree.source()
+    store = new_store(tmp_path / "content.db")
+    pull_recorded(source, store)
+    assert source._content is not None
+    for session in source._content.sessions.values():
+        session.cookie = b"rid=000,csn=19700101000000.000000Z#000000#000#000000"  # far older than the session log
+    hank = tree.entry_uuid(users[1])
+    tree.delete(users[1])
+    again = pull_recorded(source, store)  # every entry sent again, the rest named present: hank is not
+    assert again.change_based and again.removed_identities == {hank}
+    assert present(store) == full_state(tree, tmp_path)
+
+
+def test_a_refresh_that_fails_partway_records_nothing_and_starts_afresh(
+    tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = tree.add_user("ivan")
+    tree.add_group("solo", [user, tree.add_user("ivy")])
+    source = tree.source()
+    store = new_store(tmp_path / "content.db")
+    pull_recorded(source, store)
+    before = present(store)
+    tree.delete(user)
+
+    def dropped(*_: object) -> None:
+        raise OSError("connection reset")  # after the users and groups were applied to the index
+
+    monkeypatch.setattr(source, "_reread_referencing", dropped)
+    failed = source.pull()
+    assert not failed.complete and failed.identities == [] and not failed.removed_identities
+    assert not source.content_synced and "connection reset" in failed.problems[0]
+    monkeypatch.undo()
+    assert present(store) == before  # nothing recorded
+    restarted = pull_recorded(source, store)
+    assert not restarted.change_based
+    assert present(store) == full_state(tree, tmp_path)
+
+
+def test_content_sync_off_reads_everything_each_time(tree: Tree) -> None:
+    tree.add_user("judy")
+    source = tree.source(content_sync="off")
+    assert not source.pull().change_based and not source.pull().change_based and not source.content_synced
+
+
+def test_true_full_reads_everything_and_restarts_the_content_sync(tree: Tree, tmp_path: Path) -> None:
+    tree.add_group("crew", [tree.add_user("kim")])
+    source = tree.source()
+    store = new_store(tmp_path / "content.db")
+    pull_recorded(source, store)
+    verified = source.pull(true_full=True)
+    assert verified.complete and not verified.change_based and verified.identities
+    assert source.pull().change_based
+
+
+# -- equal results, property-based ----------------------------------------------------------------------------
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["add_user", "modify", "rename", "add_member", "remove_member", "delete_user", "lock", "group", "ungroup"]
+        ),
+        st.integers(0, 1000),
+        st.integers(0, 1000),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+class _World:
+    """The users and groups of one property run, changed at random through the tree."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self.users: list[str] = [tree.add_user(f"p{i}") for i in range(4)]
+        self.groups: list[str] = [
+            tree.add_group("g0", self.users[:2]),
+            tree.add_group("g1", self.users[1:3]),
+        ]
+        self.groups.append(tree.add_group("g2", [self.users[3], self.groups[0]]))  # nested
+        self.serial = 100
+
+    def apply(self, op: str, a: int, b: int) -> None:
+        tree, self.serial = self.tree, self.serial + 1
+        if op == "add_user" or not self.users:
+            self.users.append(tree.add_user(f"p{self.serial}"))
+            return
+        user = self.users[a % len(self.users)]
+        if op == "group" or not self.groups:
+            self.groups.append(tree.add_group(f"g{self.serial}", [user, *self.groups[-1:]]))
+            return
+        group = self.groups[b % len(self.groups)]
+        if op == "modify":
+            tree.replace(user, mail=f"m{self.serial}@example.org", cn=f"Name {self.serial}")
+        elif op == "rename":
+            self.users[a % len(self.users)] = tree.rename(user, f"uid=p{self.serial}")
+        elif op == "add_member":
+            members = self._members(group)
+            if user.lower() not in members:
+                tree.add_member(group, user)
+        elif op == "remove_member":
+            members = self._members(group)
+            if user.lower() in members and len(members) > 1:
+                tree.remove_member(group, user)
+        elif op == "delete_user":
+            tree.delete(user)
+            self.users.remove(user)
+        elif op == "ungroup":
+            tree.delete(group)  # refint takes it out of the groups it was nested in
+            self.groups.remove(group)
+        elif op == "lock":
+            tree.replace(user, pwdAccountLockedTime=[] if a % 2 else "000001010000Z")
+
+    def _members(self, group: str) -> set[str]:
+        conn = self.tree.conn
+        assert conn.search(group, "(objectClass=*)", "BASE", attributes=["member"]), conn.result
+        return {str(v).lower() for v in conn.entries[0].member.values}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(_OPS, min_size=1, max_size=3))
+def test_content_sync_equals_a_full_pull_after_random_changes(
+    tree_factory: Any, tmp_path: Path, batches: list[list[tuple[str, int, int]]]
+) -> None:
+    tree = tree_factory()
+    world = _World(tree)
+    source = tree.source()
+    store = new_store(tmp_path / "property.db")
+    pull_recorded(source, store)
+    for batch in batches:
+        for op, a, b in batch:
+            world.apply(op, a, b)
+        snapshot = pull_recorded(source, store)
+        assert snapshot.change_based
+        assert present(store) == full_state(tree, tmp_path)
