@@ -68,6 +68,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.source_drift = Counter(
+            "syncd_source_drift",
+            "Rows (identities, groups, memberships) a true full pull found different from the change-based state",
+            ["source"],
+            registry=r,
+        )
 
         self._add_daemon_metrics(r)
 

@@ -2,7 +2,9 @@
 
 A pull that fails or comes back incomplete records nothing but the failure (the source's previous state stands) and
 is reported in `failed`. Keep one `LdapSource` per source for the life of a process (the `sources` cache): its
-directory index is what makes the next incremental pull possible.
+directory index is what makes the next incremental or content-synced pull possible. With `true_full`, a
+content-synced source first records what changed, then reads every entry: whatever that second record still
+changes is drift of the change-based state, logged and counted.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def pull_sources(
     sources: MutableMapping[str, Any] | None = None,
     metrics: Any | None = None,
     affected: set[str] | None = None,
+    true_full: bool = False,
 ) -> tuple[list[Snapshot], list[str]]:
     """Pull the named (or every) LDAP source; record complete snapshots when `record`. Returns (snapshots, failed).
 
@@ -43,7 +46,7 @@ def pull_sources(
 
     selected = _selected(settings, names)
     with gc_paused():
-        return _pull_all(selected, store, record, incremental, sources, metrics, affected)
+        return _pull_all(selected, store, record, incremental, sources, metrics, affected, true_full)
 
 
 def _pull_all(
@@ -54,12 +57,17 @@ def _pull_all(
     sources: MutableMapping[str, Any] | None,
     metrics: Any | None,
     affected: set[str] | None,
+    true_full: bool = False,
 ) -> tuple[list[Snapshot], list[str]]:
     snapshots: list[Snapshot] = []
     failed: list[str] = []
     for source_settings in selected:
         source = _source(source_settings, sources)
-        snapshot = _pull_one(source, source_settings.name, store, incremental=incremental)
+        verify = true_full and record and source.content_synced
+        if verify and not _catch_up(source, source_settings.name, store, metrics, affected):
+            failed.append(source_settings.name)
+            continue
+        snapshot = _pull_one(source, source_settings.name, store, incremental=incremental, true_full=true_full)
         del source  # without a cache, its directory index is garbage now: freed before the record needs memory
         if snapshot is not None and metrics is not None:
             _count_problems(metrics, snapshot)
@@ -73,8 +81,51 @@ def _pull_all(
                 continue
             if affected is not None:
                 affected.update(result.affected_user_ids)
+            if verify:
+                _report_drift(source_settings.name, result, metrics)
         snapshots.append(snapshot)
     return snapshots, failed
+
+
+def _catch_up(source: Any, name: str, store: Any, metrics: Any | None, affected: set[str] | None) -> bool:
+    """Record a change-based pull, so that the true full pull after it compares with the state of now."""
+    snapshot = _pull_one(source, name, store, incremental=False)
+    if snapshot is None or not snapshot.complete:
+        return False
+    if metrics is not None:
+        _count_problems(metrics, snapshot)
+    result = _record(store, snapshot)
+    if result is not None and affected is not None:
+        affected.update(result.affected_user_ids)
+    return result is not None
+
+
+def _report_drift(name: str, result: Any, metrics: Any | None) -> None:
+    """Log and count what a true full pull changed after a change-based one: rows the content sync got wrong."""
+    drift = {
+        kind: getattr(result, kind)
+        for kind in (
+            "identities_added",
+            "identities_updated",
+            "identities_removed",
+            "groups_added",
+            "groups_updated",
+            "groups_removed",
+            "memberships_added",
+            "memberships_removed",
+        )
+        if getattr(result, kind)
+    }
+    if not drift:
+        log.info("true full pull: the change-based state was exact", extra={"source": name})
+        return
+    log.warning(
+        "drift: the true full pull differs from the change-based state (corrected now): %s",
+        ", ".join(f"{kind} {count}" for kind, count in drift.items()),
+        extra={"source": name},
+    )
+    if metrics is not None:
+        metrics.source_drift.labels(name).inc(sum(drift.values()))
 
 
 #: snapshot counters that are problems met while pulling (the others are plain counts)
@@ -117,12 +168,12 @@ def _source(source_settings: Any, cache: MutableMapping[str, Any] | None) -> Any
     return cache[source_settings.name]
 
 
-def _pull_one(source: Any, name: str, store: Any, *, incremental: bool) -> Snapshot | None:
+def _pull_one(source: Any, name: str, store: Any, *, incremental: bool, true_full: bool = False) -> Snapshot | None:
     from syncd.sources.ldap import LdapSourceError
 
     since = store.source_state(name).high_water_mark if incremental else None
     try:
-        snapshot: Snapshot = source.pull(since=since)
+        snapshot: Snapshot = source.pull(since=since, true_full=true_full) if true_full else source.pull(since=since)
     except LdapSourceError as exc:
         log.error("LDAP pull failed: %s", exc, extra={"source": name})
         store.record_failure(name, str(exc))
@@ -148,6 +199,8 @@ def _record(store: Any, snapshot: Snapshot) -> Any:
         extra={
             "source": snapshot.source,
             "incremental": snapshot.incremental,
+            "change_based": snapshot.change_based,
+            "removed": len(snapshot.removed_identities) + len(snapshot.removed_groups),
             "identities": len(snapshot.identities),
             "groups": len(snapshot.groups),
             "affected_users": len(result.affected_user_ids),

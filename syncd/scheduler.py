@@ -1,5 +1,9 @@
 """Scheduled LDAP pulls: an APScheduler job per source for its `full` and its `incremental` schedule.
 
+With content sync (RFC 4533) the `full` pulls read only what changed; a third job per source, on `schedule.verify`
+(default daily), is the safety net: a true full pull that reads every entry, whose difference from the
+change-based state is logged as drift and counted in syncd_source_drift.
+
 `schedule.full` is a cron string ("0 */6 * * *") or an interval ("6h"); `schedule.incremental` an interval. Each
 job has jitter (a tenth of its period, at most a minute), never overlaps itself (`max_instances=1`) and runs a
 missed fire once (`coalesce=True`). A job pulls through `syncd.pull`, records, then asks the reconcile worker for a
@@ -76,13 +80,19 @@ class PullScheduler:
                 seconds = float(source.schedule.incremental)
                 trigger = IntervalTrigger(seconds=seconds, jitter=_jitter(seconds), timezone=UTC)
                 self._add(f"{source.name}:incremental", trigger, source.name, incremental=True)
+            if (
+                source.schedule.verify
+                and source.content_sync != "off"
+                and (source.schedule.full or source.schedule.incremental)
+            ):
+                trigger = full_trigger(source.schedule.verify)
+                self._add(f"{source.name}:verify", trigger, source.name, incremental=False, true_full=True)
         self.scheduler.start()
 
-    def _add(self, job_id: str, trigger: BaseTrigger, name: str, *, incremental: bool) -> None:
+    def _add(self, job_id: str, trigger: BaseTrigger, name: str, *, incremental: bool, true_full: bool = False) -> None:
         grace = 3600 if not incremental else 60
-        self.scheduler.add_job(
-            self.pull, trigger, args=[name], kwargs={"incremental": incremental}, id=job_id, misfire_grace_time=grace
-        )
+        kwargs = {"incremental": incremental, **({"true_full": True} if true_full else {})}
+        self.scheduler.add_job(self.pull, trigger, args=[name], kwargs=kwargs, id=job_id, misfire_grace_time=grace)
 
     def begin_stop(self) -> None:
         """Start no more pulls (safe from a signal handler)."""
@@ -115,7 +125,7 @@ class PullScheduler:
         following = trigger.get_next_fire_time(None, last)
         return following is not None and following <= now
 
-    def pull(self, name: str, *, incremental: bool) -> None:
+    def pull(self, name: str, *, incremental: bool, true_full: bool = False) -> None:
         """One scheduled pull of one source (skipped unless leader); then ask for a reconcile."""
         if self.stopping.is_set() or not self.is_leader():
             log.debug("not the leader (or stopping): scheduled pull skipped", extra={"source": name})
@@ -126,8 +136,9 @@ class PullScheduler:
             return
         affected: set[str] = set()
         try:
-            with log_context(source=name, mode="incremental" if incremental else "full"):
-                failed = self._pull_and_record(name, incremental=incremental, affected=affected)
+            mode = "verify" if true_full else "incremental" if incremental else "full"
+            with log_context(source=name, mode=mode):
+                failed = self._pull_and_record(name, incremental=incremental, affected=affected, true_full=true_full)
         finally:
             lock.release()
         if incremental and not failed:
@@ -138,8 +149,10 @@ class PullScheduler:
             return
         self.on_pulled(name, failed, None)
 
-    def _pull_and_record(self, name: str, *, incremental: bool, affected: set[str] | None = None) -> list[str]:
-        mode = "incremental" if incremental else "full"
+    def _pull_and_record(
+        self, name: str, *, incremental: bool, affected: set[str] | None = None, true_full: bool = False
+    ) -> list[str]:
+        mode = "verify" if true_full else "incremental" if incremental else "full"
         try:
             _, failed = pull_sources(
                 self.settings,
@@ -150,6 +163,7 @@ class PullScheduler:
                 sources=self._sources,
                 metrics=self.metrics,
                 affected=affected,
+                true_full=true_full,
             )
         except Exception:
             log.exception("scheduled pull failed")

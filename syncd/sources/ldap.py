@@ -452,6 +452,7 @@ class LdapSource:
         return next((e for e in found if e.get("type") == "searchResEntry"), None)
 
     def _refresh_groups(self, conn: Connection, state: _Pull, session: SyncSession, refresh: Refresh) -> None:
+        had_groups = bool(session.entries)
         for uuid in refresh.gone(session.entries):
             external_id = session.entries.pop(uuid)
             if external_id:
@@ -464,6 +465,11 @@ class LdapSource:
             if before and before != external_id:
                 self._drop_group(state, before)
         state.count("groups_read", len(refresh.changed))
+        if had_groups and not session.entries:
+            raise _Incomplete(
+                f"the content sync of {self.settings.groups.base_dn if self.settings.groups else 'groups'} removed "
+                "every group; treated as a failure"
+            )
 
     def _drop_group(self, state: _Pull, external_id: str) -> None:
         before = state.index.drop_group(external_id)

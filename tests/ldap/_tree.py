@@ -100,7 +100,8 @@ class Tree:
         return str(self.conn.entries[0].entryUUID.value)
 
     def settings(self, **overrides: Any) -> LdapSourceSettings:
-        """Settings for a source over this subtree, bound as the limited sync account over StartTLS."""
+        """Settings for a source over this subtree, bound as the limited sync account over StartTLS (content sync
+        off unless asked for)."""
         group_overrides = overrides.pop("groups", {})
         groups = None if group_overrides is None else {"base_dn": self.groups, "nested": True, **group_overrides}
         users = {"base_dn": self.people, **overrides.pop("users", {})}
@@ -112,6 +113,7 @@ class Tree:
             "bind_dn": SYNC_DN,
             "bind_password": SYNC_PASSWORD,
             "page_size": 100,
+            "content_sync": "off",  # the plain searches; tests of content sync ask for it
             "users": users,
             "groups": groups,
             **overrides,

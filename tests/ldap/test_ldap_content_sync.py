@@ -60,7 +60,7 @@ def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path:
     leaf = tree.add_group("leaf", [users["alice"]])
     tree.add_group("middle", [users["bob"], leaf])
     flat = tree.add_group("flat", [users["carol"], users["dave"]])
-    source = tree.source()
+    source = tree.source(content_sync="auto")
     store = new_store(tmp_path / "content.db")
     first = pull_recorded(source, store)
     assert not first.change_based and first.counters["content_sync_started"] == 1 and source.content_synced
@@ -94,7 +94,7 @@ def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path:
 def test_a_cookie_older_than_the_session_log_gets_a_present_phase(tree: Tree, tmp_path: Path) -> None:
     users = [tree.add_user(uid) for uid in ("gina", "hank")]
     tree.add_group("team", users)
-    source = tree.source()
+    source = tree.source(content_sync="auto")
     store = new_store(tmp_path / "content.db")
     pull_recorded(source, store)
     assert source._content is not None
@@ -112,7 +112,7 @@ def test_a_refresh_that_fails_partway_records_nothing_and_starts_afresh(
 ) -> None:
     user = tree.add_user("ivan")
     tree.add_group("solo", [user, tree.add_user("ivy")])
-    source = tree.source()
+    source = tree.source(content_sync="auto")
     store = new_store(tmp_path / "content.db")
     pull_recorded(source, store)
     before = present(store)
@@ -140,7 +140,7 @@ def test_content_sync_off_reads_everything_each_time(tree: Tree) -> None:
 
 def test_true_full_reads_everything_and_restarts_the_content_sync(tree: Tree, tmp_path: Path) -> None:
     tree.add_group("crew", [tree.add_user("kim")])
-    source = tree.source()
+    source = tree.source(content_sync="auto")
     store = new_store(tmp_path / "content.db")
     pull_recorded(source, store)
     verified = source.pull(true_full=True)
@@ -220,7 +220,7 @@ def test_content_sync_equals_a_full_pull_after_random_changes(
 ) -> None:
     tree = tree_factory()
     world = _World(tree)
-    source = tree.source()
+    source = tree.source(content_sync="auto")
     store = new_store(tmp_path / "property.db")
     pull_recorded(source, store)
     for batch in batches:
@@ -229,3 +229,29 @@ def test_content_sync_equals_a_full_pull_after_random_changes(
         snapshot = pull_recorded(source, store)
         assert snapshot.change_based
         assert present(store) == full_state(tree, tmp_path)
+
+
+def test_the_true_full_pull_logs_and_counts_drift(tree: Tree, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from syncd.metrics import Metrics
+    from syncd.pull import pull_sources
+
+    user = tree.add_user("lena")
+    tree.add_group("desk", [user, tree.add_user("mona")])
+    settings = SimpleNamespace(ldap=[tree.settings(content_sync="auto")])
+    store = new_store(tmp_path / "drift.db")
+    metrics, cache = Metrics(CollectorRegistry()), {}
+    pull_sources(settings, store, record=True, sources=cache, metrics=metrics)
+    exact = pull_sources(settings, store, record=True, sources=cache, metrics=metrics, true_full=True)
+    assert exact[1] == [] and metrics.source_drift.labels("corp")._value.get() == 0
+    lena = tree.entry_uuid(user)
+    wrong = Snapshot("corp", incremental=True, change_based=True, removed_identities={lena})
+    store.record_snapshot(wrong)  # as if a content sync had lost lena
+    caplog.set_level("WARNING")
+    _, failed = pull_sources(settings, store, record=True, sources=cache, metrics=metrics, true_full=True)
+    assert failed == [] and metrics.source_drift.labels("corp")._value.get() == 1  # lena present again
+    assert any("drift" in r.getMessage() for r in caplog.records)
+    assert present(store) == full_state(tree, tmp_path)
