@@ -39,11 +39,13 @@ from uuid import UUID
 
 from ldap3 import BASE, DEREF_NEVER, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
+from ldap3.protocol.microsoft import dir_sync_control
 
 from syncd.grants import admin_allowed, parse_grant
 from syncd.model import Group, Identity, Snapshot
 from syncd.settings.ldap import LdapSourceSettings, ResolvedLdap
 from syncd.sources._content import Refresh, SyncSession, cookies_to_text
+from syncd.sources._dirsync import read_change
 from syncd.sources._ldap_graph import (
     DirectoryIndex,
     ExpansionCounters,
@@ -71,6 +73,8 @@ __all__ = ["LdapCheck", "LdapSource", "LdapSourceError"]
 log = logging.getLogger(__name__)
 
 _PAGED = "1.2.840.113556.1.4.319"
+_DIRSYNC = "1.2.840.113556.1.4.841"
+_INSUFFICIENT_ACCESS = 50
 _BINARY_IDS = {"objectguid"}
 #: continuation references to Active Directory's own partitions, which hold no users or groups
 _AD_PARTITIONS = re.compile(r"/(DC=DomainDnsZones|DC=ForestDnsZones|CN=Configuration),", re.IGNORECASE)
@@ -87,6 +91,10 @@ class LdapSourceError(Exception):
 
 class _Incomplete(Exception):
     """A search did not return everything it should have."""
+
+
+class _NoDirSyncRight(Exception):
+    """Active Directory refused DirSync: the bind account lacks "Replicating Directory Changes"."""
 
 
 class _RefreshRequired(Exception):
@@ -162,6 +170,8 @@ class LdapSource:
         self._content: _ContentSync | None = None
         self._content_supported: bool | None = None  # the root DSE's answer, read once
         self._size_limit_logged = False
+        self._dirsync_refused = False  # the bind account lacks the right: the uSNChanged path, said once
+        self._naming_context: str | None = None
 
     # -- public -------------------------------------------------------------------------------------------------
 
@@ -172,8 +182,12 @@ class LdapSource:
         reads everything, as the safety net does.
         """
         with self._pulling:
-            if self.settings.content_sync == "off" or self.settings.dialect == "active_directory":
+            if self.settings.content_sync == "off":
                 return self._pull(since)
+            if self.settings.dialect == "active_directory":
+                if self._dirsync_refused:
+                    return self._pull(since)
+                return self._pull_dirsync(since, true_full=true_full)
             return self._pull_content(since, true_full=true_full)
 
     @property
@@ -224,8 +238,17 @@ class LdapSource:
     def _content_note(self, conn: Connection) -> str | None:
         """What check-config says of content sync: off, used, or wanted but not offered by the server."""
         mode = self.settings.content_sync
-        if mode == "off" or self.settings.dialect == "active_directory":
+        if mode == "off":
             return None
+        if self.settings.dialect == "active_directory":
+            try:
+                self._dirsync_search(conn, None, match_nothing=True)
+            except _NoDirSyncRight:
+                return (
+                    "DirSync refused: the bind account lacks the Replicating Directory Changes right; incremental "
+                    "pulls use uSNChanged and deletions show at full pulls"
+                )
+            return "DirSync: used, full pulls read only what changed"
         if self._offers_content_sync(conn):
             return "content sync (RFC 4533): used, full pulls read only what changed"
         if mode == "on":
@@ -477,6 +500,200 @@ class LdapSource:
             state.changed_keys.add(before.dn_key)
         state.changed_groups.discard(external_id)
         state.snapshot.removed_groups.add(external_id)
+
+    # -- DirSync (Active Directory) -------------------------------------------------------------------------
+
+    def _pull_dirsync(self, since: str | None, *, true_full: bool) -> Snapshot:
+        content, self._content = self._content, None  # until this pull succeeds: a failure starts afresh
+        snapshot = Snapshot(source=self.settings.name, high_water_mark=since)
+        try:
+            with self._session() as (conn, _url):
+                if content is not None and not true_full:
+                    self._content = self._dirsync_refresh(conn, content, snapshot)
+                    return snapshot
+                self._content = self._dirsync_start(conn, snapshot)
+                return snapshot
+        except _NoDirSyncRight:
+            self._dirsync_refused = True
+            log.warning(
+                "LDAP source %s: DirSync refused (the bind account lacks the Replicating Directory Changes right): "
+                "incremental pulls use uSNChanged, and deletions show at the next full pull",
+                self.name,
+            )
+        except (LdapSourceError, _Incomplete, LDAPException, OSError) as exc:
+            return self._failed(snapshot, exc)
+        except Exception as exc:  # a bug or an answer that cannot be parsed must not pass for a complete pull
+            log.exception("LDAP source %s: unexpected error during the pull", self.name)
+            return self._failed(snapshot, exc)
+        return self._pull(since)
+
+    def _dirsync_start(self, conn: Connection, snapshot: Snapshot) -> _ContentSync:
+        """A full pull that starts DirSync: the cookie of now first, then every entry with its objectGUID."""
+        _, cookie = self._dirsync_search(conn, None, match_nothing=True)
+        state = _Pull(snapshot, DirectoryIndex(), uuids={"users": {}, "groups": {}, "disabled": {}})
+        self._index = None
+        self._read(conn, state, None)
+        assert state.uuids is not None
+        snapshot.sync_cookie = cookies_to_text({"dirsync": cookie})
+        snapshot.counters["content_sync_started"] = 1
+        self._last_groups = len(state.index.groups)
+        sessions = {
+            "dirsync": SyncSession(cookie),
+            **{n: SyncSession(None, state.uuids[n]) for n in ("users", "groups")},
+        }
+        return _ContentSync(state.index, sessions)
+
+    def _dirsync_search(
+        self, conn: Connection, cookie: bytes | None, *, match_nothing: bool = False
+    ) -> tuple[list[Any], bytes | None]:
+        """Every object changed since the cookie (in as many rounds as the server needs), and the new cookie."""
+        a = self.attrs
+        base = self._domain_base(conn)
+        wanted = f"(|{a.user_filter}{a.group_filter or ''}(isDeleted=TRUE))"
+        search_filter = "(&(objectClass=top)(!(objectClass=top)))" if match_nothing else wanted
+        attributes = ["objectGUID", "isDeleted", "userAccountControl", "name"]  # name: a rename or a move
+        attributes += self._user_attributes(None) + (self._group_attributes() if self.settings.groups else [])
+        attributes = [name for name in dict.fromkeys(attributes) if name and name.lower() != "modifytimestamp"]
+        found: list[Any] = []
+        for _ in range(100_000):
+            control = dir_sync_control(True, False, False, False, True, 1 << 20, cookie)
+            conn.search(
+                base,
+                search_filter,
+                SUBTREE,
+                attributes=attributes,
+                controls=[control],
+                time_limit=int(self.settings.search_timeout_s),
+            )
+            result = conn.result or {}
+            if result.get("result") == _INSUFFICIENT_ACCESS:
+                raise _NoDirSyncRight(_result_text(result))
+            if result.get("result") != 0:
+                raise _Incomplete(f"DirSync of {base} failed: {_result_text(result)}")
+            found += [e for e in conn.response or [] if e.get("type") == "searchResEntry"]
+            value = ((result.get("controls") or {}).get(_DIRSYNC) or {}).get("value") or {}
+            cookie = value.get("cookie") or cookie
+            if not value.get("more_results"):
+                return found, cookie
+        raise _Incomplete("DirSync did not finish")
+
+    def _domain_base(self, conn: Connection) -> str:
+        """The domain's naming context (DirSync searches from it, never from a subtree)."""
+        if self._naming_context is None:
+            conn.search("", "(objectClass=*)", BASE, attributes=["defaultNamingContext"])
+            raw = _raw(conn.response[0]) if conn.response else {}
+            context = _text(raw, "defaultnamingcontext")
+            if not context:
+                raise _Incomplete("the root DSE has no defaultNamingContext")
+            self._naming_context = context
+        return self._naming_context
+
+    def _dirsync_refresh(self, conn: Connection, content: _ContentSync, snapshot: Snapshot) -> _ContentSync:
+        """Apply the objects DirSync reports: tombstones dropped, member deltas applied, anything else read again."""
+        snapshot.incremental = snapshot.change_based = True
+        state = _Pull(snapshot, content.index)
+        session, groups = content.sessions["dirsync"], content.sessions["groups"]
+        entries, cookie = self._dirsync_search(conn, session.cookie)
+        member = self.attrs.member_attribute or "member"
+        whole: dict[bytes, None] = {}
+        deltas = []
+        deleted = set()
+        for entry in entries:
+            change = read_change(_raw(entry), member)
+            if change is None:
+                continue
+            if change.deleted:
+                deleted.add(change.guid)
+            elif change.guid in groups.entries and not change.other_changes:
+                deltas.append(change)
+            else:
+                whole[change.guid] = None
+        for guid in deleted:
+            whole.pop(guid, None)
+            self._forget(state, content, guid)
+        for guid in whole:
+            self._dirsync_reread(conn, state, content, guid)
+        for change in deltas:
+            if change.guid not in whole and change.guid not in deleted:
+                self._apply_member_delta(state, groups.entries[change.guid], change.added, change.removed)
+        self._dirsync_finish(conn, state, content, len(entries))
+        session.cookie = cookie or session.cookie
+        snapshot.sync_cookie = cookies_to_text({"dirsync": session.cookie})
+        return content
+
+    def _dirsync_finish(self, conn: Connection, state: _Pull, content: _ContentSync, objects: int) -> None:
+        if self.settings.groups is not None:
+            self._reread_referencing(conn, state)
+            self._emit_groups(state, "dirsync")
+        snapshot = state.snapshot
+        if content.sessions["users"].entries == {} and snapshot.removed_identities:
+            raise _Incomplete("DirSync removed every user; treated as a failure so that nobody is deactivated")
+        snapshot.counters["dirsync_objects"] = objects
+        snapshot.counters["identities"] = len(snapshot.identities)
+        snapshot.counters["groups"] = len(snapshot.groups)
+        snapshot.counters["removed"] = len(snapshot.removed_identities) + len(snapshot.removed_groups)
+
+    def _forget(self, state: _Pull, content: _ContentSync, guid: bytes) -> None:
+        """An object deleted, or out of the users' and groups' scope: dropped from what the index holds."""
+        user = content.sessions["users"].entries.pop(guid, None)
+        if user:
+            self._drop_user(state, user)
+        group = content.sessions["groups"].entries.pop(guid, None)
+        if group:
+            self._drop_group(state, group)
+
+    def _dirsync_reread(self, conn: Connection, state: _Pull, content: _ContentSync, guid: bytes) -> None:
+        """Read one changed object whole, as the user or group searches would see it (filter and base)."""
+        a, users, groups = self.attrs, content.sessions["users"], content.sessions["groups"]
+        where = f"<GUID={UUID(bytes_le=guid)}>"
+        entry = self._read_matching(conn, where, a.user_filter, self._user_attributes(None))
+        if entry is not None and _under(entry["dn"], self.settings.users.base_dn):
+            groups.entries.pop(guid, None)
+            disabled: set[str] = set()
+            external_id = _external_id(_raw(entry), a.user_external_id_attribute)
+            locked = f"(&{a.user_filter}{a.disabled_filter})"
+            if external_id and a.disabled_filter and self._read_matching(conn, where, locked, ["objectGUID"]):
+                disabled.add(external_id)
+            self._refreshed_user(state, users, guid, entry, disabled)
+            return
+        group = None
+        if self.settings.groups is not None and a.group_filter is not None:
+            group = self._read_matching(conn, where, a.group_filter, self._group_attributes())
+        if group is None or not _under(group["dn"], self.settings.groups.base_dn if self.settings.groups else ""):
+            self._forget(state, content, guid)
+            return
+        before = groups.entries.get(guid)
+        self._group(conn, state, group)
+        external_id = _external_id(_raw(group), a.group_external_id_attribute or "") or ""
+        groups.entries[guid] = external_id
+        if before and before != external_id:
+            self._drop_group(state, before)
+
+    def _read_matching(self, conn: Connection, base: str, search_filter: str, attributes: list[str]) -> Any | None:
+        conn.search(base, search_filter, BASE, attributes=attributes, time_limit=int(self.settings.search_timeout_s))
+        result = conn.result or {}
+        if result.get("result") == 32:
+            return None
+        if result.get("result") != 0:
+            raise _Incomplete(f"reading {base} failed: {_result_text(result)}")
+        return next((e for e in conn.response or [] if e.get("type") == "searchResEntry"), None)
+
+    def _apply_member_delta(
+        self, state: _Pull, external_id: str, added: tuple[bytes, ...], removed: tuple[bytes, ...]
+    ) -> None:
+        """A group's member values added and removed (DirSync's incremental form), applied to its record."""
+        record = state.index.groups.get(external_id)
+        if record is None:
+            return
+        by_uid = self.attrs.member_is_uid
+        plus = {sys.intern(member_key(v.decode("utf-8", "replace"), by_uid=by_uid)) for v in added if v}
+        minus = {member_key(v.decode("utf-8", "replace"), by_uid=by_uid) for v in removed if v}
+        keys = frozenset((record.member_keys - minus) | plus)
+        state.index.put_group(
+            GroupRecord(record.external_id, record.name, record.dn, record.dn_key, keys, record.grant)
+        )
+        state.changed_groups.add(external_id)
+        state.count("member_deltas", len(plus) + len(minus))
 
     # -- connection ---------------------------------------------------------------------------------------------
 
@@ -967,18 +1184,27 @@ def _decode_entries_lean(conn: Connection) -> None:
 
 
 def _with_uuid(state: _Pull, attributes: list[str]) -> list[str]:
-    """The attributes to read, with entryUUID while a content sync starts (later deletions name entries by it)."""
+    """The attributes to read, with entryUUID and objectGUID while a content sync or DirSync starts (later changes
+    name entries by them; a server ignores the one it does not have)."""
     if state.uuids is None:
         return attributes
-    return list(dict.fromkeys([*attributes, "entryUUID"]))
+    return list(dict.fromkeys([*attributes, "entryUUID", "objectGUID"]))
 
 
 def _remember_uuid(state: _Pull, search: str, entry: Any, external_id: str | None) -> None:
     if state.uuids is None:
         return
-    values = _raw(entry).get("entryuuid")
-    if values:
-        state.uuids[search][UUID(values[0].decode("ascii")).bytes] = external_id or ""
+    raw = _raw(entry)
+    if raw.get("entryuuid"):
+        state.uuids[search][UUID(raw["entryuuid"][0].decode("ascii")).bytes] = external_id or ""
+    elif raw.get("objectguid") and len(raw["objectguid"][0]) == 16:
+        state.uuids[search][raw["objectguid"][0]] = external_id or ""
+
+
+def _under(dn: str, base: str) -> bool:
+    """True when `dn` is `base` or inside it."""
+    key, base_key = normalise_dn(dn), normalise_dn(base)
+    return key == base_key or key.endswith("," + base_key)
 
 
 def _control(message: Any, oid: str) -> bytes | None:

@@ -21,6 +21,13 @@ from syncd.store.tables import metadata
 pytestmark = pytest.mark.slapd
 
 
+def store_at(url: str) -> SyncStore:
+    """A SyncStore on an empty database (SQLite or PostgreSQL)."""
+    engine = make_engine(url)
+    metadata.create_all(engine)
+    return SyncStore(engine)
+
+
 def new_store(path: Path) -> SyncStore:
     """A SyncStore on a fresh SQLite file."""
     path.unlink(missing_ok=True)
@@ -55,13 +62,13 @@ def full_state(tree: Tree, tmp_path: Path) -> dict[str, Any]:
     return present(store)
 
 
-def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path: Path) -> None:
+def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path: Path, database_url: str) -> None:
     users = {uid: tree.add_user(uid) for uid in ("alice", "bob", "carol", "dave", "erin")}
     leaf = tree.add_group("leaf", [users["alice"]])
     tree.add_group("middle", [users["bob"], leaf])
     flat = tree.add_group("flat", [users["carol"], users["dave"]])
     source = tree.source(content_sync="auto")
-    store = new_store(tmp_path / "content.db")
+    store = store_at(database_url)  # SQLite and PostgreSQL
     first = pull_recorded(source, store)
     assert not first.change_based and first.counters["content_sync_started"] == 1 and source.content_synced
     assert set(cookies_from_text(first.sync_cookie)) == {"users", "groups", "disabled"}
