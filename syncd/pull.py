@@ -171,7 +171,10 @@ def _source(source_settings: Any, cache: MutableMapping[str, Any] | None) -> Any
 def _pull_one(source: Any, name: str, store: Any, *, incremental: bool, true_full: bool = False) -> Snapshot | None:
     from syncd.sources.ldap import LdapSourceError
 
-    since = store.source_state(name).high_water_mark if incremental else None
+    state = store.source_state(name)
+    since = state.high_water_mark if incremental else None
+    if hasattr(source, "expect_recorded"):
+        source.expect_recorded(state.sync_cookie)
     try:
         snapshot: Snapshot = source.pull(since=since, true_full=true_full) if true_full else source.pull(since=since)
     except LdapSourceError as exc:

@@ -195,6 +195,14 @@ class LdapSource:
         """True once a pull has started a content sync that the next pull continues."""
         return self._content is not None
 
+    def expect_recorded(self, sync_cookie: str | None) -> None:
+        """Continue the content sync only from what the store recorded: when its cookies are not this object's
+        (the last snapshot was not recorded, or another replica recorded since), the next pull starts afresh."""
+        content = self._content
+        if content is not None and cookies_to_text(content.cookies()) != sync_cookie:
+            log.info("LDAP source %s: the store holds other sync cookies than this process: full pull", self.name)
+            self._content = None
+
     def _pull(self, since: str | None) -> Snapshot:
         index = self._index
         incremental = since is not None and index is not None and index.mark == since
