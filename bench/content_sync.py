@@ -5,10 +5,11 @@
 The directory is bench/ldap_pull.py's, on the test slapd (syncprov with a session log). Figures:
 (a) `ldapsearch` (C, ldap-utils) reading the users and groups, paged, output discarded;
 (b) a plain ldap3 paged search of the same entries (ldap_pull's `measure_raw`, its own process);
-(c) in one process, as `syncd serve` keeps its sources: the first pull (which starts the content sync: cookies,
-then every entry read paged) recorded into a fresh SQLite store; a no-op pull through content sync, recorded; then
-10 changes in the directory (4 users deleted, 3 mail changes, 2 members added, 1 group deleted) and a content-synced
-pull, recorded. Peak RSS of that process.
+(c) the store seeded first by a full pull recorded in a process of its own (c0); then in one process, as `syncd
+serve` keeps its sources after a restart: the first pull (which starts the content sync: cookies, then every entry
+read paged) recorded into that store (c1, nothing to change); a no-op pull through content sync, recorded (c2);
+then 10 changes in the directory (4 users deleted, 3 mail changes, 2 members added, 1 group deleted) and a
+content-synced pull, recorded (c3). Pull and record times apart, and the peak RSS of that process.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def measure_ldapsearch(url: str) -> float:
     return time.perf_counter() - started
 
 
-def measure_content(url: str, folder: str, users: int, groups: int) -> dict[str, Any]:
-    """(c) first pull, no-op content sync, 10 changes then a content sync: each pulled and recorded."""
+def measure_content(url: str, folder: str, users: int, groups: int, *, seed: bool = False) -> dict[str, Any]:
+    """(c) first pull, no-op content sync, 10 changes then a content sync: each pulled and recorded (`seed`: only
+    the first pull, into a new store)."""
     import ldap3
 
     from syncd.settings.ldap import LdapSourceSettings
@@ -82,13 +84,16 @@ def measure_content(url: str, folder: str, users: int, groups: int) -> dict[str,
         started = time.perf_counter()
         snapshot = source.pull()
         assert snapshot.complete, snapshot.problems
+        pulled = time.perf_counter()
         result = store.record_snapshot(snapshot)
-        return time.perf_counter() - started, (snapshot, result)
+        return time.perf_counter() - started, (snapshot, result, pulled - started)
 
-    first, (snapshot, _) = timed()
+    first, (snapshot, _, _) = timed()
     identities, groups = len(snapshot.identities), len(snapshot.groups)
     del snapshot
-    noop, (snapshot, result) = timed()
+    if seed:
+        return {"first_s": first, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    noop, (snapshot, result, noop_pull) = timed()
     assert snapshot.change_based and not result.changed, "the no-op pull changed something"
     admin = ldap3.Connection(ldap3.Server(url), ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
     for i in range(4):
@@ -103,14 +108,16 @@ def measure_content(url: str, folder: str, users: int, groups: int) -> dict[str,
         admin.modify(group, {"member": [(ldap3.MODIFY_ADD, [member])]})
         assert admin.result["result"] in (0, 20), admin.result
     assert admin.delete(f"cn=g{groups - 1:05d},{GROUPS}"), admin.result
-    changed, (snapshot, result) = timed()
+    changed, (snapshot, result, changed_pull) = timed()
     assert snapshot.change_based and result.changed
     return {
         "identities": identities,
         "groups": groups,
         "first_s": first,
         "noop_s": noop,
+        "noop_pull_s": noop_pull,
         "changed_s": changed,
+        "changed_pull_s": changed_pull,
         "changed_identities": len(snapshot.identities),
         "changed_groups": len(snapshot.groups),
         "removed": len(snapshot.removed_identities) + len(snapshot.removed_groups),
@@ -130,15 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--groups", type=int, default=2_000)
-    parser.add_argument("--measure", choices=["raw", "content"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["raw", "content", "seed"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure == "raw":
         print(json.dumps(measure_raw(args.url)))
         return
-    if args.measure == "content":
-        print(json.dumps(measure_content(args.url, args.folder, args.users, args.groups)))
+    if args.measure in ("content", "seed"):
+        print(json.dumps(measure_content(args.url, args.folder, args.users, args.groups, seed=args.measure == "seed")))
         return
     root = Path(tempfile.mkdtemp(prefix="syncd-bench-content-"))
     try:
@@ -149,13 +156,14 @@ def main() -> None:
         try:
             ldapsearch = min(measure_ldapsearch(server.url) for _ in range(3))
             raw = _child("--measure", "raw", "--url", server.url)
-            sizes = ["--users", str(args.users), "--groups", str(args.groups)]
-            content = _child("--measure", "content", "--url", server.url, "--folder", str(root), *sizes)
+            sizes = ["--users", str(args.users), "--groups", str(args.groups), "--url", server.url]
+            seed = _child("--measure", "seed", "--folder", str(root), *sizes)
+            content = _child("--measure", "content", "--folder", str(root), *sizes)
         finally:
             server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    _print_table(args.users, args.groups, ldapsearch, raw, content)
+    _print_table(args.users, args.groups, ldapsearch, raw, {**content, "seed_s": seed["first_s"]})
 
 
 def _print_table(users: int, groups: int, ldapsearch: float, raw: dict[str, Any], content: dict[str, Any]) -> None:
@@ -165,13 +173,16 @@ def _print_table(users: int, groups: int, ldapsearch: float, raw: dict[str, Any]
     rows = [
         ("(a) ldapsearch (C), paged, users and groups", ldapsearch),
         ("(b) plain ldap3 paged search, streamed", raw["seconds"]),
-        ("(c1) first pull: cookies, then every entry; recorded", content["first_s"]),
+        ("(c0) seed: full pull into an empty store, recorded", content["seed_s"]),
+        ("(c1) first pull of a process: cookies, every entry; recorded", content["first_s"]),
         ("(c2) no-op pull through content sync, recorded", content["noop_s"]),
+        ("     of which the pull", content["noop_pull_s"]),
         (
-            f"(c3) after 10 changes ({content['removed']} removals, {content['changed_identities']} users and "
+            f"(c3) 10 changes ({content['removed']} removals; {content['changed_identities']} users, "
             f"{content['changed_groups']} groups sent), recorded",
             content["changed_s"],
         ),
+        ("     of which the pull", content["changed_pull_s"]),
     ]
     for label, seconds in rows:
         print(f"| {label:<58} | {seconds:7.3f} | {seconds / ldapsearch:12.2f}x |")
