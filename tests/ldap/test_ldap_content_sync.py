@@ -282,3 +282,81 @@ def test_a_pull_not_recorded_makes_the_next_one_start_afresh(tree: Tree, tmp_pat
     assert not again[0].change_based  # the store never saw the removal: only a full pull can tell it
     assert present(store) == full_state(tree, tmp_path)
     assert pull_sources(settings, store, record=True, sources=cache)[0][0].change_based
+
+
+def test_a_refused_cookie_gives_a_full_pull(tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncd.sources import ldap as ldap_module
+
+    users = [tree.add_user(uid) for uid in ("pia", "quin")]
+    tree.add_group("pair", users)
+    source = tree.source(content_sync="auto")
+    store = new_store(tmp_path / "refused.db")
+    pull_recorded(source, store)
+    tree.delete(users[0])
+    original = source._sync_search
+
+    def refusing(conn: Any, base: str, flt: str, attrs: list[str], cookie: bytes | None) -> Any:
+        if cookie is not None and "!(objectClass=*)" not in flt:
+            raise ldap_module._RefreshRequired("e-syncRefreshRequired (simulated)")
+        return original(conn, base, flt, attrs, cookie)
+
+    monkeypatch.setattr(source, "_sync_search", refusing)
+    again = pull_recorded(source, store)
+    assert not again.change_based and again.counters["content_sync_fallback"] == 1 and source.content_synced
+    assert present(store) == full_state(tree, tmp_path)
+
+
+def test_a_refresh_over_the_size_limit_gives_a_full_pull(slapd: Any, tmp_path: Path) -> None:
+    from _slapd import SUFFIX, SYNC_DN, SYNC_PASSWORD
+    from _tree import BIG_USERS
+
+    from syncd.settings.ldap import LdapSourceSettings
+
+    settings = LdapSourceSettings.model_validate(
+        {
+            "name": "big",
+            "url": slapd.url,
+            "start_tls": True,
+            "ca_file": str(slapd.ca),
+            "bind_dn": SYNC_DN,  # capped at 1,000 entries per search unless it pages; a refresh cannot page
+            "bind_password": SYNC_PASSWORD,
+            "content_sync": "on",
+            "users": {"base_dn": f"ou=big,{SUFFIX}"},
+        }
+    )
+    source = LdapSource(settings)
+    first = source.pull()
+    assert first.complete and len(first.identities) == BIG_USERS  # paged
+    assert source._content is not None
+    source._content.sessions["users"].cookie = b"rid=000,csn=19700101000000.000000Z#000000#000#000000"
+    again = source.pull()  # every entry would be sent again: over the limit, so a full (paged) pull
+    assert again.complete and not again.change_based and len(again.identities) == BIG_USERS
+
+
+def test_serve_schedules_the_daily_true_full_pull(tmp_path: Path) -> None:
+    from syncd.scheduler import PullScheduler
+    from syncd.settings import settings_from_dict
+
+    def ldap(name: str, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "url": "ldap://127.0.0.1:1", "users": {"base_dn": "dc=x"}, **extra}
+
+    settings = settings_from_dict(
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/s.db"},
+            "litellm": {"url": "http://127.0.0.1:1", "master_key": "sk-test-key"},
+            "ldap": [
+                ldap("daily", schedule={"full": "1h"}),
+                ldap("weekly", schedule={"full": "1h", "verify": "0 3 * * 0"}),
+                ldap("plain", schedule={"full": "1h"}, content_sync="off"),
+            ],
+        }
+    )
+    scheduler = PullScheduler(settings, None, on_pulled=lambda *_: None, is_leader=lambda: False)
+    scheduler.start()
+    try:
+        jobs = {job.id: job for job in scheduler.scheduler.get_jobs()}
+        assert {"daily:verify", "weekly:verify"} <= jobs.keys() and "plain:verify" not in jobs
+        assert jobs["daily:verify"].trigger.interval_length == 24 * 3600
+        assert jobs["weekly:verify"].kwargs == {"incremental": False, "true_full": True}
+    finally:
+        scheduler.shutdown()

@@ -150,3 +150,49 @@ def test_malformed_sync_info_is_refused(value: bytes) -> None:
 
 def test_state_constants_are_the_rfcs() -> None:
     assert (PRESENT, ADD, DELETE) == (0, 1, 3)
+
+
+# -- what a refresh means for the entries known (syncd.sources._content) -----------------------------------------
+
+KNOWN = {bytes([n]) * 16 for n in range(1, 6)}
+ONE, TWO, THREE = (bytes([n]) * 16 for n in range(1, 4))
+
+
+def test_a_delete_phase_removes_only_what_it_names() -> None:
+    from syncd.sources._content import Refresh
+
+    refresh = Refresh()
+    refresh.info(SyncInfo("syncIdSet", refresh_deletes=True, uuids=(ONE, b"\x09" * 16)))  # one unknown: ignored
+    refresh.entry(SyncState(ADD, TWO), {"dn": "uid=two"})
+    refresh.done(SyncDone(b"c", True))
+    assert refresh.gone(KNOWN) == {ONE} and refresh.cookie == b"c"
+
+
+def test_a_present_phase_removes_what_it_neither_names_nor_sends() -> None:
+    from syncd.sources._content import Refresh
+
+    refresh = Refresh()
+    refresh.info(SyncInfo("syncIdSet", refresh_deletes=False, uuids=(ONE,)))
+    refresh.entry(SyncState(PRESENT, THREE), {"dn": "uid=three"})
+    refresh.entry(SyncState(ADD, TWO), {"dn": "uid=two"})
+    refresh.done(SyncDone(None, False))
+    assert refresh.gone(KNOWN) == KNOWN - {ONE, TWO, THREE} and refresh.cookie is None
+
+
+def test_a_present_phase_then_a_delete_phase() -> None:
+    from syncd.sources._content import Refresh
+
+    refresh = Refresh()
+    refresh.info(SyncInfo("syncIdSet", uuids=(ONE, TWO, THREE)))
+    refresh.info(SyncInfo("refreshPresent", refresh_done=False))
+    refresh.entry(SyncState(DELETE, THREE), {"dn": "uid=three"})
+    refresh.done(SyncDone(b"c2", True))
+    assert refresh.gone(KNOWN) == KNOWN - {ONE, TWO}
+
+
+def test_stored_cookies_round_trip_and_garbage_is_no_cookie() -> None:
+    from syncd.sources._content import cookies_from_text, cookies_to_text
+
+    text = cookies_to_text({"users": b"rid=000,csn=1", "groups": None})
+    assert cookies_from_text(text) == {"users": b"rid=000,csn=1"}
+    assert cookies_from_text("not json") == {} and cookies_from_text(None) == {} and cookies_from_text("[1]") == {}
