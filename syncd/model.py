@@ -91,6 +91,9 @@ class Snapshot:
     removed_groups: set[str] = field(default_factory=set)
     #: the content sync cookies to store with the snapshot (opaque text), if any
     sync_cookie: str | None = None
+    #: of a change-based snapshot: every person (external id) whose memberships may have changed; the others' are
+    #: known unchanged in every group (None: compare every member of the groups sent)
+    member_hint: set[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,13 @@ class _Pull:
     skipped_logged: int = 0
     #: while a content sync starts: per search (users, groups, disabled), entryUUID -> external id of each entry read
     uuids: dict[str, dict[bytes, str]] | None = None
+    #: users whose own record changed (new, renamed, dropped, mail gained or lost), and each group record replaced
+    #: (before, after): what the member hint of a change-based snapshot is made of
+    touched_users: set[str] = field(default_factory=set)
+    #: groups changed by DirSync member deltas only (not read whole: they may still list a renamed member by its old
+    #: name, so they are read again like any unchanged group)
+    delta_groups: set[str] = field(default_factory=set)
+    group_changes: list[tuple[GroupRecord | None, GroupRecord]] = field(default_factory=list)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to one of the snapshot's counters."""
@@ -404,6 +411,7 @@ class LdapSource:
             self._refresh_groups(conn, state, content.sessions["groups"], refreshes["groups"])
             self._reread_referencing(conn, state)
             self._emit_groups(state, "content sync")
+        snapshot.member_hint = self._member_hint(state)
         for name, refresh in refreshes.items():
             content.sessions[name].cookie = refresh.cookie or content.sessions[name].cookie
         snapshot.sync_cookie = cookies_to_text(content.cookies())
@@ -468,9 +476,44 @@ class LdapSource:
             self._drop_user(state, before)
         elif before and len(state.snapshot.identities) == emitted:
             state.snapshot.removed_identities.add(before)  # no longer a person syncd records (no mail, no uid)
+            state.touched_users.add(before)
         return external_id
 
+    def _expansion(self, index: DirectoryIndex, external_id: str) -> set[str]:
+        """Every user (with an identity) a group reaches, nested as configured."""
+        groups = self.settings.groups
+        nested, depth = (groups.nested, groups.max_depth) if groups else (False, 1)
+        found = set(
+            expand_group(index, external_id, nested=nested, max_depth=depth, direct={}, counters=ExpansionCounters())
+        )
+        return found
+
+    def _member_hint(self, state: _Pull) -> set[str]:
+        """Everyone whose memberships this change-based pull may have changed, in any group.
+
+        A membership (or the nested group it comes through) changes only through a user's own record, or through a
+        group's member list: the users of the member keys a group gained or lost, all of a child group's users when
+        the child itself was gained or lost, and all of a group's users when it is new, renamed or removed.
+        """
+        hint = set(state.touched_users)
+        index = state.index
+        for before, after in state.group_changes:
+            if before is None or before.dn_key != after.dn_key:
+                hint |= self._expansion(index, after.external_id)
+                keys: frozenset[str] = after.member_keys | (before.member_keys if before else frozenset())
+            else:
+                keys = before.member_keys ^ after.member_keys
+            for key in keys:
+                user = index.user_by_key.get(key)
+                if user is not None:
+                    hint.add(user)
+                child = index.group_by_dn.get(key)
+                if child is not None:
+                    hint |= self._expansion(index, child)
+        return hint
+
     def _drop_user(self, state: _Pull, external_id: str) -> None:
+        state.touched_users.add(external_id)
         before = state.index.drop_user(external_id)
         if before is not None:
             state.changed_keys.add(before[0])
@@ -503,10 +546,13 @@ class LdapSource:
             )
 
     def _drop_group(self, state: _Pull, external_id: str) -> None:
+        if external_id in state.index.groups:
+            state.touched_users |= self._expansion(state.index, external_id)  # its members leave its parents
         before = state.index.drop_group(external_id)
         if before is not None:
             state.changed_keys.add(before.dn_key)
         state.changed_groups.discard(external_id)
+        state.delta_groups.discard(external_id)
         state.snapshot.removed_groups.add(external_id)
 
     # -- DirSync (Active Directory) -------------------------------------------------------------------------
@@ -632,8 +678,10 @@ class LdapSource:
     def _dirsync_finish(self, conn: Connection, state: _Pull, content: _ContentSync, objects: int) -> None:
         if self.settings.groups is not None:
             self._reread_referencing(conn, state)
+            state.changed_groups |= state.delta_groups
             self._emit_groups(state, "dirsync")
         snapshot = state.snapshot
+        snapshot.member_hint = self._member_hint(state)
         if content.sessions["users"].entries == {} and snapshot.removed_identities:
             raise _Incomplete("DirSync removed every user; treated as a failure so that nobody is deactivated")
         snapshot.counters["dirsync_objects"] = objects
@@ -697,10 +745,10 @@ class LdapSource:
         plus = {sys.intern(member_key(v.decode("utf-8", "replace"), by_uid=by_uid)) for v in added if v}
         minus = {member_key(v.decode("utf-8", "replace"), by_uid=by_uid) for v in removed if v}
         keys = frozenset((record.member_keys - minus) | plus)
-        state.index.put_group(
-            GroupRecord(record.external_id, record.name, record.dn, record.dn_key, keys, record.grant)
-        )
-        state.changed_groups.add(external_id)
+        after = GroupRecord(record.external_id, record.name, record.dn, record.dn_key, keys, record.grant)
+        state.index.put_group(after)
+        state.group_changes.append((record, after))
+        state.delta_groups.add(external_id)
         state.count("member_deltas", len(plus) + len(minus))
 
     # -- connection ---------------------------------------------------------------------------------------------
@@ -893,6 +941,7 @@ class LdapSource:
         before = state.index.put_user(external_id, key, bool(email))
         if before != (key, bool(email)):
             state.changed_keys.update(k for k in (key, before[0] if before else None) if k)
+            state.touched_users.add(external_id)
         if before is not None and before[0] != key:
             state.renamed_keys.add(before[0])
         if before is None and "memberof" in raw:
@@ -1006,6 +1055,7 @@ class LdapSource:
         name = _text(raw, a.group_name_attribute or "cn") or entry["dn"]
         record = GroupRecord(external_id, name, entry["dn"], normalise_dn(entry["dn"]), keys, grant)
         before = state.index.put_group(record)
+        state.group_changes.append((before, record))
         state.changed_groups.add(external_id)
         if before is None or before.dn_key != record.dn_key:
             state.changed_keys.update(k for k in (record.dn_key, before.dn_key if before else None) if k)

@@ -278,8 +278,8 @@ class SourceStore:
                         "treated as incomplete"
                     )
             ids = self._record_identities(conn, snapshot, result)
-            group_ids, touched = self._record_groups(conn, snapshot, result, ids)
-            self._record_memberships(conn, snapshot, ids, group_ids, result, touched)
+            group_ids, touched, inserted = self._record_groups(conn, snapshot, result, ids)
+            self._record_memberships(conn, snapshot, ids, group_ids, result, touched - inserted, inserted)
             self._mark_success(conn, snapshot)
         return result
 
@@ -305,14 +305,15 @@ class SourceStore:
         result.identities_added, result.identities_updated = len(change.inserted), len(change.updated)
         result.identities_removed = len(change.removed)
         if snapshot.incremental:  # its groups may name members it did not send: their ids too
-            named = set(items).union(*(group.members for group in snapshot.groups))
+            named = set(items).union(*(group.members for group in snapshot.groups), snapshot.member_hint or ())
             return self._ids(conn, identities, snapshot.source, named)
         return change.ids
 
     def _record_groups(
         self, conn: Connection, snapshot: Snapshot, result: RecordResult, identity_ids: Mapping[str, int]
-    ) -> tuple[dict[str, int], set[str]]:
-        """Record the groups; returns every group id of the source, and the groups whose members may have changed."""
+    ) -> tuple[dict[str, int], set[str], set[str]]:
+        """Record the groups; returns every group id of the source, the groups whose members may have changed, and
+        which of those are new."""
         items: dict[str, tuple[str, dict[str, Any]]] = {}
         for g in reversed(snapshot.groups):
             values = _group_values(g, identity_ids)
@@ -329,11 +330,11 @@ class SourceStore:
         )
         result.groups_added, result.groups_updated = len(change.inserted), len(change.updated)
         result.groups_removed = len(change.removed)
-        touched = {values["external_id"] for values in change.inserted}
-        touched |= {row.external_id for row in (*change.updated, *change.removed)}
+        inserted = {values["external_id"] for values in change.inserted}
+        touched = inserted | {row.external_id for row in (*change.updated, *change.removed)}
         if snapshot.incremental:
-            return self._ids(conn, groups, snapshot.source), touched
-        return change.ids, touched
+            return self._ids(conn, groups, snapshot.source), touched, inserted
+        return change.ids, touched, inserted
 
     def _record_memberships(
         self,
@@ -343,21 +344,38 @@ class SourceStore:
         group_ids: Mapping[str, int],
         result: RecordResult,
         touched: set[str],
+        inserted: set[str] | None = None,
     ) -> None:
-        """Bring the memberships of the groups whose member digest changed (or that were added or removed) in line."""
+        """Bring the memberships of the groups whose member digest changed (or that were added or removed) in line.
+
+        A change-based snapshot's `member_hint` names every person whose memberships may have changed: in the groups
+        that existed before and still do, only their pairs are compared (a 50,000-member group that lost one member
+        costs one pair, not 50,000); new and removed groups are compared whole.
+        """
+        hint = snapshot.member_hint if snapshot.change_based else None
+        inserted = inserted or set()
+        narrow = set() if hint is None else {g.external_id for g in snapshot.groups} & touched - inserted
         wanted: dict[tuple[int, int], str | None] = {}
         for group in snapshot.groups:
-            if group.external_id not in touched:
+            if group.external_id not in touched and group.external_id not in inserted:
                 continue
             group_id = group_ids[group.external_id]
-            for member in group.members:
+            members = group.members & hint if hint is not None and group.external_id in narrow else group.members
+            for member in members:
                 if member in identity_ids:
                     wanted[(group_id, identity_ids[member])] = group.via.get(member)
         query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
             memberships.c.source == snapshot.source
         )
-        queries = in_chunks(query, memberships.c.group_id, sorted(group_ids[external_id] for external_id in touched))
-        current = {(row[0], row[1]): row[2] for q in queries for row in conn.execute(q)}
+        whole = sorted(group_ids[external_id] for external_id in (touched | inserted) - narrow)
+        current = {
+            (row[0], row[1]): row[2] for q in in_chunks(query, memberships.c.group_id, whole) for row in conn.execute(q)
+        }
+        if narrow and hint:
+            narrow_ids = {group_ids[external_id] for external_id in narrow}
+            people = sorted({identity_ids[m] for m in hint if m in identity_ids})
+            for q in in_chunks(query, memberships.c.identity_id, people):
+                current.update(((r[0], r[1]), r[2]) for r in conn.execute(q) if r[0] in narrow_ids)
         added = wanted.keys() - current.keys()
         removed = current.keys() - wanted.keys()
         rerouted = [pair for pair in wanted.keys() & current.keys() if wanted[pair] != current[pair]]

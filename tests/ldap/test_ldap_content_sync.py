@@ -205,10 +205,10 @@ class _World:
             members = self._members(group)
             if user.lower() in members and len(members) > 1:
                 tree.remove_member(group, user)
-        elif op == "delete_user":
+        elif op == "delete_user" and len(self.users) > 1:  # no users at all is refused as suddenly empty
             tree.delete(user)
             self.users.remove(user)
-        elif op == "ungroup":
+        elif op == "ungroup" and len(self.groups) > 1:  # no groups at all is refused as suddenly empty
             tree.delete(group)  # refint takes it out of the groups it was nested in
             self.groups.remove(group)
         elif op == "lock":
