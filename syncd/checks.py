@@ -65,10 +65,18 @@ def _tenant_warnings(settings: Any) -> list[CheckResult]:
 
 
 def _check_database(settings: Any) -> CheckResult:
-    from syncd.store import make_engine, schema_revision
+    """Connect and compare the schema with the migrations; a SQLite file that does not exist is not created."""
+    from syncd.store import make_engine, schema_revision, sqlite_file
 
+    path = sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        return CheckResult("database", False, f"{path} does not exist yet: run `syncd db upgrade`")
     try:
-        current, head = schema_revision(make_engine(settings.database.url))
+        engine = make_engine(settings.database.url)
+        try:
+            current, head = schema_revision(engine)
+        finally:
+            engine.dispose()
     except Exception as exc:
         return CheckResult("database", False, f"cannot connect: {type(exc).__name__}: {_line(exc)}")
     if current != head:

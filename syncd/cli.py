@@ -12,9 +12,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from importlib.util import find_spec
+from typing import Any, NoReturn
 
 from syncd import __version__
+from syncd.logs import LEVELS
 
 __all__ = ["main"]
 
@@ -27,27 +29,55 @@ class _Usage(Exception):
     """A problem the operator must fix before the command can run (exit 2)."""
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
+class _Unreachable(Exception):
+    """A server the command needs cannot be reached (exit 1: try again later)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, telling a bad command line in one line on stderr (exit 2) instead of the usage and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with `syncd: <the problem> (see <prog> --help)`."""
+        self.exit(EXIT_USAGE, f"syncd: {message} (see {self.prog} --help)\n")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         "-c",
         default=os.environ.get("SYNCD_CONFIG"),
         help="the YAML config file (default: $SYNCD_CONFIG)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("SYNCD_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: $SYNCD_LOG_LEVEL, else INFO)",
+    )
+    _add_debug(parser, default=argparse.SUPPRESS)
+
+
+def _add_debug(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show the traceback of a failure (for bug reports)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="syncd",
         description="Keep a LiteLLM proxy's users in step with SCIM identity providers and LDAP directories.",
-        epilog="Exit status: 0 ok, 1 failed, 2 bad config or usage, 3 held by the deactivation guard.",
+        epilog="Exit status: 0 ok, 1 failed (a server unreachable, a change refused), 2 bad config or usage, "
+        "3 held by the deactivation guard. Environment: SYNCD_CONFIG, SYNCD_LOG_LEVEL, SYNCD_LOG_FORMAT "
+        "(json or text), SYNCD_MIGRATIONS.",
     )
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    _add_debug(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sync = commands.add_parser("sync", help="pull the LDAP sources, then plan and apply once")
-    _add_config(sync)
+    _add_common(sync)
     sync.add_argument("--source", action="append", default=[], help="pull only this LDAP source (repeatable)")
     sync.add_argument("--dry-run", action="store_true", help="plan and print, change nothing")
     sync.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -58,18 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     plan = commands.add_parser("plan", help="pull and plan, print the plan, change nothing")
-    _add_config(plan)
+    _add_common(plan)
     plan.add_argument("--source", action="append", default=[], help="pull only this LDAP source (repeatable)")
     plan.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     plan.add_argument("--drift-check", action="store_true", help="compare with every user LiteLLM holds")
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    upgrade = db_commands.add_parser("upgrade", help="apply the migrations in migrations/")
-    _add_config(upgrade)
+    upgrade = db_commands.add_parser("upgrade", help="apply the migrations shipped with syncd")
+    _add_common(upgrade)
 
     serve = commands.add_parser("serve", help="HTTP server (SCIM, health, metrics, status) plus the scheduler")
-    _add_config(serve)
+    _add_common(serve)
     serve.add_argument("--migrate", action="store_true", help="apply the database migrations first")
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port)")
@@ -78,28 +108,44 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     check = commands.add_parser("check-config", help="validate the config, then try the database, LDAP and LiteLLM")
-    _add_config(check)
+    _add_common(check)
 
     imp = commands.add_parser("import", help="record people and groups from a JSON or CSV file as one source")
-    _add_config(imp)
+    _add_common(imp)
     imp.add_argument("file", help="a .json or .csv file (see README)")
     imp.add_argument("--source", help="the source name (default: the file's own, else 'import')")
     imp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
-    _add_config(explain)
+    _add_common(explain)
     explain.add_argument("user", help="a user_id, an email or a source's external id")
     explain.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    explain.add_argument("--offline", action="store_true", help="do not read LiteLLM")
+    explain.add_argument("--offline", action="store_true", help="do not read LiteLLM (needs no secret)")
     return parser
 
 
+def _logging_options(args: argparse.Namespace) -> tuple[str, bool | None]:
+    """The log level and format from the command line, else the environment; a bad value is a usage error."""
+    level = args.log_level or os.environ.get("SYNCD_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LEVELS:
+        raise _Usage(f"SYNCD_LOG_LEVEL={level.lower()!r} is not one of {', '.join(LEVELS)}")
+    form = os.environ.get("SYNCD_LOG_FORMAT", "").strip().lower()
+    if form not in ("", "json", "text"):
+        raise _Usage(f"SYNCD_LOG_FORMAT={form!r} is not json or text")
+    return level, None if not form else form == "json"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit status."""
+    """Run one command; return its exit status. Every expected failure is one line on stderr."""
     args = _parser().parse_args(argv)
     from syncd.logs import configure_logging
 
-    configure_logging(args.log_level)
+    try:
+        level, json_format = _logging_options(args)
+    except _Usage as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(level, json_format=json_format, debug=args.debug)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "serve": _serve,
         "sync": _sync,
@@ -114,60 +160,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Usage as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except _Unreachable as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("syncd: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an outage met mid-run: one clear line, the details in the log
-        message = _outage(exc)
-        if message is None:
-            raise
-        log.error("%s", message, exc_info=exc)
+    except Exception as exc:  # an outage met mid-run (or a bug): one clear line; the traceback only with --debug
+        code, message = _failure(exc, args.command)
+        if args.debug:
+            log.error("%s", message, exc_info=exc)
         print(f"syncd: {message}", file=sys.stderr)
-        return EXIT_FAILED
+        return code
 
 
-def _outage(exc: Exception) -> str | None:
-    """A one-line description of a LiteLLM or database failure (None for anything else: a bug, shown in full)."""
+def _failure(exc: Exception, command: str) -> tuple[int, str]:
+    """(exit status, one line) for an exception that ended a command."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from syncd.litellm import LiteLLMError
+    from syncd.logs import one_line
+    from syncd.store import DatabaseDriverMissing
 
     if isinstance(exc, LiteLLMError):
-        return f"LiteLLM failed ({exc.endpoint}): {exc}; nothing more was changed, the next run resumes"
+        after = "; nothing more was changed, the next run resumes" if command == "sync" else ""
+        return EXIT_FAILED, f"LiteLLM failed ({exc.endpoint}): {_first_line(exc)}{after}"
+    if isinstance(exc, DatabaseDriverMissing):
+        return EXIT_USAGE, str(exc)
     if isinstance(exc, SQLAlchemyError):
-        return f"the database failed: {type(exc).__name__}: {_first_line(exc)}"
-    return None
+        return EXIT_FAILED, f"the database failed: {one_line(exc)}"
+    return EXIT_FAILED, f"unexpected error: {one_line(exc)} (run with --debug for the traceback, and report it)"
 
 
 # -- wiring ---------------------------------------------------------------------------------------------------------
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, *, secrets: bool = True) -> Any:
     from syncd.logs import redact, secrets_of
     from syncd.settings import ConfigError, load_settings
 
     if not args.config:
         raise _Usage("no config file: pass --config FILE or set SYNCD_CONFIG")
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, secrets=secrets)
     except ConfigError as exc:
         raise _Usage(str(exc)) from None
     redact(*secrets_of(settings))
+    if settings.ldap and secrets and find_spec("ldap3") is None:
+        raise _Usage("the config has ldap: sources but ldap3 is not installed: pip install 'syncd[ldap]'")
     return settings
+
+
+def _engine(settings: Any) -> Any:
+    """The store's engine; a SQLite file that does not exist yet is not created (only `db upgrade` creates it)."""
+    from syncd.store import DatabaseDriverMissing, make_engine, sqlite_file
+
+    path = sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        raise _Usage(f"the database {path} does not exist yet: run `syncd db upgrade --config FILE`")
+    try:
+        return make_engine(settings.database.url)
+    except DatabaseDriverMissing as exc:
+        raise _Usage(str(exc)) from None
 
 
 def _store(settings: Any, *, require_schema: bool = True) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from syncd.store import SchemaOutOfDate, make_engine, require_current_schema
+    from syncd.logs import one_line
+    from syncd.store import SchemaOutOfDate, require_current_schema
     from syncd.store.repository import SyncStore
 
-    engine = make_engine(settings.database.url)
+    engine = _engine(settings)
     if require_schema:
         try:
             require_current_schema(engine)
         except SchemaOutOfDate as exc:
             raise _Usage(str(exc)) from None
         except SQLAlchemyError as exc:
-            raise _Usage(f"cannot reach the database: {exc.__class__.__name__}: {_first_line(exc)}") from None
+            raise _Unreachable(f"cannot reach the database: {one_line(exc)}") from None
     return SyncStore(engine)
 
 
@@ -181,7 +250,9 @@ def _client(settings: Any) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]
+    from syncd.logs import scrub
+
+    return scrub((str(exc).strip().splitlines() or [""])[0])
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
@@ -289,14 +360,17 @@ def _plan(args: argparse.Namespace) -> int:
         text += "\n" + render_team_text(team_plan)
     text += "".join(f"\nproblem: source {name}: pull failed" for name in failed)
     _emit(args, data, text)
-    return 0
+    return EXIT_FAILED if failed else 0
 
 
 def _db(args: argparse.Namespace) -> int:
-    from syncd.store import make_engine, schema_revision, upgrade
+    from syncd.store import DatabaseDriverMissing, make_engine, schema_revision, upgrade
 
-    settings = _settings(args)
-    engine = make_engine(settings.database.url)
+    settings = _settings(args, secrets=False)  # the schema needs no LiteLLM key, no bind password
+    try:
+        engine = make_engine(settings.database.url)
+    except DatabaseDriverMissing as exc:
+        raise _Usage(str(exc)) from None
     before, head = schema_revision(engine)
     upgrade(engine)
     print(f"database schema: {before or 'empty'} -> {head}" if before != head else f"database schema at {head}")
@@ -348,7 +422,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from syncd.explain import UnknownPerson, explain, render_explanation
 
-    settings = _settings(args)
+    settings = _settings(args, secrets=not args.offline)  # offline: no LiteLLM key, no bind password needed
     store = _store(settings)
     try:
         if args.offline:

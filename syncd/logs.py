@@ -17,9 +17,23 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["bind_log_context", "configure_logging", "log_context", "redact", "secrets_of"]
+__all__ = [
+    "LEVELS",
+    "bind_log_context",
+    "configure_logging",
+    "debug_enabled",
+    "log_context",
+    "one_line",
+    "redact",
+    "secrets_of",
+]
+
+#: the log levels `--log-level` and $SYNCD_LOG_LEVEL accept
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 _SECRETS: set[str] = set()
+#: set by `configure_logging(debug=True)` (`syncd --debug`): tracebacks are written in full only then
+_DEBUG = threading.Event()
 _LOCK = threading.Lock()
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -36,6 +50,17 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def debug_enabled() -> bool:
+    """True when `syncd --debug` asked for tracebacks."""
+    return _DEBUG.is_set()
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, secrets scrubbed: how an exception is told without --debug."""
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    return scrub(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
 
 def secrets_of(settings: Any) -> list[str]:
@@ -76,8 +101,13 @@ class _Redacting(logging.Filter):
         record.msg = scrub(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            if _DEBUG.is_set():
+                record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            else:  # one line per event: the exception's type and first line, the traceback only with --debug
+                record.msg = f"{record.msg}: {one_line(record.exc_info[1])}"
             record.exc_info = None
+        elif record.exc_text and not _DEBUG.is_set():
+            record.exc_text = None
         return True
 
 
@@ -105,8 +135,15 @@ class _HumanFormatter(logging.Formatter):
         return scrub(text)
 
 
-def configure_logging(level: str = "INFO", *, json_format: bool | None = None) -> None:
-    """Send logs to stderr: JSON unless stderr is a terminal (or as `json_format` or $SYNCD_LOG_FORMAT says)."""
+def configure_logging(level: str = "INFO", *, json_format: bool | None = None, debug: bool = False) -> None:
+    """Send logs to stderr: JSON unless stderr is a terminal (or as `json_format` or $SYNCD_LOG_FORMAT says).
+
+    Every event is one line; with `debug` (`syncd --debug`) exceptions are followed by their traceback.
+    """
+    if debug:
+        _DEBUG.set()
+    else:
+        _DEBUG.clear()
     if json_format is None and os.environ.get("SYNCD_LOG_FORMAT", "").lower() in ("json", "text"):
         json_format = os.environ["SYNCD_LOG_FORMAT"].lower() == "json"
     use_json = not sys.stderr.isatty() if json_format is None else json_format

@@ -51,6 +51,19 @@ def full_trigger(schedule: str) -> BaseTrigger:
     return IntervalTrigger(seconds=seconds, jitter=_jitter(seconds), timezone=UTC)
 
 
+def _log_schedule(source: Any) -> None:
+    """Say at start when each source is pulled, and whether that is the default schedule (no `schedule:` key)."""
+    schedule = source.schedule
+    incremental = f"every {schedule.incremental:g} s" if schedule.incremental else "off"
+    log.info(
+        "scheduled pulls: full %s, incremental %s%s",
+        repr(schedule.full) if schedule.full else "off",
+        incremental,
+        "" if "schedule" in source.model_fields_set else " (the default schedule: the source sets no schedule)",
+        extra={"source": source.name},
+    )
+
+
 class PullScheduler:
     """The scheduled pulls of every LDAP source, run only while `is_leader()`."""
 
@@ -73,6 +86,7 @@ class PullScheduler:
     def start(self) -> None:
         """Add a job per schedule and start the scheduler thread."""
         for source in self.settings.ldap:
+            _log_schedule(source)
             if source.schedule.full:
                 trigger = full_trigger(source.schedule.full)
                 self._add(f"{source.name}:full", trigger, source.name, incremental=False)

@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.apply import ApplyStopped
-from syncd.logs import bind_log_context, log_context
+from syncd.logs import bind_log_context, debug_enabled, log_context, one_line
 from syncd.metrics import Metrics
 from syncd.plan import Change
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
@@ -249,15 +250,14 @@ class ReconcileWorker:
             log.warning("run interrupted after the changes in flight: %s", exc)
             self._restore(written)
             return
-        except Exception:
-            log.exception("reconcile failed")
+        except Exception as exc:
             self._restore(written)
-            self._schedule_retry()
+            self._schedule_retry(f"reconcile failed: {one_line(exc)}", exc)
             return
         self.last_report = report
         log.info("run finished", extra={"status": report.status, "seconds": round(report.seconds, 3)})
         if report.status == "failed":
-            self._schedule_retry()
+            self._schedule_retry(f"run {report.run_id} failed")
         else:
             self._failures = 0
 
@@ -281,10 +281,20 @@ class ReconcileWorker:
             for user_id, at in written.items():
                 self._written.setdefault(user_id, at)
 
-    def _schedule_retry(self) -> None:
+    def _schedule_retry(self, what: str, exc: BaseException | None = None) -> None:
+        """One line per failed try: what failed and when the next try is (the traceback only with --debug)."""
         delay = _RETRY_S[min(self._failures, len(_RETRY_S) - 1)]
         self._failures += 1
-        log.info("next try in %.0f s", delay)
+        at = datetime.now(UTC) + timedelta(seconds=delay)
+        log.error(
+            "%s; try %d, next try in %.0f s at %s",
+            what,
+            self._failures,
+            delay,
+            at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            exc_info=exc if exc is not None and debug_enabled() else None,
+            extra={"next_try_at": at.isoformat(timespec="seconds")},
+        )
         self.request("retry", delay_s=delay)
 
     def _refresh_gauges(self) -> None:

@@ -27,7 +27,7 @@ from syncd.settings.core import (
     TeamSettings,
 )
 from syncd.settings.ldap import LdapSourceSettings
-from syncd.settings.scim import ScimSettings
+from syncd.settings.scim import SECRETS_UNSET, ScimSettings
 
 __all__ = ["ConfigError", "Settings", "load_settings", "settings_from_dict"]
 
@@ -92,8 +92,13 @@ class Settings(Strict):
         return priorities
 
 
-def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+#: the keys holding secrets: with `secrets=False` an unset variable there leaves the secret unset instead of failing
+_SECRET_KEYS = frozenset({"master_key", "bind_password", "admin_token", "token"})
+
+
+def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str], *, secrets: bool = True) -> Any:
     if isinstance(value, str):
+        unset: list[str] = []
 
         def replace(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -101,14 +106,18 @@ def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[st
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"{path or '<top>'}: environment variable {name} is not set")
+            unset.append(name)
             return ""
 
-        return _VAR.sub(replace, value)
+        text = _VAR.sub(replace, value)
+        if unset and not secrets and path.rsplit(".", 1)[-1] in _SECRET_KEYS:
+            return None
+        problems.extend(f"{path or '<top>'}: environment variable {name} is not set" for name in unset)
+        return text
     if isinstance(value, dict):
-        return {key: _substitute(item, env, _join(path, key), problems) for key, item in value.items()}
+        return {key: _substitute(item, env, _join(path, key), problems, secrets=secrets) for key, item in value.items()}
     if isinstance(value, list):
-        return [_substitute(item, env, f"{path}[{i}]", problems) for i, item in enumerate(value)]
+        return [_substitute(item, env, f"{path}[{i}]", problems, secrets=secrets) for i, item in enumerate(value)]
     return value
 
 
@@ -139,24 +148,30 @@ def _message(error: Mapping[str, Any]) -> str:
     return message
 
 
-def settings_from_dict(raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None) -> Settings:
-    """Validate an already parsed config document."""
+def settings_from_dict(
+    raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None, secrets: bool = True
+) -> Settings:
+    """Validate an already parsed config document.
+
+    `secrets=False` is for commands that use no secret (`explain --offline`): a secret whose environment variable is
+    unset is loaded as None (off) instead of being an error.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["<top>: the config must be a mapping of sections"])
     problems: list[str] = []
-    data = _substitute(raw, os.environ if env is None else env, "", problems)
+    data = _substitute(raw, os.environ if env is None else env, "", problems, secrets=secrets)
     if problems:
         raise ConfigError(source, problems)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(data, context={SECRETS_UNSET: not secrets})
     except ValidationError as exc:
         raise ConfigError(source, [f"{_location(e['loc'])}: {_message(e)}" for e in exc.errors()]) from None
 
 
-def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Read, substitute and validate the YAML config file at `path`."""
+def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None, secrets: bool = True) -> Settings:
+    """Read, substitute and validate the YAML config file at `path` (`secrets`: see `settings_from_dict`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -172,4 +187,4 @@ def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None) -> 
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    return settings_from_dict(raw, source=str(path), env=env)
+    return settings_from_dict(raw, source=str(path), env=env, secrets=secrets)

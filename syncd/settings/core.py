@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from syncd.model import ROLES
-from syncd.settings._base import BudgetDuration, Interval, Strict, read_secret
+from syncd.settings._base import BudgetDuration, Interval, Secret, Strict, read_secret
 
 __all__ = [
     "DatabaseSettings",
@@ -44,7 +44,7 @@ class LiteLLMSettings(Strict):
     """The LiteLLM proxy's admin API."""
 
     url: str = "http://127.0.0.1:4000"
-    master_key: SecretStr | None = None
+    master_key: Secret = None
     master_key_file: Path | None = None
     timeout_s: float = Field(10.0, gt=0)
     concurrency: int = Field(8, ge=1, le=64)
@@ -65,7 +65,7 @@ class ServerSettings(Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    admin_token: SecretStr | None = None
+    admin_token: Secret = None
     #: /readyz answers 503 when the last successful sync is older than this (unset: not checked)
     ready_max_sync_age: Interval | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024)

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from syncd.settings._base import Interval, Strict, read_secret
+from syncd.settings._base import Interval, Secret, Strict, read_secret
 
 __all__ = [
+    "DEFAULT_FULL_SCHEDULE",
+    "DEFAULT_INCREMENTAL_S",
     "DIALECT_PRESETS",
     "LdapGroupsSettings",
     "LdapScheduleSettings",
@@ -24,15 +26,21 @@ __all__ = [
 ]
 
 
+#: the schedule of a source without `schedule:`: a full pull every six hours (on the hour, UTC), an incremental one
+#: every five minutes; `null` turns either off
+DEFAULT_FULL_SCHEDULE = "0 */6 * * *"
+DEFAULT_INCREMENTAL_S = 300.0
+
+
 class LdapScheduleSettings(Strict):
-    """When the directory is pulled: `full` is a cron string or an interval, `incremental` an interval.
+    """When `syncd serve` pulls the directory: `full` a cron string or an interval, `incremental` an interval.
 
     With content sync, `full` pulls read only what changed; `verify` (a cron string or an interval, default daily)
     is the true full pull that reads every entry and logs any difference from the change-based state as drift.
     """
 
-    full: str | None = None
-    incremental: Interval | None = None
+    full: str | None = DEFAULT_FULL_SCHEDULE
+    incremental: Interval | None = DEFAULT_INCREMENTAL_S
     verify: str | None = "24h"
 
     @field_validator("full", "verify")
@@ -81,7 +89,7 @@ class LdapGroupsSettings(Strict):
     external_id_attribute: str | None = None
     #: with member_attribute memberUid: the user attribute its values name
     member_uid_attribute: str = "uid"
-    nested: bool = False
+    nested: bool = True
     max_depth: int = Field(10, ge=1, le=100)
     #: grants kept in the directory (issue 9): LiteLLM field -> attribute
     mapping_attributes: dict[str, str] = Field(default_factory=dict)
@@ -98,7 +106,7 @@ class LdapSourceSettings(Strict):
     start_tls: bool = False
     ca_file: Path | None = None
     bind_dn: str | None = None
-    bind_password: SecretStr | None = None
+    bind_password: Secret = None
     bind_password_file: Path | None = None
     dialect: Literal["openldap", "active_directory", "freeipa", "custom"] = "openldap"
     page_size: int = Field(500, ge=1, le=10_000)

@@ -810,7 +810,8 @@ class LdapSource:
         else:
             reason = str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {_reason(exc)}"
             problem = self._scrub(f"LDAP source {self.name}: {reason}")
-        log.error("%s; the pull is incomplete, nothing will be deactivated from it", problem)
+        # told once, by syncd.pull (which records the failure): one line per failed pull
+        log.debug("%s; the pull is incomplete, nothing will be deactivated from it", problem)
         snapshot.complete = False
         snapshot.problems.append(problem)
         snapshot.identities.clear()

@@ -3,6 +3,22 @@
 The only package that imports SQLAlchemy.
 """
 
-from syncd.store.db import SchemaOutOfDate, make_engine, require_current_schema, schema_revision, upgrade
+from syncd.store.db import (
+    DatabaseDriverMissing,
+    SchemaOutOfDate,
+    make_engine,
+    require_current_schema,
+    schema_revision,
+    sqlite_file,
+    upgrade,
+)
 
-__all__ = ["SchemaOutOfDate", "make_engine", "require_current_schema", "schema_revision", "upgrade"]
+__all__ = [
+    "DatabaseDriverMissing",
+    "SchemaOutOfDate",
+    "make_engine",
+    "require_current_schema",
+    "schema_revision",
+    "sqlite_file",
+    "upgrade",
+]

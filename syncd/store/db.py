@@ -12,12 +12,14 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = [
+    "DatabaseDriverMissing",
     "SchemaOutOfDate",
     "in_chunks",
     "make_engine",
     "migrations_dir",
     "require_current_schema",
     "schema_revision",
+    "sqlite_file",
     "upgrade",
 ]
 
@@ -34,15 +36,27 @@ class SchemaOutOfDate(Exception):
     """The database schema is not at the migrations' head: run `syncd db upgrade`."""
 
 
+class DatabaseDriverMissing(Exception):
+    """A postgresql:// URL without the PostgreSQL driver installed (the `postgres` extra)."""
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for the store; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    """An engine for the store; SQLite gets WAL, a busy timeout and enforced foreign keys.
+
+    psycopg (the `postgres` extra) is imported only here, for a postgresql URL: a SQLite-only install needs none.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise DatabaseDriverMissing(
+            f"database.url is PostgreSQL but its driver ({exc.name}) is not installed: pip install 'syncd[postgres]'"
+        ) from None
     if not kwargs.get("pool_pre_ping"):
         _ping_when_idle(engine)
     return engine
@@ -89,11 +103,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL or an in-memory database)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" and not database.startswith("file:") else None
+
+
 def migrations_dir() -> Path:
-    """The Alembic scripts: $SYNCD_MIGRATIONS, else migrations/ beside the syncd package (checkout or image)."""
+    """The Alembic scripts: $SYNCD_MIGRATIONS if set, else those shipped in the package (`syncd.migrations`).
+
+    In a checkout (an editable install) `syncd.migrations` is the repository's top-level migrations/ folder, mapped
+    by pyproject's package-dir; in a wheel it is a package of its own.
+    """
     configured = os.environ.get("SYNCD_MIGRATIONS")
     if configured:
         return Path(configured)
+    from importlib.util import find_spec
+
+    spec = find_spec("syncd.migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
