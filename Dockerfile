@@ -15,6 +15,7 @@ RUN python -m venv /build \
        --no-compile -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY syncd ./syncd
+COPY migrations ./migrations
 # bytecode compiled once here (unchecked-hash: reproducible, never rewritten): a read-only root cannot cache it
 RUN /build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
     && /build/bin/pip --python /opt/syncd/bin/python install --no-deps --no-compile /wheels/syncd-*.whl \

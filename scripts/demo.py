@@ -154,9 +154,54 @@ def start_fake_litellm() -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the fake LiteLLM did not start")
 
 
+def keep_folder(folder: Path, slapd: Slapd, litellm_url: str) -> None:
+    """Make the kept folder usable: the secrets in demo.env (mode 600), and `start`/`stop` for slapd and the fake."""
+    env = folder / "demo.env"
+    env.write_text(
+        f"export LITELLM_MASTER_KEY={MASTER_KEY}\nexport LDAP_BIND_PASSWORD={SYNC_PASSWORD}\n"
+        f"export SYNCD_CONFIG={folder}/syncd.yaml\n"
+    )
+    env.chmod(0o600)
+    port = litellm_url.rsplit(":", 1)[1]
+    slapd_bin = shutil.which("slapd") or "/usr/sbin/slapd"
+    start = folder / "start"
+    start.write_text(f"""#!/usr/bin/env bash
+# Restart the demo's slapd and fake LiteLLM on the same ports with the same secrets (demo.env); ./stop stops them.
+set -euo pipefail
+cd "{folder}"
+. ./demo.env
+"{slapd_bin}" -F ldap/slapd.d -h "{slapd.url}/ {slapd.tls_url}/"
+nohup "{sys.executable}" -m syncd.testing.fake_litellm --port {port} --master-key "$LITELLM_MASTER_KEY" \\
+  >fake-litellm.log 2>&1 &
+echo $! > fake-litellm.pid
+for _ in $(seq 100); do
+  "{sys.executable}" -c "import httpx; httpx.get('{litellm_url}/health', timeout=0.2)" 2>/dev/null && break
+  sleep 0.1
+done
+echo "slapd at {slapd.url}, the FAKE LiteLLM at {litellm_url} (in memory: it starts empty; a"
+echo "'syncd sync --drift-check' puts the managed users back). Then:"
+echo "  . {folder}/demo.env && {Path(sys.executable).parent}/syncd plan"
+""")
+    stop = folder / "stop"
+    stop.write_text(f"""#!/usr/bin/env bash
+# Stop what ./start started.
+cd "{folder}"
+[ -f ldap/slapd.pid ] && kill "$(cat ldap/slapd.pid)" 2>/dev/null
+[ -f fake-litellm.pid ] && kill "$(cat fake-litellm.pid)" 2>/dev/null
+rm -f fake-litellm.pid
+exit 0
+""")
+    start.chmod(0o755)
+    stop.chmod(0o755)
+    print(f"\nkept {folder}: the demo's secrets are in {env} (LITELLM_MASTER_KEY, LDAP_BIND_PASSWORD, SYNCD_CONFIG);")
+    print(f"{start} restarts its slapd and fake LiteLLM with them, {stop} stops them.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder, with its secrets and a script to restart"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="syncd-demo-"))
     slapd = Slapd.create(folder / "ldap")
@@ -191,7 +236,7 @@ def main() -> int:
         fake.terminate()
         slapd.stop()
         if args.keep:
-            print(f"\nkept {folder}")
+            keep_folder(folder, slapd, url)
         else:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
