@@ -287,7 +287,7 @@ class ReconcileWorker:
         self._failures += 1
         at = datetime.now(UTC) + timedelta(seconds=delay)
         log.error(
-            "%s; try %d, next try in %.0f s at %s",
+            "%s; %d failed in a row, next try in %.0f s at %s",
             what,
             self._failures,
             delay,
