@@ -252,3 +252,25 @@ def test_plan_and_sync_show_the_team_step(cli: Cli) -> None:
     assert team["team_alias"] == "platform" and team["max_budget"] == 100
     again = cli.run("sync")
     assert "Teams: no changes (1 teams unchanged)." in again.stdout
+
+
+def test_the_readme_tables_name_every_command_and_environment_variable() -> None:
+    import argparse
+    import re
+
+    from syncd.cli import _parser
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    commands = readme[readme.index("## Commands\n") : readme.index("## Who gets what")]
+    (subparsers,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in subparsers.choices.items():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        names = [f"{name} {action}" for a in nested for action in a.choices] or [name]
+        for full in names:
+            assert f"| `syncd {full}" in commands, f"syncd {full} is not in the README's command table"
+    source = "\n".join(p.read_text() for p in (root / "syncd").rglob("*.py"))
+    read = set(re.findall(r"environ(?:\.get\(|\[)\"(SYNCD_[A-Z_]+)\"", source))
+    assert {"SYNCD_CONFIG", "SYNCD_LOG_LEVEL", "SYNCD_LOG_FORMAT", "SYNCD_MIGRATIONS"} <= read
+    for variable in read:
+        assert f"| `{variable}` |" in commands, f"{variable} is not in the README's environment table"
