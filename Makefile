@@ -16,7 +16,7 @@ bench-quick:
 	$(PYTHON) -m bench --quick
 
 lock:
-	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra ldap --extra postgres $(LOCK_FLAGS) -o requirements.lock
 	$(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" \
 	  | $(UV) pip compile - $(LOCK_FLAGS) -o requirements-build.lock
 
