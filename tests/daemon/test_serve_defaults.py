@@ -30,10 +30,12 @@ def test_a_source_without_schedule_is_pulled_on_the_default_one_and_failed_tries
     syncd = launch(config, args=("--migrate",))
     syncd.wait_healthy()
 
-    def failed_tries() -> list[dict[str, Any]]:
-        return [e for e in syncd.log_events() if "next try in" in e["msg"]]
+    def pulled_and_failed() -> list[dict[str, Any]]:
+        events = syncd.log_events()
+        pulled = any(e["msg"] == "scheduled pull done" for e in events)
+        return [e for e in events if "next try in" in e["msg"]] if pulled else []
 
-    (failed, *_) = wait_for(failed_tries, 30, "a failed run, logged with its next try")
+    (failed, *_) = wait_for(pulled_and_failed, 30, "the pull at start, and a failed run logged with its next try")
     events = syncd.log_events()  # every line of stderr is one whole JSON event
     schedule = next(e for e in events if e["msg"].startswith("scheduled pulls:"))
     assert schedule["source"] == "corp"
