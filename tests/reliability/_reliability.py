@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 MASTER = "sk-reliability-master-7c41d2"
+#: people in ou=people of the reliability slapd: past the 1,000 entries a non-paged or capped search returns
+DIRECTORY_PEOPLE = 1_100
 MAPPINGS: list[dict[str, Any]] = [
     {"group": "llm-users", "models": ["gpt-4o"], "max_budget": 10, "budget_duration": "monthly"},
     {

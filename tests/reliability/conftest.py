@@ -12,10 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ldap"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _reliability import DIRECTORY_PEOPLE
 from _slapd import SUFFIX, Slapd
-
-#: people in ou=people of the reliability slapd: past the 1,000 entries a non-paged or capped search returns
-DIRECTORY_PEOPLE = 1_100
 
 
 def directory_ldif(count: int = DIRECTORY_PEOPLE) -> str:

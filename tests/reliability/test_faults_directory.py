@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from _reliability import MASTER, FaultyProxy, figures, run_syncd
+from _reliability import DIRECTORY_PEOPLE, MASTER, FaultyProxy, figures, run_syncd
 from _slapd import LIMITED_DN, SUFFIX, SYNC_DN, SYNC_PASSWORD, Slapd
-from conftest import DIRECTORY_PEOPLE
 
 from syncd.store import make_engine
 from syncd.store.repository import SyncStore
