@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from syncd.model import ManagedUser
-from syncd.plan import Change, Plan, marker
+from syncd.plan import Change, KnownConflict, Plan, marker
 from syncd.store.repository import AuditEntry, Completion, SyncStore
 
 __all__ = ["Applier", "ApplyResult", "ApplyStopped", "PlanHeld"]
@@ -29,6 +29,9 @@ __all__ = ["Applier", "ApplyResult", "ApplyStopped", "PlanHeld"]
 log = logging.getLogger(__name__)
 
 _LIMITS = ("tpm_limit", "rpm_limit", "max_budget", "budget_duration")
+#: answers to a user write that the same request will always get again: a conflict, not a failure to retry
+_REFUSALS = (400, 409, 422)
+_WRITES = ("create", "adopt", "update", "reactivate")
 
 
 class PlanHeld(Exception):
@@ -43,6 +46,7 @@ class _Client(Protocol):
     def new_user(self, payload: dict[str, Any]) -> dict[str, Any]: ...
     def update_user(self, payload: dict[str, Any]) -> dict[str, Any]: ...
     def get_users(self, user_ids: Any, *, batch: int = 100) -> list[dict[str, Any]]: ...
+    def users_with_email(self, email: str) -> list[dict[str, Any]]: ...
     def delete_users(self, user_ids: Any) -> None: ...
     def list_keys(self, user_id: str) -> list[dict[str, Any]]: ...
     def block_key(self, key: str) -> Any: ...
@@ -56,6 +60,7 @@ class _Outcome:
     error: str | None = None
     action: str | None = None  # what was really done when it differs from the plan (create -> adopt)
     after: Mapping[str, Any] | None = None
+    conflict: KnownConflict | None = None  # what LiteLLM refused, stored so that it is not retried as it is
 
 
 @dataclass(slots=True)
@@ -67,6 +72,8 @@ class ApplyResult:
     skipped: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # (user_id, action, message)
+    #: changes LiteLLM refused in a way retrying cannot fix (skipped, not failed)
+    conflicts: list[KnownConflict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +196,9 @@ class Applier:
             )
         else:
             result.skipped += 1
+            if outcome.conflict is not None:
+                result.conflicts.append(outcome.conflict)
+                log.warning("change refused: a conflict", extra={"user_id": change.user_id, "error": outcome.error})
         if self.on_outcome is not None:
             self.on_outcome(change, outcome.status)
 
@@ -198,6 +208,9 @@ class Applier:
         try:
             return handler(change)
         except Exception as exc:
+            if change.action in _WRITES and getattr(exc, "status", None) in _REFUSALS:
+                reason = f"LiteLLM refused the {change.action}: {_describe(exc)}"
+                return _Outcome("skipped", error=reason, conflict=_conflict(change, "refused", reason))
             return _Outcome("failed", error=_describe(exc))
 
     def _do_conflict(self, change: Change) -> _Outcome:
@@ -223,14 +236,18 @@ class Applier:
         found = self.client.get_users([change.user_id])
         existing = next((u for u in found if u.get("user_id") == change.user_id), None)
         if existing is None:
-            return _Outcome(
-                "failed",
-                error=f"LiteLLM refused the user: {_describe(exc)} (the email belongs to another LiteLLM user)",
-            )
+            email = str(fields.get("user_email") or "")
+            holders = [u for u in self.client.users_with_email(email) if u.get("user_id") != change.user_id]
+            other = str(holders[0]["user_id"]) if holders else None
+            why = f"the email {email} belongs to LiteLLM user {other}" if other else "the email is taken"
+            reason = f"LiteLLM refused the user: {_describe(exc)} ({why})"
+            return _Outcome("skipped", error=reason, conflict=_conflict(change, "email_taken", reason, other))
         metadata = existing.get("metadata") or {}
         ours = isinstance(metadata.get("syncd"), dict) and metadata["syncd"].get("managed") is True
         if not ours and not self.adopt_existing:
-            return _Outcome("skipped", error="a LiteLLM user syncd does not manage holds this user_id; not touched")
+            reason = "a LiteLLM user syncd does not manage holds this user_id; not touched"
+            conflict = _conflict(change, "user_id_taken", reason, change.user_id)
+            return _Outcome("skipped", error=reason, conflict=conflict)
         fields["metadata"] = {**metadata, **fields.get("metadata", {})}
         self.client.update_user({"user_id": change.user_id, **_payload(fields, fields, clear=True)})
         managed = self._managed(change, fields, "active", adopted=not ours)
@@ -304,6 +321,11 @@ class Applier:
             suspended_at=suspended_at,
             adopted=adopted,
         )
+
+
+def _conflict(change: Change, kind: str, reason: str, other: str | None = None) -> KnownConflict:
+    digest = change.inputs_digest
+    return KnownConflict(change.user_id, change.source or "", change.external_id or "", kind, reason, other, digest)
 
 
 def _describe(exc: Exception) -> str:

@@ -7,8 +7,6 @@ from typing import Any
 
 __all__ = ["CheckResult", "run_checks"]
 
-_REFUSED_ROLES = ("team", "customer")
-
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
@@ -23,24 +21,11 @@ class CheckResult:
 def run_checks(settings: Any) -> list[CheckResult]:
     """Every check, in order; none raises."""
     results = [CheckResult("config", True, "valid")]
-    results += _role_warnings(settings)
     results += _tenant_warnings(settings)
     results.append(_check_database(settings))
     results.append(_check_litellm(settings))
     results += [_check_ldap(source) for source in settings.ldap]
     return results
-
-
-def _role_warnings(settings: Any) -> list[CheckResult]:
-    found = [
-        (f"mappings[{i}] ({m.group})", m.role) for i, m in enumerate(settings.mappings) if m.role in _REFUSED_ROLES
-    ]
-    if settings.defaults.role in _REFUSED_ROLES:
-        found.append(("defaults", settings.defaults.role))
-    return [
-        CheckResult(where, False, f"role {role!r}: LiteLLM refuses it (422) for users; those users will fail", True)
-        for where, role in found
-    ]
 
 
 def _tenant_warnings(settings: Any) -> list[CheckResult]:

@@ -86,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument(
         "--allow-mass-deactivation", action="store_true", help="override the deactivation guard for this run"
     )
+    sync.add_argument(
+        "--fail-on-conflict",
+        action="store_true",
+        help="exit 1 when there are known conflicts (without it they are reported and the run exits 0)",
+    )
 
     plan = commands.add_parser("plan", help="pull and plan, print the plan, change nothing")
     _add_common(plan)
@@ -115,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file", help="a .json or .csv file (see README)")
     imp.add_argument("--source", help="the source name (default: the file's own, else 'import')")
     imp.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+    release = commands.add_parser(
+        "release",
+        help="forget the binding of a LiteLLM user_id to its person, so that the person the source now names so "
+        "gets it at the next sync (the leaver's blocked keys stay blocked)",
+    )
+    _add_config(release)
+    release.add_argument("user_id", help="the bound LiteLLM user_id")
 
     explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
     _add_common(explain)
@@ -154,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check_config,
         "import": _import,
         "explain": _explain,
+        "release": _release,
     }
     try:
         return handlers[args.command](args)
@@ -301,6 +315,7 @@ def _sync(args: argparse.Namespace) -> int:
             drift_check=True if args.drift_check else None,
             failed_sources=tuple(failed),
             sources=tuple(args.source),
+            fail_on_conflict=args.fail_on_conflict,
         )
         # the fresh full snapshots stand in for their sources' rows: the store is not read back for them (and a dry
         # run, which records nothing, still plans with what was pulled)
@@ -319,6 +334,12 @@ def _report_text(report: Any, plan_text: str) -> str:
         done = ", ".join(f"{n} {a}" for a, n in sorted(applied.by_action.items())) or "nothing"
         lines.append(f"Applied: {done}; {applied.failed} failed, {applied.skipped} skipped.")
         lines.extend(f"  failed {action} {user}: {error}" for user, action, error in applied.errors)
+        lines.extend(f"  conflict {c.user_id}: {c.reason}" for c in applied.conflicts)
+    if report.conflicts:
+        lines.append(
+            f"{len(report.conflicts)} known conflict(s), nothing written for them"
+            + (" (--fail-on-conflict: exit 1)" if report.fail_on_conflict else "")
+        )
     teams = report.teams
     if teams is not None and teams.status != "nothing":
         from syncd.team_plan import render_team_text
@@ -352,8 +373,9 @@ def _plan(args: argparse.Namespace) -> int:
         reconciler = Reconciler(settings, store, client)
         plan, _ = reconciler.plan(snapshots=snapshots, drift_check=args.drift_check)
         teams = TeamReconciler(settings, store, client)
-        desired = reconciler.desired(snapshots)
-        team_plan, _ = teams.plan(desired.users, pending_users=users_brought_in(plan), held=desired.held)
+        team_plan, _ = teams.plan(
+            reconciler.desired_users, pending_users=users_brought_in(plan), held=reconciler.held_users
+        )
     data = render_json(plan) | {"teams": render_team_json(team_plan), "failed_sources": failed}
     text = render_text(plan)
     if team_plan.changes or team_plan.problems:
@@ -361,6 +383,20 @@ def _plan(args: argparse.Namespace) -> int:
     text += "".join(f"\nproblem: source {name}: pull failed" for name in failed)
     _emit(args, data, text)
     return EXIT_FAILED if failed else 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = _store(settings)
+    record = store.release_binding(args.user_id)
+    if record is None:
+        print(f"syncd: no binding for user_id {args.user_id}", file=sys.stderr)
+        return 1
+    print(
+        f"released {args.user_id} (was bound to {record.source} {record.external_id}, {record.state}); "
+        "at the next sync the person the source names so takes this LiteLLM user over, its blocked keys stay blocked"
+    )
+    return 0
 
 
 def _db(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ _LISTS = ("models", "teams")
 _INTS = ("tpm_limit", "rpm_limit")
 _LARGEST_INT = 2**63 - 1
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
+#: roles LiteLLM refuses for users (422): a grant carrying one is refused with a warning
+_USER_REFUSED_ROLES = ("team", "customer")
 #: what a grant kept in the directory may hold: the LiteLLM fields, and its priority
 FIELDS = (*GRANT_FIELDS, "priority")
 
@@ -57,6 +59,8 @@ def _scalar(name: str, value: Any) -> Any:
     if name == "role":
         if text not in ROLES:
             raise ValueError(f"{text!r} is not a LiteLLM role ({', '.join(ROLES)})")
+        if text in _USER_REFUSED_ROLES:
+            raise ValueError(f"LiteLLM refuses the role {text!r} for users (422)")
         return text
     if name in _INTS or name == "priority":
         if isinstance(value, bool) or not text.lstrip("-").isdigit() or (name in _INTS and int(text) < 0):

@@ -172,6 +172,11 @@ def _error_class(status: int, message: str) -> type[LiteLLMError]:
     return by_status.get(status, TerminalError)
 
 
+def _listable(user_id: str) -> bool:
+    """True when /user/list?user_ids= can name this id (no comma, nothing its trimming would remove)."""
+    return bool(user_id) and "," not in user_id and user_id == user_id.strip()
+
+
 @dataclass(frozen=True)
 class UserPage:
     """One page of /user/list."""
@@ -311,12 +316,19 @@ class LiteLLMClient:
             return None
 
     def list_users(
-        self, *, page: int = 1, page_size: int = MAX_PAGE_SIZE, user_ids: Sequence[str] | None = None
+        self,
+        *,
+        page: int = 1,
+        page_size: int = MAX_PAGE_SIZE,
+        user_ids: Sequence[str] | None = None,
+        email: str | None = None,
     ) -> UserPage:
         """GET /user/list: one page, newest first; page_size is capped at 100."""
         query: dict[str, Any] = {"page": page, "page_size": min(page_size, MAX_PAGE_SIZE)}
         if user_ids is not None:
             query["user_ids"] = ",".join(user_ids)
+        if email is not None:
+            query["user_email"] = email
         answer = self._call("GET", "/user/list", query=query)
         return UserPage(
             users=list(answer.get("users") or []),
@@ -326,18 +338,36 @@ class LiteLLMClient:
         )
 
     def get_users(self, user_ids: Iterable[str], *, batch: int = MAX_PAGE_SIZE) -> list[dict[str, Any]]:
-        """The users with these ids that exist, read with /user/list?user_ids= in batches."""
+        """The users with these ids that exist, read with /user/list?user_ids= in batches.
+
+        LiteLLM splits that filter on commas and trims each part, and matches a single id as a case-insensitive
+        substring: ids it cannot express (a comma, surrounding spaces) are read one by one with /user/info, and
+        only users whose id is exactly one asked for are returned.
+        """
         wanted = list(dict.fromkeys(user_ids))
+        listable = [user_id for user_id in wanted if _listable(user_id)]
         size = max(1, min(batch, MAX_PAGE_SIZE))
+        asked = set(wanted)
         found: list[dict[str, Any]] = []
-        for start in range(0, len(wanted), size):
-            found.extend(self._all_pages(wanted[start : start + size]))
+        for start in range(0, len(listable), size):
+            found.extend(u for u in self._all_pages(listable[start : start + size]) if u.get("user_id") in asked)
+        for user_id in wanted:
+            if not _listable(user_id):
+                info = self.user_info(user_id)
+                user = (info or {}).get("user_info")
+                if isinstance(user, dict) and user.get("user_id") == user_id:
+                    found.append(user)
         return found
 
-    def _all_pages(self, user_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
+    def users_with_email(self, email: str) -> list[dict[str, Any]]:
+        """The users holding this email, compared case-insensitively (LiteLLM's filter is a substring match)."""
+        wanted = email.lower()
+        return [u for u in self._all_pages(None, email=email) if (u.get("user_email") or "").lower() == wanted]
+
+    def _all_pages(self, user_ids: Sequence[str] | None, *, email: str | None = None) -> Iterator[dict[str, Any]]:
         page = 1
         while True:
-            result = self.list_users(page=page, page_size=MAX_PAGE_SIZE, user_ids=user_ids)
+            result = self.list_users(page=page, page_size=MAX_PAGE_SIZE, user_ids=user_ids, email=email)
             yield from result.users
             if page >= result.total_pages or not result.users:
                 return

@@ -31,6 +31,9 @@ class Metrics:
             "syncd_changes", "Changes applied by action and result", ["action", "result"], registry=r
         )
         self.guard_holds = Counter("syncd_guard_holds", "Runs held by the deactivation guard", registry=r)
+        self.conflicts = Gauge(
+            "syncd_conflicts", "Known conflicts: people syncd writes nothing for until their inputs change", registry=r
+        )
         self.litellm_calls = Counter(
             "syncd_litellm_calls", "LiteLLM admin API calls by endpoint and status", ["endpoint", "status"], registry=r
         )

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from syncd.mapping import DesiredState
@@ -23,11 +23,14 @@ from syncd.model import CurrentUser, DesiredUser, FieldOrigin, ManagedUser
 __all__ = [
     "ACTIONS",
     "USER_FIELDS",
+    "Binding",
     "Change",
     "FieldDiff",
+    "KnownConflict",
     "Plan",
     "PlanPolicy",
     "Settling",
+    "bind",
     "desired_fields",
     "fields_digest",
     "make_plan",
@@ -53,6 +56,7 @@ USER_FIELDS = (
 )
 ACTIONS = ("create", "adopt", "update", "reactivate", "suspend", "delete", "conflict")
 _DEACTIVATIONS = ("suspend", "delete")
+_INPUTS = ("create", "adopt", "update", "reactivate", "conflict")
 _ORIGIN_OF = {
     "user_role": "role",
     "models": "models",
@@ -70,7 +74,7 @@ class PlanPolicy:
     adopt_existing: bool = False
     deactivation: str = "suspend"  # suspend | delete
     delete_after_s: float | None = None
-    unmapped_users: str = "ignore"  # ignore | deactivate
+    unmapped_users: str = "deactivate"  # deactivate | ignore
     max_deactivations: int = 50
     max_deactivation_ratio: float = 0.10
     allow_mass_deactivation: bool = False
@@ -108,6 +112,13 @@ class Change:
     adopted: bool = False
     #: False for a deactivation that takes no access away (finishing a suspension, deleting a suspended user)
     guarded: bool = True
+    #: a conflict's kind (user_id_taken, email_taken, bound_elsewhere, refused) and the other party, if any
+    conflict_kind: str | None = None
+    other: str | None = None
+    #: the binding, when the source now names the person otherwise: "user_id kept as x; the directory now says y"
+    note: str | None = None
+    #: `fields_digest` of the person's desired fields (writes and conflicts): a stored conflict waits for it to change
+    inputs_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The change as JSON-ready data (shallow copies: the plan is immutable, its values plain)."""
@@ -133,6 +144,13 @@ class Plan:
     problems: tuple[str, ...] = ()
     unchanged: int = 0
     unmapped_ignored: int = 0
+    #: people the source names otherwise than their bound user_id: (bound user_id, what the source says now)
+    renamed: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def conflicts(self) -> tuple[Change, ...]:
+        """The planned conflicts (nothing is written for them)."""
+        return tuple(c for c in self.changes if c.action == "conflict")
 
     def counts(self) -> dict[str, int]:
         """How many changes of each action."""
@@ -150,6 +168,92 @@ class Plan:
     def empty(self) -> bool:
         """True when there is nothing to do."""
         return not self.changes
+
+
+@dataclass(frozen=True, slots=True)
+class KnownConflict:
+    """A conflict stored by an earlier run: not retried while the desired fields keep this digest."""
+
+    user_id: str
+    source: str
+    external_id: str
+    kind: str  # user_id_taken | email_taken | bound_elsewhere | refused
+    reason: str
+    other: str | None = None
+    inputs_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The desired state re-keyed by the bindings (source, external id) -> user_id of the managed records."""
+
+    desired: DesiredState
+    #: bound user_id -> the user_id the source now gives that person (a rename kept as an update)
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    #: the source's user_id -> the conflict of a new person arriving with a user_id bound to someone else
+    refused: Mapping[str, Change] = field(default_factory=dict)
+
+
+def bind(desired: DesiredState, managed: Mapping[str, ManagedUser]) -> Binding:
+    """Put each desired person at the user_id they are bound to, and refuse user_ids bound to someone else.
+
+    A person is bound to the user_id syncd created or adopted for them, by their (source, external id): a renamed
+    uid or userName keeps the bound user_id (LiteLLM cannot rename one). A different person arriving with a user_id
+    bound to someone else (a leaver's, suspended or not) is a conflict, never a reactivation. Records of deleted
+    users bind nobody, nor do records without an external id. `managed` must hold the records of every desired
+    person not settled under their own user_id (see `settle`).
+    """
+    bound_to = {
+        (m.source, m.external_id): m.user_id for m in managed.values() if m.external_id and m.state != "deleted"
+    }
+    users: dict[str, DesiredUser] = {}
+    renamed: dict[str, str] = {}
+    newcomers = []
+    for name, want in desired.users.items():  # the bound first: they keep their user_id whatever comes after
+        user_id = bound_to.get((want.source, want.external_id))
+        if user_id is None:
+            newcomers.append(want)
+        elif user_id == name:
+            users[name] = want
+        else:
+            renamed[user_id] = name
+            users[user_id] = replace(want, user_id=user_id)
+    refused: dict[str, Change] = {}
+    for want in newcomers:
+        have = managed.get(want.user_id)
+        if want.user_id in users or (have is not None and have.external_id and have.state != "deleted"):
+            holder = have if have is not None else _record_of(users[want.user_id])
+            refused[want.user_id] = _bound_elsewhere(want, holder)
+        else:
+            users[want.user_id] = want
+    unmapped = {}
+    taken = set(bound_to.values())
+    for name, identity in desired.unmapped.items():
+        user_id = bound_to.get((identity.source, identity.external_id))
+        if user_id is not None or name not in taken:
+            unmapped[user_id or name] = identity
+    return Binding(replace(desired, users=users, unmapped=unmapped), renamed, refused)
+
+
+def _record_of(user: DesiredUser) -> ManagedUser:
+    return ManagedUser(user.user_id, user.source, user.external_id, "active", {})
+
+
+def _bound_elsewhere(want: DesiredUser, have: ManagedUser) -> Change:
+    reason = (
+        f"user_id {have.user_id} is bound to {have.source} {have.external_id} ({have.state}); "
+        f"{want.source} {want.external_id} is another person and does not get it (no reactivation, blocked keys "
+        f"stay blocked). If this is on purpose, release it: syncd release {have.user_id}"
+    )
+    return Change(
+        "conflict",
+        have.user_id,
+        reason,
+        want.source,
+        want.external_id,
+        conflict_kind="bound_elsewhere",
+        other=f"{have.source}:{have.external_id}",
+    )
 
 
 def marker(source: str, external_id: str) -> dict[str, Any]:
@@ -290,6 +394,16 @@ def _diffs(
     return tuple(diffs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What the planner knows besides the desired state and the records (see make_plan's arguments)."""
+
+    binding: Binding | None = None
+    known: Mapping[str, KnownConflict] = field(default_factory=dict)
+    email_holders: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
+    unblocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
 class _Planner:
     """Builds the change list user by user; a class only to share the inputs between small steps."""
 
@@ -300,33 +414,46 @@ class _Planner:
         current: Mapping[str, CurrentUser],
         read: Collection[str],
         policy: PlanPolicy,
+        facts: _Facts = _Facts(),
     ) -> None:
         self.desired, self.managed, self.current, self.read, self.policy = desired, managed, current, read, policy
+        self.facts = facts
+        self.renamed: Mapping[str, str] = facts.binding.renamed if facts.binding is not None else {}
         self.changes: list[Change] = []
         self.unchanged = 0
         self.unmapped_ignored = 0
 
     def run(self, only: Collection[str] | None = None, settled: Collection[str] = ()) -> None:
+        refused = dict(self.facts.binding.refused) if self.facts.binding is not None else {}
         everyone = set(self.desired.users) | set(self.managed)
         if only is not None:
-            everyone &= set(only)
+            only = set(only) | {bound for bound, name in self.renamed.items() if name in only}
+            everyone &= only
+            refused = {name: change for name, change in refused.items() if name in only}
         # refused for an email or user_id another person holds (mapping.IdentityConflict): reported, left as is
         everyone -= self.desired.held
         if settled:
             before = len(everyone)
             everyone -= set(settled)
             self.unchanged += before - len(everyone)
-        for user_id in sorted(everyone):
+        for user_id in sorted(everyone | set(refused)):
             want = self.desired.users.get(user_id)
             have = self.managed.get(user_id)
             if want is not None and want.active:
                 self._keep_active(want, have)
-            elif have is not None:
+            elif have is not None and user_id in everyone:
                 self._deactivate(user_id, want, have)
+            if user_id in refused:
+                self._add(refused[user_id])
 
     # -- people who should have access --------------------------------------------------------------------------
     def _keep_active(self, want: DesiredUser, have: ManagedUser | None) -> None:
         fields = desired_fields(want)
+        known = self.facts.known.get(want.user_id)
+        same = known is not None and (known.source, known.external_id) == (want.source, want.external_id)
+        if known is not None and same and known.inputs_digest == self._inputs(want):
+            self._add(self._known(known, want, fields))
+            return
         current = self.current.get(want.user_id)
         if have is None or have.state == "deleted":
             self._provision(want, fields, current)
@@ -443,8 +570,49 @@ class _Planner:
                     fields,
                     diffs,
                     base,
+                    conflict_kind="user_id_taken",
+                    other=want.user_id,
                 )
             )
+
+    @staticmethod
+    def _known(known: KnownConflict, want: DesiredUser, fields: dict[str, Any]) -> Change:
+        return Change(
+            "conflict",
+            want.user_id,
+            f"{known.reason} (a known conflict: retried when the source changes this person, or on a drift check)",
+            want.source,
+            want.external_id,
+            fields,
+            conflict_kind=known.kind,
+            other=known.other,
+        )
+
+    def _email_taken(self, change: Change) -> Change | None:
+        """A create, adoption or email change to an email another LiteLLM user holds: a conflict, not a write."""
+        email = (change.after or {}).get("user_email")
+        if not email or change.action not in ("create", "adopt", "update", "reactivate"):
+            return None
+        if change.action in ("update", "reactivate") and not any(d.field == "user_email" for d in change.diffs):
+            return None
+        holder = self.facts.email_holders.get(str(email).lower())
+        if holder is None or holder[0] == change.user_id:
+            return None
+        whose = "another person syncd manages" if holder[1] else "a LiteLLM user syncd does not manage"
+        return Change(
+            "conflict",
+            change.user_id,
+            f"the email {email} is held by LiteLLM user {holder[0]}, {whose}; not written "
+            "(LiteLLM allows one user per email)",
+            change.source,
+            change.external_id,
+            change.after,
+            change.diffs,
+            change.before,
+            conflict_kind="email_taken",
+            other=holder[0],
+            inputs_digest=change.inputs_digest,
+        )
 
     @staticmethod
     def _keep_foreign_metadata(ours: dict[str, Any], current: CurrentUser | None) -> dict[str, Any]:
@@ -461,7 +629,8 @@ class _Planner:
         elif have.state == "suspending":
             self._add(self._deactivation("suspend", have, f"{reason} (finishing an interrupted suspension)", False))
         elif have.state == "suspended":
-            self._maybe_delete_later(have, reason)
+            if not self._suspend_again(have, reason):
+                self._maybe_delete_later(have, reason)
         elif self.policy.deactivation == "delete":
             self._add(self._deactivation("delete", have, f"{reason} (policy.deactivation: delete)", True))
         else:
@@ -491,6 +660,21 @@ class _Planner:
             return f"in no mapped group of {self.desired.unmapped[user_id].source} (policy.unmapped_users: deactivate)"
         return f"no longer in {have.source}"
 
+    def _suspend_again(self, have: ManagedUser, reason: str) -> bool:
+        """A suspended user LiteLLM shows active again (scim_active, or keys syncd blocked now unblocked): re-apply."""
+        current = self.current.get(have.user_id)
+        if current is None:
+            return False
+        unblocked = self.facts.unblocked.get(have.user_id, ())
+        if current.metadata.get("scim_active") is False and not unblocked:
+            return False
+        what = "scim_active is not false" if current.metadata.get("scim_active") is not False else ""
+        if unblocked:
+            what = ", ".join(filter(None, [what, f"{len(unblocked)} key(s) syncd blocked are unblocked"]))
+        why = f"{reason}; suspended, but LiteLLM shows {what} (changed by hand): suspended again"
+        self._add(self._deactivation("suspend", have, why, False))
+        return True
+
     def _maybe_delete_later(self, have: ManagedUser, reason: str) -> None:
         after = self.policy.delete_after_s
         if after is None or have.suspended_at is None or self.policy.now - have.suspended_at < after:
@@ -498,7 +682,20 @@ class _Planner:
         why = f"{reason}; suspended for more than {after / 86400:g} days (policy.delete_after)"
         self._add(self._deactivation("delete", have, why, False))
 
+    def _inputs(self, want: DesiredUser) -> str:
+        """The digest of what a conflict of this person depends on: their desired fields and adopt_existing."""
+        digest = fields_digest(desired_fields(want))
+        return digest if not self.policy.adopt_existing else _digest(digest, "adopt_existing")
+
     def _add(self, change: Change) -> None:
+        want = self.desired.users.get(change.user_id)
+        if want is not None and change.action in _INPUTS and want.external_id == change.external_id:
+            change = replace(change, inputs_digest=self._inputs(want))
+        change = self._email_taken(change) or change
+        name = self.renamed.get(change.user_id)
+        if name is not None and change.conflict_kind != "bound_elsewhere":
+            note = f"user_id kept as {change.user_id}; {change.source} now says {name}"
+            change = replace(change, note=note, reason=f"{change.reason}; {note}")
         self.changes.append(change)
 
 
@@ -532,6 +729,10 @@ def make_plan(
     only: Collection[str] | None = None,
     active_managed: int | None = None,
     settled: Collection[str] = (),
+    binding: Binding | None = None,
+    known: Mapping[str, KnownConflict] | None = None,
+    email_holders: Mapping[str, tuple[str, bool]] | None = None,
+    unblocked: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Plan:
     """Plan the changes that bring LiteLLM to the desired state.
 
@@ -541,17 +742,32 @@ def make_plan(
     `managed` may then hold only those users' records, with `active_managed` the count of every active one.
     `settled` (see `settled_users`) are counted unchanged without a look at their records, which `managed` may then
     leave out; they are recorded active, and the guard counts them so.
+
+    `binding` (see `bind`) is the desired state put at the bound user_ids, with the refused newcomers; when given,
+    its desired state is planned, not `desired`. `known` holds the stored conflicts by user_id: a person whose
+    desired fields still have the digest that met one gets that conflict again, nothing written.
+    `email_holders` maps lower-cased emails to the LiteLLM user holding them (user_id, managed by syncd): a create
+    or an email change to an email someone else holds is a conflict. `unblocked` lists, per suspended user, the
+    keys syncd blocked that LiteLLM shows unblocked (drift check): such a user is suspended again.
     """
+    if binding is not None:
+        desired = binding.desired
     current = current or {}
     policy = policy or PlanPolicy()
     if settled and active_managed is None:
         settled = set(settled)
         others = (m for m in managed.values() if m.user_id not in settled)
         active_managed = len(settled) + sum(1 for m in others if m.state == "active")
-    planner = _Planner(desired, managed, current, set(read if read is not None else current), policy)
+    facts = _Facts(binding, known or {}, email_holders or {}, unblocked or {})
+    planner = _Planner(desired, managed, current, set(read if read is not None else current), policy, facts)
     planner.run(only, settled)
     held = _guard(planner.changes, managed, policy, active_managed)
-    return Plan(tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored)
+    renamed = tuple(sorted(planner.renamed.items()))
+    if only is not None:
+        renamed = tuple((bound, name) for bound, name in renamed if bound in only or name in only)
+    return Plan(
+        tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored, renamed
+    )
 
 
 # -- rendering ------------------------------------------------------------------------------------------------------
@@ -584,6 +800,10 @@ def render_text(plan: Plan) -> str:
         lines.append(f"HELD: {plan.held}")
     for problem in plan.problems:
         lines.append(f"warning: {problem}")
+    changing = {change.user_id for change in plan.changes}
+    for bound, name in plan.renamed:
+        if bound not in changing:
+            lines.append(f"= {bound}: user_id kept as {bound}; the source now says {name} (nothing to change)")
     for change in plan.changes:
         lines.append(f"{_SYMBOL[change.action]} {change.action} {change.user_id}: {change.reason}")
         for diff in change.diffs:
@@ -607,5 +827,7 @@ def render_json(plan: Plan) -> dict[str, Any]:
         "unmapped_ignored": plan.unmapped_ignored,
         "held": plan.held,
         "problems": list(plan.problems),
+        "renamed": [{"user_id": bound, "source_says": name} for bound, name in plan.renamed],
+        "conflicts": len(plan.conflicts),
         "changes": [change.to_dict() for change in plan.changes],
     }

@@ -19,7 +19,18 @@ from syncd.bulk import gc_paused
 from syncd.mapping import DesiredState, MappingRules, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
-from syncd.plan import USER_FIELDS, Plan, PlanPolicy, Settling, fields_digest, make_plan, settle
+from syncd.plan import (
+    USER_FIELDS,
+    Binding,
+    KnownConflict,
+    Plan,
+    PlanPolicy,
+    Settling,
+    bind,
+    fields_digest,
+    make_plan,
+    settle,
+)
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
 from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
@@ -56,6 +67,8 @@ class ReconcileOptions:
     sources: tuple[str, ...] = ()
     #: a targeted reconcile of these LiteLLM user_ids only (after a SCIM write); empty: everyone
     user_ids: tuple[str, ...] = ()
+    #: known conflicts make the run exit 1 (`sync --fail-on-conflict`); without it they are reported, exit 0
+    fail_on_conflict: bool = False
 
 
 @dataclass(slots=True)
@@ -72,11 +85,17 @@ class RunReport:
     seconds: float = 0.0
     #: the team step (issue 5), run after the user changes; None when the run did not get that far
     teams: TeamReport | None = None
+    #: the conflicts this run met (planned, and refused by LiteLLM while applying): nothing written for them
+    conflicts: list[KnownConflict] = field(default_factory=list)
+    fail_on_conflict: bool = False
 
     @property
     def exit_code(self) -> int:
-        """0 applied or nothing to do, 1 failed, 3 held by a safety guard."""
-        return {"held": EXIT_HELD, "failed": EXIT_FAILED}.get(self.status, EXIT_OK)
+        """0 applied or nothing to do, 1 failed (or conflicts under --fail-on-conflict), 3 held by a safety guard."""
+        code = {"held": EXIT_HELD, "failed": EXIT_FAILED}.get(self.status, EXIT_OK)
+        if code == EXIT_OK and self.fail_on_conflict and self.conflicts:
+            return EXIT_FAILED
+        return code
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (the plan's changes included)."""
@@ -102,6 +121,11 @@ class RunReport:
             "plan": render_json(self.plan),
             "applied": applied,
             "teams": self.teams.to_dict() if self.teams is not None else None,
+            "conflicts": [
+                {"user_id": c.user_id, "source": c.source, "external_id": c.external_id, "kind": c.kind}
+                | {"reason": c.reason, "other": c.other}
+                for c in self.conflicts
+            ],
         }
 
 
@@ -115,12 +139,32 @@ class _Planned:
     in_step: dict[str, ManagedUser]
     #: user_id -> the digest of its recorded applied fields, where the store has none or another (see settled_users)
     stale_digests: dict[str, str]
+    #: the user_ids the plan covers, the bound user_ids of renamed people included (None: everyone)
+    scope: set[str] | None = None
 
 
 def current_user(data: Mapping[str, Any]) -> CurrentUser:
     """A LiteLLM /user/list or /user/info user as syncd compares it."""
     fields = {name: data.get(name) for name in USER_FIELDS if name != "metadata"}
     return CurrentUser(str(data["user_id"]), data.get("user_email"), fields, data.get("metadata") or {})
+
+
+def _holders(users: Iterable[CurrentUser]) -> dict[str, tuple[str, bool]]:
+    """Lower-cased email -> (user_id, managed by syncd) of the LiteLLM users holding one."""
+    return {user.email.lower(): (user.user_id, user.managed) for user in users if user.email}
+
+
+def _known(change: Any) -> KnownConflict:
+    """A planned conflict as the store keeps it."""
+    return KnownConflict(
+        change.user_id,
+        change.source or "",
+        change.external_id or "",
+        change.conflict_kind or "user_id_taken",
+        change.reason,
+        change.other,
+        change.inputs_digest,
+    )
 
 
 def _in_step(
@@ -212,6 +256,16 @@ class Reconciler:
         self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
         self._held: Collection[str] = ()  # and the user_ids it left as they are (identity conflicts)
 
+    @property
+    def desired_users(self) -> Mapping[str, Any]:
+        """The desired users of the last plan, at their bound user_ids (what the team step works with)."""
+        return self._desired_users
+
+    @property
+    def held_users(self) -> Collection[str]:
+        """The user_ids the last plan left as they are (identity conflicts of the mapping)."""
+        return self._held
+
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
         """The desired state from the store (of everyone, or of `user_ids`), with unrecorded full snapshots overlaid."""
@@ -286,23 +340,78 @@ class Reconciler:
         settling = settle(desired, self.store.managed_digests(only), enabled=not drift_check)
         settled = settling.settled
         managed, stale = self._records(only, settling)
+        binding = self._bind(desired, managed, only)
+        self._desired_users = binding.desired.users
+        if only is not None:  # a renamed person is planned at their bound user_id
+            only |= {bound for bound, name in binding.renamed.items() if name in only}
+        # a drift check retries every stored conflict; otherwise one whose inputs are unchanged is not retried
+        known = {} if drift_check else self.store.load_conflicts(only)
         # a targeted run reads only its users' records; the deactivation guard still weighs every active user
         active = self.store.managed_counts().get("active", 0) if only is not None else settling.active
         policy = self.policy(allow_mass_deactivation=allow_mass_deactivation)
-        tentative = make_plan(desired, managed, {}, policy, only=only, active_managed=active, settled=settled)
+        facts: dict[str, Any] = {"binding": binding, "known": known, "only": only, "settled": settled}
+        tentative = make_plan(desired, managed, {}, policy, active_managed=active, **facts)
         if drift_check:
             current = self._read_everyone()
-            read: Collection[str] = set(current) | set(desired.users) | set(managed)
+            read: Collection[str] = set(current) | set(desired.users) | set(managed) | set(binding.desired.users)
+            facts["email_holders"] = _holders(current.values())
+            facts["unblocked"] = self._unblocked(managed, current)
         else:
-            read = [change.user_id for change in tentative.changes]
+            read = [change.user_id for change in tentative.changes if change.action != "conflict"]
             if not read:
-                return _Planned(tentative, 0, {}, stale)
+                return _Planned(tentative, 0, {}, stale, only)
             current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
-        plan = make_plan(
-            desired, managed, current, policy, read=read, only=only, active_managed=active, settled=settled
-        )
+            facts["email_holders"] = self._email_holders(tentative)
+        plan = make_plan(desired, managed, current, policy, read=read, active_managed=active, **facts)
         reads = len(current) if drift_check else len(read)
-        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale)
+        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale, only)
+
+    def _bind(self, desired: DesiredState, managed: dict[str, ManagedUser], only: set[str] | None) -> Binding:
+        """The desired state at the bound user_ids (see plan.bind); a targeted run first reads the records of its
+        people that are not under their own name (a full run has every unsettled record already)."""
+        if only is not None:
+            known = {(m.source, m.external_id) for m in managed.values()}
+            people = [(u.source, u.external_id) for u in desired.users.values()]
+            people += [(i.source, i.external_id) for i in desired.unmapped.values()]
+            missing = {person for person in people if person not in known}
+            if missing:
+                managed.update(self.store.records_bound_to(missing))
+        return bind(desired, managed)
+
+    def _email_holders(self, tentative: Plan) -> dict[str, tuple[str, bool]]:
+        """Who holds the emails this plan would write (LiteLLM's /user/update does not check that they are free).
+
+        One filtered /user/list per email, or, when there are more emails to check than LiteLLM has users (a first
+        sync), one read of every user.
+        """
+        emails = set()
+        for change in tentative.changes:
+            email = (change.after or {}).get("user_email")
+            new = change.action in ("create", "adopt") or any(d.field == "user_email" for d in change.diffs)
+            if email and new and change.action != "conflict":
+                emails.add(str(email).lower())
+        if not emails:
+            return {}
+        first = self.client.list_users(page=1, page_size=100)
+        if first.total <= len(emails):
+            return _holders(map(current_user, self.client.iter_all_users()))
+        found: list[CurrentUser] = []
+        for email in sorted(emails):
+            found.extend(map(current_user, self.client.users_with_email(email)))
+        return _holders(found)
+
+    def _unblocked(self, managed: Mapping[str, ManagedUser], current: Mapping[str, CurrentUser]) -> dict[str, Any]:
+        """Per suspended user (drift check), the keys syncd blocked that LiteLLM now shows unblocked."""
+        out = {}
+        for user_id, record in managed.items():
+            if record.state != "suspended" or user_id not in current or not record.blocked_keys:
+                continue
+            blocked = set(record.blocked_keys)
+            keys = self.client.list_keys(user_id)
+            reopened = tuple(str(k["token"]) for k in keys if str(k.get("token")) in blocked and not k.get("blocked"))
+            if reopened:
+                out[user_id] = reopened
+        return out
 
     def _records(self, only: set[str] | None, settling: Settling) -> tuple[dict[str, ManagedUser], dict[str, str]]:
         """The whole records of the users not settled, and the applied digests to store where they are missing."""
@@ -332,6 +441,8 @@ class Reconciler:
             planned = self._plan(snapshots, drift, options.allow_mass_deactivation, options.user_ids or None)
             plan = planned.plan
             report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=planned.reads)
+            report.fail_on_conflict = options.fail_on_conflict
+            report.conflicts = [_known(change) for change in plan.conflicts]
             report.problems.extend(plan.problems)
             report.problems.extend(
                 f"source {name}: pull failed, its previous state stands" for name in options.failed_sources
@@ -342,6 +453,7 @@ class Reconciler:
                     self.store.save_managed(record)
                 self._stop_point("stopped before applying")
                 self._writing(self._apply, report, options)
+                self._store_conflicts(report, planned.scope)
                 self._stop_point("stopped before the team step")
             self._writing(self._teams, report, options)
         except BaseException as exc:
@@ -359,6 +471,18 @@ class Reconciler:
             self.store.finish_run(run_id, report.status, summary, error=report.plan.held)
         self._count_run(options, report.status, started)
         return report
+
+    def _store_conflicts(self, report: RunReport, scope: set[str] | None) -> None:
+        """Keep the conflicts this run met (planned and refused) as the store's: not retried as they are."""
+        if report.status == "held":
+            return
+        if report.applied is not None:
+            report.conflicts.extend(report.applied.conflicts)
+        self.store.replace_conflicts(report.conflicts, user_ids=scope)
+        if report.conflicts:
+            log.warning("%d known conflict(s): nothing written for them (see syncd plan)", len(report.conflicts))
+        if self.metrics is not None:
+            self.metrics.conflicts.set(self.store.conflict_count())
 
     def _stop_point(self, why: str) -> None:
         if self.should_stop is not None and self.should_stop():

@@ -11,6 +11,7 @@ from syncd.model import ROLES
 from syncd.settings._base import BudgetDuration, Interval, Secret, Strict, read_secret
 
 __all__ = [
+    "USER_REFUSED_ROLES",
     "DatabaseSettings",
     "DefaultsSettings",
     "IdentitySettings",
@@ -71,6 +72,17 @@ class ServerSettings(Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024)
 
 
+#: roles LiteLLM's /user/new and /user/update refuse (422) for users: refused when the config loads
+USER_REFUSED_ROLES = ("team", "customer")
+
+
+def _role_for_users(role: str | None) -> str | None:
+    if role in USER_REFUSED_ROLES:
+        allowed = ", ".join(r for r in ROLES if r not in USER_REFUSED_ROLES)
+        raise ValueError(f"LiteLLM refuses the role {role!r} for users (422); use one of {allowed}")
+    return role
+
+
 class _Grant(Strict):
     """The LiteLLM fields a mapping, the defaults or a team section can set."""
 
@@ -80,6 +92,11 @@ class _Grant(Strict):
     rpm_limit: int | None = Field(None, ge=0, le=2**63 - 1)
     max_budget: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_duration: BudgetDuration | None = None
+
+    @field_validator("role")
+    @classmethod
+    def _role_litellm_takes(cls, role: str | None) -> str | None:
+        return _role_for_users(role)
 
 
 class MappingSettings(_Grant):
@@ -117,7 +134,8 @@ class IdentitySettings(Strict):
 class PolicySettings(Strict):
     """Who is managed, and what happens to people who leave."""
 
-    unmapped_users: Literal["ignore", "deactivate"] = "ignore"
+    #: deactivate: a managed person in no mapped group any more is suspended (through the deactivation guard)
+    unmapped_users: Literal["ignore", "deactivate"] = "deactivate"
     deactivation: Literal["suspend", "delete"] = "suspend"
     delete_after: Interval | None = None
     max_deactivations: int = Field(50, ge=0)

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from syncd.model import ManagedUser
-from syncd.plan import fields_digest
+from syncd.plan import KnownConflict, fields_digest
 from syncd.store.db import in_chunks
-from syncd.store.tables import audit_log, changes, managed_users, sync_runs
+from syncd.store.tables import audit_log, changes, conflicts, managed_users, sync_runs
 
 __all__ = ["AuditEntry", "Completion", "RunRecord", "StateStore"]
 
@@ -203,6 +203,84 @@ class StateStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(managed_users.c.state, func.count()).group_by(managed_users.c.state))
             return {row[0]: row[1] for row in rows}
+
+    def records_bound_to(self, identities: Collection[tuple[str, str]]) -> dict[str, ManagedUser]:
+        """The records (not deleted) bound to these (source, external id) pairs, by user_id."""
+        wanted = set(identities)
+        c = managed_users.c
+        ids = sorted({external_id for _, external_id in wanted if external_id})
+        found: list[Any] = []
+        with self.engine.connect() as conn:
+            for query in in_chunks(select(c.user_id, c.source, c.external_id, c.state), c.external_id, ids):
+                found.extend(row for row in conn.execute(query) if (row[1], row[2]) in wanted and row[3] != "deleted")
+        return self.load_managed([row[0] for row in found]) if found else {}
+
+    def release_binding(self, user_id: str, *, actor: str = "operator") -> ManagedUser | None:
+        """Forget the record (the binding) of one LiteLLM user, with an audit entry; None if there was none."""
+        record = self.load_managed([user_id]).get(user_id)
+        if record is None:
+            return None
+        with self.engine.begin() as conn:
+            conn.execute(delete(managed_users).where(managed_users.c.user_id == user_id))
+            conn.execute(delete(conflicts).where(conflicts.c.user_id == user_id))
+            conn.execute(
+                insert(audit_log).values(
+                    at=_now(),
+                    run_id=None,
+                    actor=actor,
+                    action="release",
+                    key=user_id,
+                    before={"source": record.source, "external_id": record.external_id, "state": record.state},
+                    after=None,
+                    reason="binding released by an operator (syncd release)",
+                )
+            )
+        return record
+
+    # -- conflicts --------------------------------------------------------------------------------------------------
+    def load_conflicts(self, user_ids: Collection[str] | None = None) -> dict[str, KnownConflict]:
+        """The stored conflicts (of everyone, or of `user_ids`) by user_id."""
+        c = conflicts.c
+        query = select(c.user_id, c.source, c.external_id, c.kind, c.reason, c.other, c.inputs_digest)
+        queries = [query] if user_ids is None else in_chunks(query, c.user_id, sorted(user_ids))
+        with self.engine.connect() as conn:
+            return {row[0]: KnownConflict(*row) for q in queries for row in conn.execute(q)}
+
+    def replace_conflicts(self, found: Iterable[KnownConflict], *, user_ids: Collection[str] | None = None) -> None:
+        """Store the conflicts a run found: in place of every stored one, or of those of `user_ids` (targeted)."""
+        now = _now()
+        rows = {
+            conflict.user_id: {
+                "user_id": conflict.user_id,
+                "source": conflict.source,
+                "external_id": conflict.external_id,
+                "kind": conflict.kind,
+                "reason": conflict.reason,
+                "other": conflict.other,
+                "inputs_digest": conflict.inputs_digest,
+                "detected_at": now,
+            }
+            for conflict in found
+        }
+        with self.engine.begin() as conn:
+            if user_ids is None:
+                conn.execute(delete(conflicts))
+            else:
+                for query in in_chunks(delete(conflicts), conflicts.c.user_id, sorted(set(user_ids) | set(rows))):
+                    conn.execute(query)
+            if rows:
+                conn.execute(insert(conflicts), list(rows.values()))
+
+    def conflict_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The stored conflicts as rows (status page, explain), oldest first."""
+        query = select(conflicts).order_by(conflicts.c.detected_at, conflicts.c.user_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def conflict_count(self) -> int:
+        """How many conflicts are stored."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(conflicts)) or 0)
 
     # -- runs ------------------------------------------------------------------------------------------------------
     def start_run(self, trigger: str, sources: Sequence[str] = ()) -> int:

@@ -27,6 +27,7 @@ from sqlalchemy import (
 __all__ = [
     "audit_log",
     "changes",
+    "conflicts",
     "groups",
     "identities",
     "leader_lease",
@@ -130,6 +131,22 @@ managed_users = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index(None, "state"),
+    Index(None, "external_id"),  # the binding: a person is found by their external id when their name changes
+)
+
+#: what LiteLLM or another owner keeps refusing, per LiteLLM user_id syncd wanted to write: not retried until the
+#: desired fields (their digest) change or a drift check runs
+conflicts = Table(
+    "conflicts",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("kind", String(40), nullable=False),  # user_id_taken | email_taken | bound_elsewhere | refused
+    Column("reason", Text, nullable=False),
+    Column("other", String(255)),  # the other LiteLLM user_id or identity, where there is one
+    Column("inputs_digest", String(32)),  # plan.fields_digest of the desired fields that met the conflict
+    Column("detected_at", DateTime(timezone=True), nullable=False),
 )
 
 managed_teams = Table(

@@ -88,7 +88,11 @@ def parse_budget_duration(value: str) -> timedelta | None:
     match = _DURATION.match(_NAMED_DURATIONS.get(value, value))
     if not match:
         return None
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    # LiteLLM computes the next reset in Python: a duration that ends past datetime's year 9999 is refused (400)
+    if seconds >= (datetime.max.replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds():
+        return None
+    return timedelta(seconds=seconds)
 
 
 def budget_reset_at(duration: str | None) -> str | None:
@@ -120,7 +124,8 @@ class FakeState:
     _order_seq: list[int] = field(default_factory=list)  # their creation numbers: sorted, for bisect
     _seq: dict[str, int] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
-    _by_email: dict[str, str] = field(default_factory=dict)
+    #: lower-cased email -> the ids of the users holding it, oldest first (/user/update lets two users share one)
+    _by_email: dict[str, dict[str, None]] = field(default_factory=dict)
     _user_keys: dict[str, list[str]] = field(default_factory=dict)
     _team_keys: dict[str, list[str]] = field(default_factory=dict)
     _raw_keys: dict[str, str] = field(default_factory=dict)
@@ -131,8 +136,8 @@ class FakeState:
     # --- users -------------------------------------------------------------------------------------------
     def user_by_email(self, email: str | None) -> dict[str, Any] | None:
         """The user with this email, compared case-insensitively as LiteLLM does."""
-        user_id = self._by_email.get(email.lower()) if email else None
-        return self.users.get(user_id) if user_id else None
+        holders = self._by_email.get(email.lower()) if email else None
+        return self.users.get(next(iter(holders))) if holders else None
 
     def insert_user(self, user_id: str | None = None, **fields: Any) -> dict[str, Any]:
         """Store a new user (no checks); fields are those of the recorded user row."""
@@ -177,10 +182,13 @@ class FakeState:
         self._index_email(user, old_email)
 
     def _index_email(self, user: dict[str, Any], old_email: str | None) -> None:
-        if old_email and self._by_email.get(old_email.lower()) == user["user_id"]:
-            del self._by_email[old_email.lower()]
+        if old_email:
+            holders = self._by_email.get(old_email.lower(), {})
+            holders.pop(user["user_id"], None)
+            if not holders:
+                self._by_email.pop(old_email.lower(), None)
         if user.get("user_email"):
-            self._by_email[user["user_email"].lower()] = user["user_id"]
+            self._by_email.setdefault(user["user_email"].lower(), {})[user["user_id"]] = None
 
     def remove_user(self, user_id: str) -> None:
         """Hard-delete a user with their keys and team memberships, as /user/delete does."""

@@ -292,7 +292,7 @@ def user_list(state: FakeState, request: FakeRequest) -> Any:
 
 def _filtered_users(state: FakeState, query: dict[str, str]) -> list[dict[str, Any]]:
     if query.get("user_ids"):
-        wanted = {uid for uid in query["user_ids"].split(",") if uid in state.users}
+        wanted = _ids_matching(state, query["user_ids"])
         users = [state.users[uid] for uid in sorted(wanted, key=state.creation_rank, reverse=True)]
     else:
         users = state.users_newest_first(1, state.user_count())
@@ -302,6 +302,19 @@ def _filtered_users(state: FakeState, query: dict[str, str]) -> list[dict[str, A
         needle = query["user_email"].lower()
         users = [user for user in users if needle in (user["user_email"] or "").lower()]
     return users
+
+
+def _ids_matching(state: FakeState, value: str) -> set[str]:
+    """The users `/user/list?user_ids=` matches, as the real proxy does (checked on 1.108.7).
+
+    The value is split on commas and each part trimmed; a single id is a case-insensitive substring match
+    (`user1` finds `user10` and `USER1x`), several ids match exactly.
+    """
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    if len(ids) == 1:
+        needle = ids[0].lower()
+        return {user_id for user_id in state.users if needle in user_id.lower()}
+    return {user_id for user_id in ids if user_id in state.users}
 
 
 def user_delete(state: FakeState, request: FakeRequest) -> Any:

@@ -147,14 +147,23 @@ def test_a_bad_config_names_the_key_and_shows_no_traceback(cli: Cli) -> None:
     assert "policy.deactivation: 'vanish' is not one of" in done.stderr
 
 
-def test_check_config_tries_everything_and_warns_about_refused_roles(cli: Cli) -> None:
+def test_check_config_tries_everything_and_refuses_roles_litellm_refuses(cli: Cli) -> None:
     upgrade(make_engine(cli.config["database"]["url"]))
-    cli.config["mappings"].append({"group": "customers", "role": "customer"})
-    cli.write()
     done = cli.run("check-config")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok    database: reachable" in done.stdout and "ok    litellm:" in done.stdout
-    assert "warn  mappings[2] (customers): role 'customer'" in done.stdout
+    for command in ("check-config", "sync"):
+        cli.config["mappings"].append({"group": "customers", "role": "customer"})
+        cli.write()
+        refused = cli.run(command)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "mappings[2].role: LiteLLM refuses the role 'customer' for users (422)" in refused.stderr
+        cli.config["mappings"].pop()
+    cli.config["mappings"][0]["budget_duration"] = "600000w"
+    cli.write()
+    refused = cli.run("sync")
+    assert refused.returncode == 2 and "'600000w' is longer than LiteLLM can store" in refused.stderr
+    cli.config["mappings"][0]["budget_duration"] = "400000w"
     cli.config["litellm"]["master_key"] = "sk-wrong-key"
     cli.write()
     bad = cli.run("check-config")

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from syncd.mapping import DesiredState
 from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
 from syncd.plan import (
+    KnownConflict,
     Plan,
     PlanPolicy,
+    bind,
     desired_fields,
     fields_digest,
     make_plan,
@@ -143,14 +145,20 @@ def test_a_suspended_user_is_deleted_after_delete_after() -> None:
     assert actions(plan) == {"alice": "delete"} and plan.deactivations == 0
 
 
-def test_unmapped_users_are_ignored_or_deactivated_by_policy() -> None:
+def test_a_managed_person_leaving_every_mapped_group_is_suspended_by_default_or_ignored_by_policy() -> None:
     alice = want("alice")
     plan = make_plan(state(unmapped=("alice",)), {"alice": managed_as(alice)})
-    assert plan.empty and plan.unmapped_ignored == 1
+    assert actions(plan) == {"alice": "suspend"} and plan.deactivations == 1
+    assert "policy.unmapped_users" in plan.changes[0].reason
     plan = make_plan(
-        state(unmapped=("alice",)), {"alice": managed_as(alice)}, policy=PlanPolicy(unmapped_users="deactivate")
+        state(unmapped=("alice",)), {"alice": managed_as(alice)}, policy=PlanPolicy(unmapped_users="ignore")
     )
-    assert actions(plan) == {"alice": "suspend"}
+    assert plan.empty and plan.unmapped_ignored == 1
+
+
+def test_a_person_never_provisioned_and_in_no_mapped_group_is_left_alone() -> None:
+    plan = make_plan(state(unmapped=("bob",)), {})
+    assert plan.empty and plan.unmapped_ignored == 0
 
 
 def test_an_interrupted_suspension_is_finished_without_counting_against_the_guard() -> None:
@@ -351,3 +359,130 @@ def test_the_settled_shortcut_computes_exactly_the_digest_of_the_desired_fields(
     assert settled_users(state(*people), digests) == {"alice", "bob"}
     digests["bob"] = ("active", fields_digest(desired_fields(replace(people[1], user_alias="other"))))
     assert settled_users(state(*people), digests) == {"alice"}
+
+
+# -- identity over time (issue 13) ------------------------------------------------------------------------------
+def renamed(user: DesiredUser, uid: str, **kw: Any) -> DesiredUser:
+    """The same person (same external id) under another user_id, as the source now names them."""
+    return replace(user, user_id=uid, email=kw.pop("email", f"{uid}@example.com"), **kw)
+
+
+def test_a_rename_keeps_the_bound_user_id_and_is_one_update() -> None:
+    jdoe = want("jdoe")
+    records = {"jdoe": managed_as(jdoe)}
+    desired = state(renamed(jdoe, "jsmith"))
+    binding = bind(desired, records)
+    plan = make_plan(desired, records, binding=binding)
+    assert actions(plan) == {"jdoe": "update"}
+    change = plan.changes[0]
+    assert change.note == "user_id kept as jdoe; corp now says jsmith"
+    assert [d.field for d in change.diffs] == ["user_email"] and change.after["user_email"] == "jsmith@example.com"
+    assert "user_id kept as jdoe" in render_text(plan)
+    assert render_json(plan)["renamed"] == [{"user_id": "jdoe", "source_says": "jsmith"}]
+
+
+def test_a_rename_that_changes_no_field_writes_nothing_but_says_so() -> None:
+    jdoe = want("jdoe")
+    records = {"jdoe": managed_as(jdoe)}
+    desired = state(renamed(jdoe, "jsmith", email="jdoe@example.com"))
+    plan = make_plan(desired, records, binding=bind(desired, records))
+    assert plan.empty and plan.unchanged == 1 and plan.renamed == (("jdoe", "jsmith"),)
+    assert "= jdoe: user_id kept as jdoe; the source now says jsmith" in render_text(plan)
+
+
+def test_a_new_person_with_a_leavers_user_id_is_a_conflict_never_a_reactivation() -> None:
+    leaver = want("jsmith")
+    records = {"jsmith": managed_as(leaver, "suspended", blocked_keys=("k1",))}
+    newcomer = replace(want("jsmith"), external_id="ext-other", email="john.smith@example.com")
+    desired = state(newcomer)
+    plan = make_plan(desired, records, binding=bind(desired, records))
+    assert actions(plan) == {"jsmith": "conflict"}
+    change = plan.changes[0]
+    assert change.conflict_kind == "bound_elsewhere" and change.other == "corp:ext-jsmith"
+    assert "ext-jsmith" in change.reason and "ext-other" in change.reason and "syncd release jsmith" in change.reason
+    assert change.external_id == "ext-other"
+
+
+def test_a_new_person_with_an_active_users_user_id_is_a_conflict_and_the_other_left() -> None:
+    holder = want("jsmith")
+    records = {"jsmith": managed_as(holder)}
+    newcomer = replace(want("jsmith"), external_id="ext-other")
+    desired = state(newcomer)
+    plan = make_plan(desired, records, binding=bind(desired, records))
+    # the holder is gone from the source (suspended as a leaver); the newcomer does not get the user_id
+    assert sorted((c.action, c.external_id) for c in plan.changes) == [
+        ("conflict", "ext-other"),
+        ("suspend", "ext-jsmith"),
+    ]
+
+
+def test_a_renamed_person_keeps_their_user_id_when_a_newcomer_takes_their_old_name() -> None:
+    jdoe = want("jdoe")
+    records = {"jdoe": managed_as(jdoe)}
+    newcomer = replace(want("jdoe"), external_id="ext-new", email="new@example.com")
+    desired = state(renamed(jdoe, "jsmith"), newcomer)
+    plan = make_plan(desired, records, binding=bind(desired, records))
+    assert sorted((c.action, c.user_id, c.external_id) for c in plan.changes) == [
+        ("conflict", "jdoe", "ext-new"),
+        ("update", "jdoe", "ext-jdoe"),
+    ]
+
+
+def test_a_deleted_users_record_binds_nobody() -> None:
+    old = want("jsmith")
+    records = {"jsmith": managed_as(old, "deleted")}
+    newcomer = replace(want("jsmith"), external_id="ext-other")
+    desired = state(newcomer)
+    plan = make_plan(desired, records, binding=bind(desired, records))
+    assert actions(plan) == {"jsmith": "create"}
+
+
+def test_a_renamed_person_in_no_mapped_group_is_found_at_the_bound_user_id() -> None:
+    jdoe = want("jdoe")
+    records = {"jdoe": managed_as(jdoe)}
+    desired = state()
+    desired.unmapped["jsmith"] = Identity("corp", "ext-jdoe", "jsmith", "jsmith@example.com")
+    plan = make_plan(desired, records, policy=PlanPolicy(unmapped_users="ignore"), binding=bind(desired, records))
+    assert plan.empty and plan.unmapped_ignored == 1
+
+
+def test_an_email_held_by_another_litellm_user_is_a_conflict_on_create_and_on_update() -> None:
+    alice = want("alice")
+    holders = {"alice@example.com": ("someone", False)}
+    plan = make_plan(state(alice), {}, email_holders=holders)
+    assert actions(plan) == {"alice": "conflict"}
+    assert plan.changes[0].conflict_kind == "email_taken" and plan.changes[0].other == "someone"
+    records = {"alice": managed_as(replace(alice, email="old@example.com"))}
+    plan = make_plan(state(alice), records, email_holders=holders)
+    assert actions(plan) == {"alice": "conflict"}
+    # an update that does not touch the email is not held back by it
+    plan = make_plan(state(replace(alice, max_budget=99.0)), {"alice": managed_as(alice)}, email_holders=holders)
+    assert actions(plan) == {"alice": "update"}
+    # the user's own email is no conflict
+    plan = make_plan(state(alice), {}, email_holders={"alice@example.com": ("alice", True)})
+    assert actions(plan) == {"alice": "create"}
+
+
+def test_a_known_conflict_is_not_retried_until_its_inputs_change() -> None:
+    alice = want("alice")
+    digest = fields_digest(desired_fields(alice))
+    known = {"alice": KnownConflict("alice", "corp", "ext-alice", "email_taken", "the email is taken", "x", digest)}
+    plan = make_plan(state(alice), {}, known=known)
+    assert actions(plan) == {"alice": "conflict"} and plan.changes[0].conflict_kind == "email_taken"
+    assert "known conflict" in plan.changes[0].reason
+    plan = make_plan(state(replace(alice, email="alice2@example.com")), {}, known=known)
+    assert actions(plan) == {"alice": "create"}
+
+
+def test_a_manual_unsuspension_seen_by_a_drift_check_is_suspended_again() -> None:
+    alice = want("alice")
+    records = {"alice": managed_as(alice, "suspended", blocked_keys=("k1",))}
+    meta = {**desired_fields(alice)["metadata"], "scim_active": False}
+    still = {"alice": current_as(alice, metadata=meta)}
+    assert make_plan(state(), records, still).empty
+    plan = make_plan(state(), records, still, unblocked={"alice": ("k1",)})
+    assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",)
+    reopened = {"alice": current_as(alice, metadata={**meta, "scim_active": True})}
+    plan = make_plan(state(), records, reopened)
+    assert actions(plan) == {"alice": "suspend"} and plan.deactivations == 0
+    assert "scim_active" in plan.changes[0].reason

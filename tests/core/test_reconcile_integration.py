@@ -65,14 +65,23 @@ class World:
         """Record a full snapshot: user_id -> {groups: [...], active: bool, email: ...}."""
         identities = [
             Identity(
-                "corp", f"ext-{uid}", uid, p.get("email", f"{uid}@example.com"), p.get("name"), p.get("active", True)
+                "corp",
+                p.get("ext", f"ext-{uid}"),
+                uid,
+                p.get("email", f"{uid}@example.com"),
+                p.get("name"),
+                p.get("active", True),
             )
             for uid, p in people.items()
         ]
         names = sorted({g for p in people.values() for g in p.get("groups", ())})
         groups = [
             Group(
-                "corp", f"g-{n}", n, None, frozenset(f"ext-{u}" for u, p in people.items() if n in p.get("groups", ()))
+                "corp",
+                f"g-{n}",
+                n,
+                None,
+                frozenset(p.get("ext", f"ext-{u}") for u, p in people.items() if n in p.get("groups", ())),
             )
             for n in names
         ]
@@ -216,23 +225,74 @@ def test_an_unmanaged_litellm_user_is_never_touched(world: World) -> None:
     assert world.fake.users["alice"]["max_budget"] == 10.0 and world.store.load_managed()["alice"].adopted
 
 
-def test_an_email_held_by_another_litellm_user_fails_that_user_only(world: World) -> None:
-    world.fake.add_user("someone-else", user_email="alice@example.com")
+def test_an_email_held_by_an_unmanaged_user_is_a_conflict_on_create_not_retried(world: World) -> None:
+    world.fake.add_user("someone-else", user_email="ALICE@example.com")
     world.record(PEOPLE)
     report = world.sync()
-    assert report.status == "failed" and report.applied.by_action == {"create": 2}
-    ((user, action, error),) = report.applied.errors
-    assert (user, action) == ("alice", "create") and "alice@example.com already exists" in error
-    assert world.store.journal_counts(report.run_id) == {"done": 2, "failed": 1}
+    assert report.status == "success" and report.exit_code == 0
+    assert report.applied.by_action == {"create": 2} and report.applied.failed == 0
+    ((conflict),) = report.conflicts
+    assert (conflict.user_id, conflict.kind, conflict.other) == ("alice", "email_taken", "someone-else")
+    assert "alice" not in world.fake.users
+    assert set(world.store.load_conflicts()) == {"alice"}
+    # the next run writes nothing and exits 0; --fail-on-conflict makes the same run exit 1
+    world.fake.reset_calls()
+    again = world.sync()
+    assert world.fake.write_calls() == 0 and again.exit_code == 0 and len(again.conflicts) == 1
+    assert "known conflict" in again.plan.conflicts[0].reason
+    assert world.sync(fail_on_conflict=True).exit_code == 1
+    assert world.fake.write_calls() == 0
+    # a change of this person's inputs retries: with a free email, the person is created and the conflict gone
+    world.record({**PEOPLE, "alice": {"groups": ["llm-users"], "email": "alice.new@example.com"}})
+    report = world.sync(fail_on_conflict=True)
+    assert report.applied.by_action == {"create": 1} and report.exit_code == 0
+    assert world.store.load_conflicts() == {}
 
 
-def test_a_role_litellm_refuses_is_a_clear_error_for_that_user(world: World) -> None:
-    world.configure(mappings=[*MAPPINGS, {"group": "marketing", "role": "customer"}])
+def test_an_email_change_to_an_email_an_unmanaged_user_holds_is_a_conflict_not_a_duplicate(world: World) -> None:
     world.record(PEOPLE)
+    world.sync()
+    world.fake.add_user("someone-else", user_email="taken@example.com")
+    world.record({**PEOPLE, "alice": {"groups": ["llm-users"], "email": "Taken@example.com"}})
+    world.fake.reset_calls()
     report = world.sync()
-    errors = {u: e for u, _, e in report.applied.errors}
-    assert set(errors) == {"dave"} and "422" in errors["dave"] and "user_role" in errors["dave"]
-    assert report.exit_code == 1 and len(world.fake.users) == 3
+    assert report.exit_code == 0 and [c.kind for c in report.conflicts] == ["email_taken"]
+    assert world.fake.write_calls() == 0 and world.fake.users["alice"]["user_email"] == "alice@example.com"
+    again = world.sync()
+    assert world.fake.write_calls() == 0 and again.exit_code == 0
+    assert world.sync(fail_on_conflict=True).exit_code == 1
+    # a drift check retries it (and finds it again)
+    drift = world.sync(drift_check=True)
+    assert [c.kind for c in drift.conflicts] == ["email_taken"] and world.fake.write_calls() == 0
+
+
+def test_a_409_met_while_applying_is_stored_as_a_conflict(world: World) -> None:
+    """The email was free when planned and taken before the create (another writer): learnt from LiteLLM's 409."""
+    world.record(PEOPLE)
+    reconciler = Reconciler(world.settings, world.store, world.client)
+    plan, _ = reconciler.plan()
+    world.fake.add_user("racer", user_email="alice@example.com")
+    run_id = world.store.start_run("test")
+    from syncd.apply import Applier
+
+    result = Applier(world.client, world.store, run_id=run_id).apply(plan)
+    assert result.ok and result.by_action == {"create": 2}
+    ((conflict),) = result.conflicts
+    assert (conflict.user_id, conflict.kind, conflict.other) == ("alice", "email_taken", "racer")
+
+
+def test_a_change_litellm_refuses_with_a_4xx_is_a_conflict_not_a_failure(world: World) -> None:
+    """Values the config cannot hold back (a role refused for users) still reach LiteLLM from an older plan."""
+    from syncd.apply import Applier
+    from syncd.model import DesiredUser
+    from syncd.plan import Change, Plan, desired_fields
+
+    user = DesiredUser("dave", "dave@example.com", "corp", "ext-dave", True, "customer")
+    change = Change("create", "dave", "test", "corp", "ext-dave", desired_fields(user), inputs_digest="d1")
+    result = Applier(world.client, world.store, run_id=world.store.start_run("test")).apply(Plan((change,)))
+    assert result.ok and result.skipped == 1 and "dave" not in world.fake.users
+    ((conflict),) = result.conflicts
+    assert conflict.kind == "refused" and "422" in conflict.reason and conflict.inputs_digest == "d1"
 
 
 def test_a_user_created_before_a_crash_is_taken_back_not_duplicated(world: World) -> None:
@@ -393,3 +453,99 @@ def test_should_stop_finishes_the_changes_in_flight_and_journals_the_rest_pendin
     assert world.store.recent_runs(1)[0].status == "stopped"
     report = world.sync()
     assert report.status == "success" and len(world.fake.users) == 40
+
+
+# -- identity over time (issue 13) ------------------------------------------------------------------------------
+def test_a_rename_keeps_the_bound_user_id_nothing_suspended_no_409_one_update(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    renamed = {k: v for k, v in PEOPLE.items() if k != "alice"}
+    renamed["alice2"] = {"groups": ["llm-users"], "ext": "ext-alice", "email": "alice2@example.com", "name": "Al"}
+    world.record(renamed)
+    world.fake.reset_calls()
+    report = world.sync()
+    assert report.exit_code == 0 and report.applied.by_action == {"update": 1}
+    (change,) = report.plan.changes
+    assert change.user_id == "alice" and change.note == "user_id kept as alice; corp now says alice2"
+    assert world.fake.write_calls() == 1 and world.fake.write_calls("/user/new") == 0
+    alice = world.fake.users["alice"]
+    assert alice["user_email"] == "alice2@example.com" and alice["user_alias"] == "Al"
+    assert "alice2" not in world.fake.users and alice["metadata"].get("scim_active") is not False
+    assert world.store.load_managed()["alice"].state == "active"
+    world.fake.reset_calls()
+    assert world.sync().applied.by_action == {} and world.fake.write_calls() == 0
+
+
+def test_a_leavers_name_reused_by_a_new_person_is_a_conflict_and_the_keys_stay_blocked(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    key = world.fake.keys_of("bob")[0]["token"]
+    world.record({k: v for k, v in PEOPLE.items() if k != "bob"})
+    assert world.sync().applied.by_action == {"suspend": 1}
+    newcomer = {"groups": ["llm-users"], "ext": "ext-bob-2", "email": "robert@example.com"}
+    world.record({**PEOPLE, "bob": newcomer})
+    world.fake.reset_calls()
+    report = world.sync()
+    assert report.exit_code == 0 and world.fake.write_calls() == 0
+    (conflict,) = report.conflicts
+    assert conflict.kind == "bound_elsewhere" and conflict.other == "corp:ext-bob"
+    assert "ext-bob" in conflict.reason and "ext-bob-2" in conflict.reason
+    bob = world.fake.users["bob"]
+    assert bob["user_email"] == "bob@example.com" and bob["metadata"]["scim_active"] is False
+    assert world.fake.keys[key]["blocked"] is True
+    assert world.sync(fail_on_conflict=True).exit_code == 1
+    # released on purpose: the newcomer takes the user over, the leaver's key stays blocked
+    world.store.release_binding("bob")
+    report = world.sync()
+    assert report.applied.by_action == {"adopt": 1} and report.exit_code == 0
+    bob = world.fake.users["bob"]
+    assert bob["user_email"] == "robert@example.com" and bob["metadata"]["syncd"]["external_id"] == "ext-bob-2"
+    assert world.fake.keys[key]["blocked"] is True
+
+
+def test_a_manual_unsuspension_is_undone_by_a_drift_check(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    key = world.fake.keys_of("bob")[0]["token"]
+    world.record({**PEOPLE, "bob": {**PEOPLE["bob"], "active": False}})
+    world.sync()
+    # an admin reopens bob by hand in LiteLLM
+    reopened = {**world.fake.users["bob"]["metadata"], "scim_active": True}
+    world.client.update_user({"user_id": "bob", "metadata": reopened})
+    world.client.unblock_key(key)
+    assert world.sync().plan.empty
+    report = world.sync(drift_check=True)
+    assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", "bob")]
+    assert report.applied.by_action == {"suspend": 1}
+    assert world.fake.users["bob"]["metadata"]["scim_active"] is False and world.fake.keys[key]["blocked"] is True
+    assert world.sync(drift_check=True).plan.empty
+
+
+def test_a_managed_person_leaving_every_mapped_group_is_suspended_by_default(world: World) -> None:
+    world.record(PEOPLE)
+    world.sync()
+    world.record({**PEOPLE, "alice": {"groups": ["marketing"]}})
+    report = world.sync()
+    assert report.applied.by_action == {"suspend": 1} and "policy.unmapped_users" in report.plan.changes[0].reason
+    assert world.fake.users["alice"]["metadata"]["scim_active"] is False
+    assert "dave" not in world.fake.users  # never provisioned: still ignored
+    world.record(PEOPLE)
+    world.sync()
+    world.configure(policy={"unmapped_users": "ignore"})
+    world.record({**PEOPLE, "alice": {"groups": ["marketing"]}})
+    assert world.sync().plan.empty
+
+
+def test_a_user_id_with_a_comma_is_read_back_and_updated(world: World) -> None:
+    people = {
+        "doe, john": {"groups": ["llm-users"], "email": "john.doe@example.com"},
+        "user1": {"groups": ["llm-users"]},
+    }
+    world.fake.add_user("USER10", user_email="other@example.com")  # a loose match of "user1" on the real proxy
+    world.record(people)
+    assert world.sync().applied.by_action == {"create": 2}
+    world.record({k: {**v, "groups": ["llm-users", "llm-power"]} for k, v in people.items()})
+    report = world.sync()
+    assert report.exit_code == 0 and report.applied.by_action == {"update": 2}
+    assert world.fake.write_calls("/user/new") == 2
+    assert world.fake.users["doe, john"]["max_budget"] == 100.0 and world.fake.users["USER10"]["max_budget"] is None
