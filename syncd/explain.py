@@ -12,7 +12,7 @@ from typing import Any
 
 from syncd.mapping import DesiredState, IdentityConflict, grants_for, rules_from_settings
 from syncd.model import Group, Identity
-from syncd.plan import PlanPolicy, make_plan
+from syncd.plan import PlanPolicy, bind, make_plan
 from syncd.reconcile import current_user, desired_from
 
 __all__ = ["UnknownPerson", "explain", "render_explanation"]
@@ -58,12 +58,18 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     desired = next((state.users[i.user_id] for i in person if i.user_id in state.users), None)
     if desired is not None and (desired.source, desired.external_id) not in keys:
         desired = None  # refused: the user_id is another person's
-    user_id = desired.user_id if desired else person[0].user_id
-    managed = store.load_managed([user_id]).get(user_id)
+    name = desired.user_id if desired else person[0].user_id
+    # the binding: the user_id this person was created with, whatever the source calls them now
+    bound = store.records_bound_to(keys)
+    user_id = next(iter(sorted(bound)), name)
+    records = {**store.load_managed({user_id, name}), **bound}
+    binding = bind(_only(state, name), records)
+    managed = records.get(user_id) if user_id in bound or user_id not in binding.refused else None
+    known = store.load_conflicts({user_id, name})
     current_raw = client.get_users([user_id]) if client is not None else []
     current = {u.user_id: u for u in map(current_user, current_raw) if u.user_id == user_id}
     plan = make_plan(
-        _only(state, user_id),
+        binding.desired,
         {user_id: managed} if managed else {},
         current,
         PlanPolicy(
@@ -73,9 +79,15 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
             allow_mass_deactivation=True,
         ),
         read=[user_id] if client is not None else [],
+        binding=binding,
+        known=known,
     )
     return {
         "user_id": user_id,
+        "binding": None
+        if managed is None
+        else {"user_id": user_id, "source": managed.source, "external_id": managed.external_id, "source_says": name},
+        "known_conflicts": [vars_of(c) for c in known.values()],
         "identities": [_identity(i) for i in person],
         "groups": [_group(g, _path(store, person, g, groups), bool(grants_for([g], rules))) for g in member_of],
         "conflicts": [_conflict(c) for c in state.conflicts if keys & {_key(c.refused), _key(c.holder)}],
@@ -102,6 +114,11 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
         "litellm": None if client is None else (dict(current_raw[0]) if current else "absent"),
         "next_change": [change.to_dict() for change in plan.changes],
     }
+
+
+def vars_of(conflict: Any) -> dict[str, Any]:
+    """A stored conflict as JSON-ready data."""
+    return {name: getattr(conflict, name) for name in ("user_id", "kind", "reason", "other", "source", "external_id")}
 
 
 def _only(state: Any, user_id: str) -> Any:
@@ -222,6 +239,18 @@ def render_explanation(data: dict[str, Any]) -> str:
             )
     elif data["unmapped"]:
         lines.append("not provisioned: in no mapped group (policy.unmapped_users decides what happens if managed)")
+    binding = data.get("binding")
+    if binding:
+        lines.append(
+            f"bound: user_id {binding['user_id']} <- {binding['source']} {binding['external_id']} (made at creation)"
+            + (
+                f"; the source now says {binding['source_says']}"
+                if binding["source_says"] != binding["user_id"]
+                else ""
+            )
+        )
+    for conflict in data.get("known_conflicts") or []:
+        lines.append(f"known conflict ({conflict['kind']}): {conflict['reason']}")
     applied = data["last_applied"]
     lines.append(
         "last applied: never"

@@ -71,6 +71,8 @@ class LdapUsersSettings(Strict):
     filter: str | None = None
     user_id_attribute: str | None = None
     email_attribute: str | None = None
+    #: true: skip people without an email (logged and counted); false: they are provisioned without one
+    require_email: bool = False
     name_attribute: str | None = None
     external_id_attribute: str | None = None
     #: entries matching this filter (and the user filter) are inactive; "" turns the preset off

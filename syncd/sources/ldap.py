@@ -55,6 +55,7 @@ from syncd.sources._ldap_graph import (
     member_key,
     normalise_dn,
 )
+from syncd.sources._storable import GROUP_LIMITS, USER_LIMITS, unstorable
 from syncd.sources._syncrepl import (
     REFRESH_REQUIRED,
     SYNC_DONE_OID,
@@ -938,20 +939,24 @@ class LdapSource:
                     a.user_id_attribute,
                 )
             return
+        if self._skip_unstorable(state, entry, raw, USER_LIMITS, self._user_fields()):
+            return
         key = self._user_key(entry, raw)
-        before = state.index.put_user(external_id, key, bool(email))
-        if before != (key, bool(email)):
+        emitted = bool(email) or not self.settings.users.require_email
+        before = state.index.put_user(external_id, key, emitted)
+        if before != (key, emitted):
             state.changed_keys.update(k for k in (key, before[0] if before else None) if k)
             state.touched_users.add(external_id)
         if before is not None and before[0] != key:
             state.renamed_keys.add(before[0])
         if before is None and "memberof" in raw:
             self._claimed_groups(state, raw["memberof"])
-        if not email:
+        if not emitted:
             state.count("skipped_no_email")
             if state.warn_skipped():
                 log.warning("LDAP source %s: %s has no %s, skipped", self.name, entry["dn"], a.email_attribute)
             return
+        state.count("no_email", not email)
         active = external_id not in disabled
         state.count("disabled", not active)
         overrides = self._grant(state, entry["dn"], raw, self.settings.users.override_attributes, None)
@@ -960,7 +965,7 @@ class LdapSource:
                 source=self.name,
                 external_id=external_id,
                 user_id=user_id,
-                email=email,
+                email=email or "",
                 display_name=_text(raw, a.name_attribute),
                 active=active,
                 dn=entry["dn"],
@@ -996,6 +1001,41 @@ class LdapSource:
             )
             grant = {k: v for k, v in grant.items() if k != "role"}
         return grant
+
+    def _user_fields(self) -> list[tuple[str, str]]:
+        a = self.attrs
+        return [
+            ("external_id", a.user_external_id_attribute),
+            ("user_id", a.user_id_attribute),
+            ("email", a.email_attribute),
+            ("display_name", a.name_attribute),
+        ]
+
+    def _skip_unstorable(
+        self,
+        state: _Pull,
+        entry: Any,
+        raw: dict[str, list[bytes]],
+        limits: dict[str, int],
+        fields: list[tuple[str, str]],
+    ) -> bool:
+        """True (counted, logged with the DN and the attribute) for an entry the store cannot hold: skipped."""
+        values: list[tuple[str, str, bytes | None]] = [
+            (
+                name,
+                attribute,
+                None if attribute.lower() in _BINARY_IDS else next(iter(raw.get(attribute.lower()) or []), None),
+            )
+            for name, attribute in fields
+        ]
+        values.append(("dn", "the DN", str(entry["dn"]).encode("utf-8", "surrogatepass")))
+        problem = unstorable(values, limits)
+        if problem is None:
+            return False
+        state.count("skipped_unstorable")
+        if state.warn_skipped():
+            log.warning("LDAP source %s: %s skipped: %s", self.name, entry["dn"], problem)
+        return True
 
     def _user_key(self, entry: Any, raw: dict[str, list[bytes]]) -> str:
         if self.attrs.member_is_uid:
@@ -1044,6 +1084,9 @@ class LdapSource:
         _remember_uuid(state, "groups", entry, external_id)
         if not external_id:
             state.count("skipped_no_id")
+            return
+        fields = [("external_id", a.group_external_id_attribute or ""), ("name", a.group_name_attribute or "cn")]
+        if self._skip_unstorable(state, entry, raw, GROUP_LIMITS, fields):
             return
         values = self._member_values(conn, entry, raw)
         keys = frozenset(

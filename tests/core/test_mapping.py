@@ -48,7 +48,7 @@ def test_a_single_mapping_gives_every_field_with_its_origin() -> None:
     assert alice.origins["max_budget"] == FieldOrigin("mapping", "llm")
 
 
-@pytest.mark.parametrize("low", ROLES[1:])
+@pytest.mark.parametrize("low", ROLES[1:4])  # team and customer: refused for users when the config loads
 def test_the_most_privileged_role_wins(low: str) -> None:
     higher = ROLES[ROLES.index(low) - 1]
     r = rules([{"group": "a", "role": low}, {"group": "b", "role": higher}])

@@ -37,7 +37,7 @@ def test_full_pull_reads_people_and_expands_nested_groups(tree: Tree) -> None:
 
     assert snapshot.complete and not snapshot.incremental and snapshot.problems == []
     ids = by_user_id(snapshot)
-    assert set(ids) == {"alice", "carol"}
+    assert set(ids) == {"alice", "bob", "carol"}
     assert ids["alice"] == tree.entry_uuid(alice)
     first = next(i for i in snapshot.identities if i.user_id == "alice")
     assert (first.email, first.display_name, first.active, first.dn) == (
@@ -49,7 +49,8 @@ def test_full_pull_reads_people_and_expands_nested_groups(tree: Tree) -> None:
     assert members_by_name(snapshot) == {"inner": {ids["carol"]}, "outer": {ids["alice"], ids["carol"]}}
     groups = {g.name: g for g in snapshot.groups}
     assert groups["outer"].external_id == tree.entry_uuid(outer) and groups["outer"].dn == outer
-    assert snapshot.counters["skipped_no_email"] == 1
+    assert next(i for i in snapshot.identities if i.user_id == "bob").email == ""  # created without one
+    assert snapshot.counters["no_email"] == 1 and "skipped_no_email" not in snapshot.counters
     assert snapshot.counters["dangling_members"] == 1
     assert snapshot.high_water_mark and snapshot.high_water_mark.startswith("ts:")
 

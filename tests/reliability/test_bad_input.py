@@ -185,7 +185,7 @@ def test_an_import_file_of_the_wrong_shape_is_refused_cleanly(import_folder: Pat
 def _odd_entries(conn: ldap3.Connection, base: str) -> dict[str, str]:
     """Entries with odd attributes under `base`; returns what each one is."""
     odd = {
-        "uid=nomail": ({"uid": "nomail", "cn": "No Mail", "sn": "x"}, "no mail: skipped with a warning"),
+        "uid=nomail": ({"uid": "nomail", "cn": "No Mail", "sn": "x"}, "no mail: read without one"),
         "uid=twomails": (
             {"uid": "twomails", "cn": "Two", "sn": "x", "mail": ["two-a@example.org", "two-b@example.org"]},
             "two mails: the first one is used",
@@ -243,15 +243,17 @@ def test_odd_ldap_entries_are_read_or_skipped_never_a_crash(
     snapshot = _source(slapd, odd_tree).pull()
     assert snapshot.complete, snapshot.problems
     by_uid = {i.user_id: i for i in snapshot.identities}
-    assert "nomail" not in by_uid and snapshot.counters["skipped_no_email"] == 1
+    assert by_uid["nomail"].email == "" and snapshot.counters["no_email"] == 1
+    strict = _source(slapd, odd_tree, require_email=True).pull()
+    assert "nomail" not in {i.user_id for i in strict.identities} and strict.counters["skipped_no_email"] == 1
     assert any("nomail" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
     assert by_uid["twomails"].email in ("two-a@example.org", "two-b@example.org")
     assert by_uid["jörg"].dn == f"uid=jörg,{odd_tree}" and by_uid["日本"].email == "nihon@example.org"
     assert by_uid["smith"].display_name == "Smith, John"
     (group,) = snapshot.groups
     members = {i.user_id for i in snapshot.identities if i.external_id in group.members}
-    assert members == {"jörg", "smith"}  # nomail skipped, the dangling DN tolerated
-    figures("odd-ldap", entries=10, read=len(by_uid), skipped=snapshot.counters.get("skipped_no_email", 0))
+    assert members == {"jörg", "smith", "nomail"}  # the dangling DN tolerated
+    figures("odd-ldap", entries=10, read=len(by_uid), skipped=strict.counters.get("skipped_no_email", 0))
 
 
 def test_a_binary_attribute_as_the_name_does_not_crash_the_pull(slapd: Slapd, odd_tree: str) -> None:

@@ -115,6 +115,7 @@ def test_a_team_syncd_did_not_create_is_joined_and_left_but_never_changed(world:
     world.fake.add_user("zed", user_email="zed@example.com")
     team = world.fake.add_team("hand-made", team_alias="platform", max_budget=1.0, metadata={"owner": "ops"})
     world.fake.add_member(team, world.fake.users["zed"], "user")
+    world.configure(policy={"unmapped_users": "ignore"})  # people leave the team's groups, not syncd (not suspended)
     world.record(PEOPLE)
     report = world.sync()
     assert report.plan.counts()["create_team"] == 1  # research only
@@ -130,6 +131,7 @@ def test_a_team_syncd_did_not_create_is_joined_and_left_but_never_changed(world:
 
 
 def test_a_member_added_by_hand_is_not_removed(world: TeamWorld) -> None:
+    world.configure(policy={"unmapped_users": "ignore"})  # alice leaves the team's groups, not syncd (not suspended)
     world.record(PEOPLE)
     world.sync()
     world.fake.add_user("zed")

@@ -252,19 +252,24 @@ def test_disabled_account_is_inactive(ldap_source: ModuleType, samba_domain: Sam
     assert people["frank"].active is True
 
 
-def test_account_without_mail_is_skipped_and_counted(
+def test_account_without_mail_is_read_without_one_or_skipped_under_require_email(
     ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
 ) -> None:
     settings = ad_settings(samba_domain, directory)
-    snapshot = pull(ldap_source, settings)
-    people = by_user_id(snapshot)
-    assert "dave" not in people and "syncd-reader" not in people and "Administrator" not in people
     user_filter = settings.resolved().user_filter
     without_mail = raw_entries(admin, directory.users_dn, f"(&{user_filter}(!(mail=*)))")
     with_mail = raw_entries(admin, directory.users_dn, f"(&{user_filter}(mail=*))")
     assert len(without_mail) >= 4  # dave, syncd-reader, and Samba's own Administrator, Guest, krbtgt
-    assert len(snapshot.identities) == len(with_mail)
-    assert snapshot.counters["skipped_no_email"] == len(without_mail), snapshot.counters
+    snapshot = pull(ldap_source, settings)
+    people = by_user_id(snapshot)
+    assert "dave" in people and len(snapshot.identities) == len(with_mail) + len(without_mail)
+    assert next(i for i in snapshot.identities if i.user_id == "dave").email == ""
+    assert snapshot.counters["no_email"] == len(without_mail), snapshot.counters
+    strict = pull(ldap_source, ad_settings(samba_domain, directory, users={"require_email": True}))
+    people = by_user_id(strict)
+    assert "dave" not in people and "syncd-reader" not in people and "Administrator" not in people
+    assert len(strict.identities) == len(with_mail)
+    assert strict.counters["skipped_no_email"] == len(without_mail), strict.counters
 
 
 def test_nested_groups_are_expanded_and_the_cycle_ends(
@@ -505,12 +510,12 @@ def test_incremental_after_a_change_deep_in_the_nesting_updates_every_parent(
     assert_incremental_matches_full(ldap_source, settings, full, changed)
 
 
-def test_incremental_after_mail_removed_drops_the_person_from_groups(
+def test_incremental_after_mail_removed_drops_the_person_from_groups_under_require_email(
     ldap_source: ModuleType, samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory
 ) -> None:
     liam = samba_domain.add_user(admin, "liam", mail="liam@syncd.test")
     samba_domain.add_group(admin, "mail-team", directory.groups_dn, [liam, directory.users["alice"]])
-    settings = ad_settings(samba_domain, directory)
+    settings = ad_settings(samba_domain, directory, users={"require_email": True})
     source = ldap_source.LdapSource(settings)
     full = source.pull()
     assert samba_domain.guid(admin, liam) in by_name(full)["mail-team"].members
