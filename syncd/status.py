@@ -80,11 +80,17 @@ def collect_status(store: Any, *, detailed: bool, replica: Mapping[str, Any] | N
         "held": [run for run in runs if run["status"] == "held"],
         "changes": {"pending": journal.get("pending", 0), "failed_total": journal.get("failed", 0)},
         "managed_users": store.managed_counts(),
+        "conflicts": store.conflict_count(),
         "sources": [_source(state, detailed=detailed) for state in states if state is not drift],
         "last_drift_check_at": _iso(drift.last_success_at) if drift is not None else None,
         "detailed": detailed,
     }
     if detailed:
+        data["conflict_rows"] = [
+            {k: row[k] for k in ("user_id", "source", "external_id", "kind", "other", "reason")}
+            | {"detected_at": _iso(row["detected_at"])}
+            for row in store.conflict_rows(50)
+        ]
         data["failed_changes"] = [
             {k: row[k] for k in ("id", "run_id", "key", "action", "error")} for row in store.failed_changes(20)
         ]
@@ -121,6 +127,7 @@ def _cards(data: Mapping[str, Any]) -> str:
         ("Pending changes", data["changes"]["pending"]),
         ("Last drift check", _short(data.get("last_drift_check_at"))),
         ("Held plans (recent)", len(data["held"])),
+        ("Known conflicts", data.get("conflicts", 0)),
         ("Managed users", ", ".join(f"{n} {state}" for state, n in sorted(managed.items())) or "none"),
         ("This replica", f"{replica.get('id', '?')} ({'leader' if replica.get('leader') else 'follower'})"),
     ]
@@ -230,6 +237,19 @@ def _held_table(held: Sequence[Mapping[str, Any]]) -> str:
     return f'<table id="held">{head}{"".join(rows) or "<tr><td colspan=3>none</td></tr>"}</table>'
 
 
+def _conflicts_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Known conflicts: what syncd writes nothing for until the person's inputs change or a drift check runs."""
+    head = "<tr><th>User</th><th>Person</th><th>Kind</th><th>Other</th><th>Since (UTC)</th><th>Why</th></tr>"
+    rows_html = [
+        f"<tr><td>{_esc(row['user_id'])}</td><td>{_esc(row['source'])} {_esc(row['external_id'])}</td>"
+        f"<td>{_esc(row['kind'])}</td><td>{_esc(row['other'])}</td>"
+        f"<td>{_esc((row['detected_at'] or '')[:19].replace('T', ' '))}</td>"
+        f"<td class=wrap>{_esc(row['reason'])}</td></tr>"
+        for row in rows
+    ]
+    return f'<table id="conflicts">{head}{"".join(rows_html) or "<tr><td colspan=6>none</td></tr>"}</table>'
+
+
 def _login_form() -> str:
     return (
         '<form method="post" action="/login"><span class="muted">User ids and error texts are shown with the admin '
@@ -256,6 +276,7 @@ def render_page(data: Mapping[str, Any]) -> str:
     ]
     if detailed:
         parts += ["<h2>Held plans</h2>", _held_table(data["held"])]
+        parts += ["<h2>Known conflicts</h2>", _conflicts_table(data.get("conflict_rows") or [])]
         parts += ["<h2>Failed changes (latest)</h2>", _failed_table(data.get("failed_changes") or [])]
     elif data.get("admin_login", True):
         parts.append(_login_form())

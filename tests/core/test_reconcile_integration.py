@@ -549,3 +549,40 @@ def test_a_user_id_with_a_comma_is_read_back_and_updated(world: World) -> None:
     assert report.exit_code == 0 and report.applied.by_action == {"update": 2}
     assert world.fake.write_calls("/user/new") == 2
     assert world.fake.users["doe, john"]["max_budget"] == 100.0 and world.fake.users["USER10"]["max_budget"] is None
+
+
+def test_known_conflicts_are_on_the_status_page_in_explain_and_in_the_gauge(world: World) -> None:
+    from syncd.explain import explain, render_explanation
+    from syncd.metrics import Metrics
+    from syncd.status import collect_status, render_page
+
+    world.fake.add_user("someone-else", user_email="alice@example.com")
+    world.record(PEOPLE)
+    metrics = Metrics()
+    Reconciler(world.settings, world.store, world.client, metrics=metrics).run(ReconcileOptions(drift_check=False))
+    assert metrics.registry.get_sample_value("syncd_conflicts") == 1.0
+    summary = collect_status(world.store, detailed=False)
+    assert summary["conflicts"] == 1 and "conflict_rows" not in summary  # no user ids without the admin token
+    detailed = collect_status(world.store, detailed=True)
+    (row,) = detailed["conflict_rows"]
+    assert (row["user_id"], row["kind"], row["other"]) == ("alice", "email_taken", "someone-else")
+    page = render_page(detailed)
+    assert '<table id="conflicts">' in page and "someone-else" in page
+    assert "Known conflicts" in render_page(summary) and "someone-else" not in render_page(summary)
+    data = explain(world.settings, world.store, world.client, "alice")
+    assert [c["kind"] for c in data["conflicts"]] == ["email_taken"]
+    assert "conflict (email_taken)" in render_explanation(data)
+
+
+def test_explain_shows_the_binding_of_a_renamed_person(world: World) -> None:
+    from syncd.explain import explain, render_explanation
+
+    world.record(PEOPLE)
+    world.sync()
+    world.record({k: v for k, v in PEOPLE.items() if k != "alice"} | {"al": PEOPLE["alice"] | {"ext": "ext-alice"}})
+    data = explain(world.settings, world.store, world.client, "al")
+    assert data["user_id"] == "alice"
+    assert data["binding"] == {"user_id": "alice", "source": "corp", "external_id": "ext-alice", "source_says": "al"}
+    text = render_explanation(data)
+    assert "bound: user_id alice <- corp ext-alice (made at creation); the source now says al" in text
+    assert data["next_change"][0]["note"] == "user_id kept as alice; corp now says al"
