@@ -611,7 +611,8 @@ class _Planner:
             change.before,
             conflict_kind="email_taken",
             other=holder[0],
-            inputs_digest=change.inputs_digest,
+            # a holder syncd manages may give the email up in this very run (two people swapping): retried next run
+            inputs_digest=None if holder[1] else change.inputs_digest,
         )
 
     @staticmethod

@@ -461,6 +461,11 @@ def test_an_email_held_by_another_litellm_user_is_a_conflict_on_create_and_on_up
     # the user's own email is no conflict
     plan = make_plan(state(alice), {}, email_holders={"alice@example.com": ("alice", True)})
     assert actions(plan) == {"alice": "create"}
+    # held by someone syncd manages (who may give it up in this run): a conflict now, but retried next run
+    plan = make_plan(state(alice), {}, email_holders={"alice@example.com": ("bob", True)})
+    assert actions(plan) == {"alice": "conflict"} and plan.changes[0].inputs_digest is None
+    plan = make_plan(state(alice), {}, email_holders=holders)
+    assert plan.changes[0].inputs_digest is not None
 
 
 def test_a_known_conflict_is_not_retried_until_its_inputs_change() -> None:
