@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from syncd.mapping import DesiredState
-from syncd.model import CurrentUser, DesiredUser, FieldOrigin, ManagedUser
+from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
 
 __all__ = [
     "ACTIONS",
@@ -194,49 +194,62 @@ class Binding:
     refused: Mapping[str, Change] = field(default_factory=dict)
 
 
-def bind(desired: DesiredState, managed: Mapping[str, ManagedUser]) -> Binding:
+def bind(desired: DesiredState, managed: Mapping[str, ManagedUser], settled: Collection[str] = ()) -> Binding:
     """Put each desired person at the user_id they are bound to, and refuse user_ids bound to someone else.
 
     A person is bound to the user_id syncd created or adopted for them, by their (source, external id): a renamed
     uid or userName keeps the bound user_id (LiteLLM cannot rename one). A different person arriving with a user_id
     bound to someone else (a leaver's, suspended or not) is a conflict, never a reactivation. Records of deleted
     users bind nobody, nor do records without an external id. `managed` must hold the records of every desired
-    person not settled under their own user_id (see `settle`).
+    person not in `settled` (see `settle`: a settled person is recorded under their own user_id, bound to them).
     """
     bound_to = {
         (m.source, m.external_id): m.user_id for m in managed.values() if m.external_id and m.state != "deleted"
     }
-    users: dict[str, DesiredUser] = {}
+    if not bound_to:
+        return Binding(desired)
+    moved: dict[str, DesiredUser] = {}
     renamed: dict[str, str] = {}
-    newcomers = []
-    for name, want in desired.users.items():  # the bound first: they keep their user_id whatever comes after
+    refused: dict[str, Change] = {}
+    for name, want in desired.users.items():
+        if name in settled:
+            continue
         user_id = bound_to.get((want.source, want.external_id))
         if user_id is None:
-            newcomers.append(want)
-        elif user_id == name:
-            users[name] = want
-        else:
+            have = managed.get(name)
+            if have is not None and have.external_id and have.state != "deleted":
+                refused[name] = _bound_elsewhere(want, have)  # a newcomer at a user_id bound to someone else
+        elif user_id != name:
             renamed[user_id] = name
-            users[user_id] = replace(want, user_id=user_id)
-    refused: dict[str, Change] = {}
-    for want in newcomers:
-        have = managed.get(want.user_id)
-        if want.user_id in users or (have is not None and have.external_id and have.state != "deleted"):
-            holder = have if have is not None else _record_of(users[want.user_id])
-            refused[want.user_id] = _bound_elsewhere(want, holder)
-        else:
-            users[want.user_id] = want
-    unmapped = {}
-    taken = set(bound_to.values())
-    for name, identity in desired.unmapped.items():
-        user_id = bound_to.get((identity.source, identity.external_id))
-        if user_id is not None or name not in taken:
-            unmapped[user_id or name] = identity
+            moved[user_id] = replace(want, user_id=user_id)
+    for user_id in renamed:  # a newcomer named as the bound user_id of someone renamed
+        other = desired.users.get(user_id)
+        if other is not None and (other.source, other.external_id) not in bound_to:
+            refused.setdefault(user_id, _bound_elsewhere(other, managed[user_id]))
+    unmapped = _rebind_unmapped(desired.unmapped, bound_to)
+    if not moved and not refused and unmapped is desired.unmapped:
+        return Binding(desired)
+    gone = set(refused) | set(renamed.values())
+    users = {name: want for name, want in desired.users.items() if name not in gone}
+    users.update(moved)
     return Binding(replace(desired, users=users, unmapped=unmapped), renamed, refused)
 
 
-def _record_of(user: DesiredUser) -> ManagedUser:
-    return ManagedUser(user.user_id, user.source, user.external_id, "active", {})
+def _rebind_unmapped(unmapped: dict[str, Identity], bound_to: Mapping[tuple[str, str], str]) -> dict[str, Identity]:
+    """People in no mapped group at their bound user_ids (the same dict when nothing moves)."""
+    taken = set(bound_to.values())
+    changes = False
+    out = {}
+    for name, identity in unmapped.items():
+        user_id = bound_to.get((identity.source, identity.external_id))
+        if user_id is not None:
+            changes = changes or user_id != name
+            out[user_id] = identity
+        elif name not in taken:
+            out[name] = identity
+        else:
+            changes = True  # someone else's bound user_id: not this person's to lose
+    return out if changes else unmapped
 
 
 def _bound_elsewhere(want: DesiredUser, have: ManagedUser) -> Change:

@@ -340,7 +340,7 @@ class Reconciler:
         settling = settle(desired, self.store.managed_digests(only), enabled=not drift_check)
         settled = settling.settled
         managed, stale = self._records(only, settling)
-        binding = self._bind(desired, managed, only)
+        binding = self._bind(desired, managed, only, settled)
         self._desired_users = binding.desired.users
         if only is not None:  # a renamed person is planned at their bound user_id
             only |= {bound for bound, name in binding.renamed.items() if name in only}
@@ -366,17 +366,19 @@ class Reconciler:
         reads = len(current) if drift_check else len(read)
         return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale, only)
 
-    def _bind(self, desired: DesiredState, managed: dict[str, ManagedUser], only: set[str] | None) -> Binding:
+    def _bind(
+        self, desired: DesiredState, managed: dict[str, ManagedUser], only: set[str] | None, settled: Collection[str]
+    ) -> Binding:
         """The desired state at the bound user_ids (see plan.bind); a targeted run first reads the records of its
         people that are not under their own name (a full run has every unsettled record already)."""
         if only is not None:
             known = {(m.source, m.external_id) for m in managed.values()}
-            people = [(u.source, u.external_id) for u in desired.users.values()]
+            people = [(u.source, u.external_id) for name, u in desired.users.items() if name not in settled]
             people += [(i.source, i.external_id) for i in desired.unmapped.values()]
             missing = {person for person in people if person not in known}
             if missing:
                 managed.update(self.store.records_bound_to(missing))
-        return bind(desired, managed)
+        return bind(desired, managed, settled)
 
     def _email_holders(self, tentative: Plan) -> dict[str, tuple[str, bool]]:
         """Who holds the emails this plan would write (LiteLLM's /user/update does not check that they are free).
