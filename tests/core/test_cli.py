@@ -283,3 +283,29 @@ def test_the_readme_tables_name_every_command_and_environment_variable() -> None
     assert {"SYNCD_CONFIG", "SYNCD_LOG_LEVEL", "SYNCD_LOG_FORMAT", "SYNCD_MIGRATIONS"} <= read
     for variable in read:
         assert f"| `{variable}` |" in commands, f"{variable} is not in the README's environment table"
+
+
+def test_known_conflicts_exit_0_or_1_with_fail_on_conflict_and_a_binding_is_released_on_purpose(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+    cli.fake.add_user("someone-else", user_email="ann@example.com")
+    people = {"users": [{"id": "1", "user_id": "ann", "email": "ann@example.com"}], "groups": []}
+    people["groups"] = [{"name": "llm-users", "members": ["1"]}]
+    (cli.folder / "people.json").write_text(json.dumps(people))
+    assert cli.run("import", str(cli.folder / "people.json")).returncode == 0
+    done = cli.run("sync")
+    assert done.returncode == 0, done.stderr
+    assert "! conflict ann: the email ann@example.com is held by LiteLLM user someone-else" in done.stdout
+    assert "1 known conflict(s), nothing written for them" in done.stdout
+    failing = cli.run("sync", "--fail-on-conflict")
+    assert failing.returncode == 1 and "(--fail-on-conflict: exit 1)" in failing.stdout
+    report = cli.json("sync", "--fail-on-conflict")
+    assert report["exit_code"] == 1 and [c["kind"] for c in report["conflicts"]] == ["email_taken"]
+    assert cli.fake.write_calls("/user/new") == 0
+    missing = cli.run("release", "nobody")
+    assert missing.returncode == 1 and "no binding for user_id nobody" in missing.stderr
+    people["users"][0]["email"] = "ann.b@example.com"
+    (cli.folder / "people.json").write_text(json.dumps(people))
+    cli.run("import", str(cli.folder / "people.json"))
+    assert cli.json("sync")["applied"]["by_action"] == {"create": 1}
+    released = cli.run("release", "ann")
+    assert released.returncode == 0 and "released ann (was bound to import 1, active)" in released.stdout
