@@ -140,6 +140,13 @@ def test_bad_budget_durations_are_refused(bad: str) -> None:
         budget_duration_for_litellm(bad)
 
 
+@pytest.mark.parametrize("too_long", ["600000w", "2800001d", "67200001h", "7672y", "93334mo"])
+def test_durations_longer_than_litellm_can_store_are_refused(too_long: str) -> None:
+    with pytest.raises(ValueError, match="longer than LiteLLM can store"):
+        budget_duration_for_litellm(too_long)
+    assert budget_duration_for_litellm("400000w") == "400000w"  # the bound itself: 2,800,000 days
+
+
 def test_intervals() -> None:
     assert [parse_interval(v) for v in ("30s", "5m", "1h", "24h", "7d", "2w", 90)] == [
         30,

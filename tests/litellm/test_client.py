@@ -374,3 +374,21 @@ def test_write_that_happened_but_answered_502(client: LiteLLMClient, fake: FakeL
 
 def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {MASTER_KEY}"}
+
+
+def test_get_users_reads_ids_the_list_filter_cannot_express_one_by_one(
+    client: LiteLLMClient, fake: FakeLiteLLM, hook: CallLog
+) -> None:
+    for user_id in ("gu-doe, john", "gu-user1", "gu-user10", " gu-spaced"):
+        fake.add_user(user_id, user_email=f"{user_id.strip()}@example.com")
+    hook.calls.clear()
+    found = client.get_users(["gu-doe, john", "gu-user1", " gu-spaced", "gu-absent, x"])
+    assert sorted(u["user_id"] for u in found) == [" gu-spaced", "gu-doe, john", "gu-user1"]  # no loose gu-user10
+    endpoints = [endpoint for endpoint, _, _ in hook.calls]
+    assert endpoints.count("/user/info") == 3 and endpoints.count("/user/list") == 1
+
+
+def test_users_with_an_email_are_found_case_insensitively_and_exactly(client: LiteLLMClient, fake: FakeLiteLLM) -> None:
+    fake.add_user("we-a", user_email="Pat@Example.com")
+    fake.add_user("we-b", user_email="pat@example.com.au")  # LiteLLM's filter is a substring match
+    assert [u["user_id"] for u in client.users_with_email("pat@example.com")] == ["we-a"]

@@ -69,11 +69,42 @@ def test_update_ignores_empty_values_but_null_clears_limits(http: httpx.Client, 
 @pytest.mark.parametrize(
     ("duration", "status"),
     [("30s", 200), ("5m", 200), ("24h", 200), ("7d", 200), ("2w", 200), ("1mo", 200), ("hourly", 200),
-     ("daily", 200), ("weekly", 200), ("monthly", 200), ("yearly", 400), ("1y", 400), ("2mo", 400), ("d", 400)],
+     ("daily", 200), ("weekly", 200), ("monthly", 200), ("yearly", 400), ("1y", 400), ("2mo", 400), ("d", 400),
+     ("400000w", 200), ("600000w", 400)],
 )  # fmt: skip
 def test_budget_durations(http: httpx.Client, fake: FakeLiteLLM, duration: str, status: int) -> None:
     body = {"user_id": f"bd-{duration}", "budget_duration": duration, "auto_create_key": False}
     assert http.post("/user/new", json=body).status_code == status
+
+
+def test_user_ids_filter_splits_on_commas_and_matches_one_id_loosely(http: httpx.Client, fake: FakeLiteLLM) -> None:
+    """As the real proxy (1.108.7): one id is a case-insensitive substring, several ids match exactly, trimmed."""
+    for user_id in ("ids-user1", "IDS-USER10", "ids-user2", "doe, john"):
+        fake.add_user(user_id)
+
+    def listed(value: str) -> set[str]:
+        answer = http.get("/user/list", params={"user_ids": value, "page_size": 100}).json()
+        return {user["user_id"] for user in answer["users"]}
+
+    assert listed("ids-user1") == {"ids-user1", "IDS-USER10"}
+    assert listed("ids-user1, ids-user2") == {"ids-user1", "ids-user2"}
+    assert listed("doe, john") == set()  # split in two, neither exact
+    assert listed("doe") == {"doe, john"}
+
+
+def test_email_uniqueness_is_checked_on_create_only(http: httpx.Client, fake: FakeLiteLLM) -> None:
+    body = {"user_email": "Shared@Example.com", "auto_create_key": False}
+    assert http.post("/user/new", json={"user_id": "em-a", **body}).status_code == 200
+    clash = http.post("/user/new", json={"user_id": "em-b", **body, "user_email": "shared@example.com"})
+    assert clash.status_code == 409 and "already exists" in clash.text
+    assert http.post("/user/new", json={"user_id": "em-b", "auto_create_key": False}).status_code == 200
+    same = http.post("/user/update", json={"user_id": "em-b", "user_email": "shared@example.com"})
+    assert same.status_code == 200  # /user/update does not check: two users now share one email
+    assert fake.users["em-a"]["user_email"] == "Shared@Example.com"
+    assert fake.users["em-b"]["user_email"] == "shared@example.com"
+    http.post("/user/update", json={"user_id": "em-a", "user_email": "moved@example.com"})
+    clash = http.post("/user/new", json={"user_id": "em-c", **body})
+    assert clash.status_code == 409  # em-b still holds it
 
 
 def test_suspension_refuses_the_users_keys(http: httpx.Client, fake: FakeLiteLLM, fake_url: str) -> None:

@@ -110,3 +110,11 @@ def test_a_leavers_username_reused_by_a_new_scim_user_is_a_conflict_and_the_keys
     assert pushed.fake.keys[key["token"]]["blocked"] is True
     assert pushed.fake.users["bob"]["user_email"] == "bob@example.com"
     assert pushed.sync(fail_on_conflict=True).exit_code == 1
+
+
+def test_a_scim_user_without_emails_is_created_without_one(pushed: Pushed) -> None:
+    answer = pushed.scim.post("/Users", {"schemas": [USER], "userName": "svc-ci"})
+    assert answer.status_code == 201, answer.text
+    pushed.group([str(answer.json()["id"])])
+    assert pushed.sync().applied.by_action == {"create": 1}
+    assert pushed.fake.users["svc-ci"]["user_email"] is None
