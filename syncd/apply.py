@@ -284,8 +284,9 @@ class Applier:
         self.store.save_managed(self._managed(change, applied, "suspending", adopted=change.adopted, blocked=to_block))
         for key in to_block:
             self._ignore_missing(self.client.block_key, key)
+        when = change.suspended_at if change.suspended_at is not None else self.clock()
         suspended = self._managed(
-            change, applied, "suspended", adopted=change.adopted, blocked=to_block, suspended_at=self.clock()
+            change, applied, "suspended", adopted=change.adopted, blocked=to_block, suspended_at=when
         )
         return _Outcome("done", suspended, after={"metadata": metadata, "blocked_keys": list(to_block)})
 

@@ -119,6 +119,8 @@ class Change:
     note: str | None = None
     #: `fields_digest` of the person's desired fields (writes and conflicts): a stored conflict waits for it to change
     inputs_digest: str | None = None
+    #: a suspension re-applied (drift check): when the user was first suspended, which delete_after counts from
+    suspended_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The change as JSON-ready data (shallow copies: the plan is immutable, its values plain)."""
@@ -663,6 +665,7 @@ class _Planner:
             blocked_keys=have.blocked_keys,
             adopted=have.adopted,
             guarded=guarded,
+            suspended_at=have.suspended_at if have.state == "suspended" else None,
         )
 
     def _why_gone(self, user_id: str, want: DesiredUser | None, have: ManagedUser) -> str | None:

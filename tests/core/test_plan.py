@@ -481,12 +481,13 @@ def test_a_known_conflict_is_not_retried_until_its_inputs_change() -> None:
 
 def test_a_manual_unsuspension_seen_by_a_drift_check_is_suspended_again() -> None:
     alice = want("alice")
-    records = {"alice": managed_as(alice, "suspended", blocked_keys=("k1",))}
+    records = {"alice": managed_as(alice, "suspended", blocked_keys=("k1",), suspended_at=1000.0)}
     meta = {**desired_fields(alice)["metadata"], "scim_active": False}
     still = {"alice": current_as(alice, metadata=meta)}
     assert make_plan(state(), records, still).empty
     plan = make_plan(state(), records, still, unblocked={"alice": ("k1",)})
     assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",)
+    assert plan.changes[0].suspended_at == 1000.0  # delete_after still counts from the first suspension
     reopened = {"alice": current_as(alice, metadata={**meta, "scim_active": True})}
     plan = make_plan(state(), records, reopened)
     assert actions(plan) == {"alice": "suspend"} and plan.deactivations == 0

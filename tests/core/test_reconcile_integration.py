@@ -514,10 +514,12 @@ def test_a_manual_unsuspension_is_undone_by_a_drift_check(world: World) -> None:
     world.client.update_user({"user_id": "bob", "metadata": reopened})
     world.client.unblock_key(key)
     assert world.sync().plan.empty
+    first_suspended = world.store.load_managed()["bob"].suspended_at
     report = world.sync(drift_check=True)
     assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", "bob")]
     assert report.applied.by_action == {"suspend": 1}
     assert world.fake.users["bob"]["metadata"]["scim_active"] is False and world.fake.keys[key]["blocked"] is True
+    assert world.store.load_managed()["bob"].suspended_at == first_suspended  # delete_after counts from the first
     assert world.sync(drift_check=True).plan.empty
 
 
