@@ -572,8 +572,8 @@ def test_known_conflicts_are_on_the_status_page_in_explain_and_in_the_gauge(worl
     assert '<table id="conflicts">' in page and "someone-else" in page
     assert "Known conflicts" in render_page(summary) and "someone-else" not in render_page(summary)
     data = explain(world.settings, world.store, world.client, "alice")
-    assert [c["kind"] for c in data["conflicts"]] == ["email_taken"]
-    assert "conflict (email_taken)" in render_explanation(data)
+    assert [c["kind"] for c in data["known_conflicts"]] == ["email_taken"]
+    assert "known conflict (email_taken)" in render_explanation(data)
 
 
 def test_explain_shows_the_binding_of_a_renamed_person(world: World) -> None:
