@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         help="forget the binding of a LiteLLM user_id to its person, so that the person the source now names so "
         "gets it at the next sync (the leaver's blocked keys stay blocked)",
     )
-    _add_config(release)
+    _add_common(release)
     release.add_argument("user_id", help="the bound LiteLLM user_id")
 
     explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
@@ -386,7 +386,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = _settings(args, secrets=False)  # a binding is the store's alone: no LiteLLM key, no bind password
     store = _store(settings)
     record = store.release_binding(args.user_id)
     if record is None:
