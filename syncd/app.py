@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,15 +24,18 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from scim2_models import PayloadTooLargeException
 
 from syncd.metrics import Metrics
 from syncd.status import collect_status, render_page
 
-__all__ = ["ADMIN_COOKIE", "create_app"]
+__all__ = ["ADMIN_COOKIE", "LOGIN_MAX_BYTES", "BodyTooLarge", "create_app"]
 
 log = logging.getLogger(__name__)
 
 ADMIN_COOKIE = "syncd_admin"
+#: POST /login carries one form field: anything longer is refused without being read further
+LOGIN_MAX_BYTES = 4096
 _Scope = MutableMapping[str, Any]
 _ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -39,38 +43,124 @@ _ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitabl
 _SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
 
 
+class BodyTooLarge(PayloadTooLargeException):
+    """The request body grew past the limit while it was read (a SCIM 413 under /scim, a plain 413 elsewhere)."""
+
+
+def _refusal(scope: _Scope, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal at the door: a SCIM Error under /scim, a plain JSON body elsewhere; the connection then closes."""
+    headers = {"Connection": "close", **(headers or {})}
+    if str(scope.get("path", "")).startswith("/scim/"):
+        body = {"schemas": [_SCIM_ERROR], "status": str(status), "detail": detail}
+        return JSONResponse(body, status_code=status, media_type="application/scim+json", headers=headers)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
 class _BodyLimit:
-    """ASGI middleware answering 413 to a request whose Content-Length is over the limit (a SCIM error under /scim)."""
+    """ASGI middleware bounding every request body, chunked ones included: the bytes are counted as they are read
+    and reading stops at the limit (413, connection closed); nothing past it is ever buffered."""
 
     def __init__(self, app: _ASGI, limit: int, scim_limit: int | None = None) -> None:
         self.app, self.limit, self.scim_limit = app, limit, scim_limit if scim_limit is not None else limit
 
     async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.scim_limit if str(scope.get("path", "")).startswith("/scim/") else self.limit
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > limit:
+            detail = "Content-Length is not a number" if not length.isdigit() else f"request body over {limit} bytes"
+            await _refusal(scope, 400 if not length.isdigit() else 413, detail)(scope, receive, send)
+            return
+        read, started = 0, False
+
+        async def counted_receive() -> Any:
+            nonlocal read
+            message = await receive()
+            if message.get("type") == "http.request":
+                read += len(message.get("body", b""))
+                if read > limit:
+                    raise BodyTooLarge(detail=f"request body over {limit} bytes")
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+                if read > limit:  # a SCIM route rendered the refusal: do not read the rest of the body
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge as exc:
+            if not started:
+                await _refusal(scope, 413, str(exc.detail))(scope, receive, send)
+
+
+class _Door:
+    """ASGI middleware in front of everything, before authentication: a per-client request rate (token bucket, 429),
+    and, under /scim, a SCIM Error for a method no SCIM route takes (TRACE, QUERY, ...) and for a path or query
+    that holds a NUL. Constant work per request."""
+
+    _SCIM_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+    _MAX_CLIENTS = 10_000
+
+    def __init__(self, app: _ASGI, rate: float, burst: int) -> None:
+        self.app, self.rate, self.burst = app, rate, burst
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-            scim = str(scope.get("path", "")).startswith("/scim/")
-            limit = self.scim_limit if scim else self.limit
-            if length.isdigit() and int(length) > limit:
-                detail = f"request body over {limit} bytes"
-                response = (
-                    JSONResponse(
-                        {"schemas": [_SCIM_ERROR], "status": "413", "detail": detail},
-                        status_code=413,
-                        media_type="application/scim+json",
-                    )
-                    if scim
-                    else JSONResponse({"detail": detail}, status_code=413)
-                )
-                await response(scope, receive, send)
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: _Scope) -> Response | None:
+        wait = self._take(str((scope.get("client") or ("", 0))[0]))
+        if wait:
+            return _refusal(scope, 429, "too many requests from this client", {"Retry-After": str(wait)})
+        if not str(scope.get("path", "")).startswith("/scim/"):
+            return None
+        if scope.get("method") not in self._SCIM_METHODS:
+            return _refusal(scope, 405, f"{scope.get('method')} is not allowed on SCIM endpoints")
+        if "\x00" in str(scope.get("path", "")) or b"%00" in bytes(scope.get("query_string") or b""):
+            return _refusal(scope, 400, "the path or query holds a NUL character")
+        return None
+
+    def _take(self, client: str) -> int:
+        """0 when `client` may make a request now (one token taken), else the seconds until it may."""
+        if self.rate <= 0:
+            return 0
+        now = time.monotonic()
+        tokens, at = self.buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            return max(1, math.ceil((1 - tokens) / self.rate))
+        if client not in self.buckets and len(self.buckets) >= self._MAX_CLIENTS:
+            self._forget_idle(now)
+        self.buckets[client] = (tokens - 1, now)
+        return 0
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the clients whose bucket is full again (they are as good as new); all, if that is not enough."""
+        full = [c for c, (tokens, at) in self.buckets.items() if tokens + (now - at) * self.rate >= self.burst]
+        for client in full:
+            del self.buckets[client]
+        if len(self.buckets) >= self._MAX_CLIENTS:
+            self.buckets.clear()
 
 
 class _Admin:
     """The admin token check: bearer header or the status page's cookie, compared in constant time."""
 
     def __init__(self, token: str | None) -> None:
-        self.token = token
+        self.token = token if token and token.strip() else None  # an empty token is no token: the pages are off
+        token = self.token
         digest = None if token is None else hmac.new(token.encode(), b"syncd-status-page", hashlib.sha256)
         self.cookie_value = None if digest is None else digest.hexdigest()
 
@@ -80,7 +170,9 @@ class _Admin:
         return self.token is not None and scheme.lower() == "bearer" and self.matches(presented.strip())
 
     def matches(self, presented: str) -> bool:
-        return self.token is not None and hmac.compare_digest(presented.encode(), self.token.encode())
+        if not presented or self.token is None:
+            return False
+        return hmac.compare_digest(presented.encode(), self.token.encode())
 
     def cookie_ok(self, request: Request) -> bool:
         value = request.cookies.get(ADMIN_COOKIE, "")
@@ -112,7 +204,9 @@ def create_app(
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(_BodyLimit, limit=settings.server.max_body_bytes, scim_limit=settings.scim.max_body_bytes)
+    server = settings.server
+    app.add_middleware(_BodyLimit, limit=server.max_body_bytes, scim_limit=settings.scim.max_body_bytes)
+    app.add_middleware(_Door, rate=server.rate_limit_per_s, burst=server.rate_limit_burst)
     return app
 
 
@@ -189,7 +283,12 @@ def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[]
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        presented = (parse_qs((await request.body()).decode("utf-8", "replace")).get("token") or [""])[0]
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > LOGIN_MAX_BYTES:
+                return HTMLResponse("<p>Request too large.</p>", status_code=413, headers={"Connection": "close"})
+        presented = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
         if admin.cookie_value is None or not admin.matches(presented):
             return HTMLResponse("<p>Wrong admin token. <a href='/'>Back</a></p>", status_code=401)
         response = RedirectResponse("/", status_code=303)

@@ -22,6 +22,7 @@ def run_checks(settings: Any) -> list[CheckResult]:
     """Every check, in order; none raises."""
     results = [CheckResult("config", True, "valid")]
     results += _tenant_warnings(settings)
+    results += _token_warnings(settings)
     results.append(_check_database(settings))
     results.append(_check_litellm(settings))
     results += [_check_ldap(source) for source in settings.ldap]
@@ -47,6 +48,15 @@ def _tenant_warnings(settings: Any) -> list[CheckResult]:
         for i, m in enumerate(settings.mappings)
         if m.sources is None and not is_dn(m.group)
     ]
+
+
+def _token_warnings(settings: Any) -> list[CheckResult]:
+    """Tokens shorter than 32 bytes work, but are guessable sooner than they should be."""
+    found = [f"scim.tokens ({name})" for name in settings.scim.short_tokens()] if settings.scim.enabled else []
+    token = settings.server.admin_token
+    if token is not None and len(token.get_secret_value().encode()) < 32:
+        found.append("server.admin_token")
+    return [CheckResult(where, False, "shorter than 32 bytes: use a long random token", True) for where in found]
 
 
 def _check_database(settings: Any) -> CheckResult:

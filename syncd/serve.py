@@ -8,14 +8,18 @@ work in flight did not end within `stop_timeout_s`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
+from collections import Counter
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from syncd.app import create_app
 from syncd.metrics import Metrics
@@ -48,6 +52,95 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with the bounds it lacks: a deadline for the request head (however slowly its bytes
+    trickle in, keep-alive requests included) and then for the body, and a cap on open connections per client
+    address (a connection past it is closed at once, so one client's flood of slow connections cannot take the
+    others' places). h11 rather than httptools because only h11 caps the size of the request head
+    (`max_incomplete_event_size`); with httptools a 512 MiB header was read whole."""
+
+    head_timeout_s: ClassVar[float] = 10.0
+    body_timeout_s: ClassVar[float] = 30.0
+    per_client: ClassVar[int] = 0
+    open_by_client: ClassVar[Counter[str]] = Counter()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._phase: str | None = None
+        self._counted: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Count the client's connections; past its cap, close this one before reading anything."""
+        super().connection_made(transport)
+        host = self.client[0] if self.client else ""
+        if self.per_client and self.open_by_client[host] >= self.per_client:
+            transport.close()
+            return
+        self.open_by_client[host] += 1
+        self._counted = host
+        self._arm("head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection (and its deadline)."""
+        self._disarm()
+        if self._counted is not None:
+            self.open_by_client[self._counted] -= 1
+            if self.open_by_client[self._counted] <= 0:
+                del self.open_by_client[self._counted]
+            self._counted = None
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """h11's events, then the deadline of the phase the request is in."""
+        super().handle_events()
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        """A kept-alive connection waits for the next request head, under the head deadline again."""
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._phase = None
+            self._follow()
+
+    def _follow(self) -> None:
+        state = self.conn.their_state
+        if state is h11.IDLE and self._phase is None and self._counted is not None:
+            self._arm("head")
+        elif state is h11.SEND_BODY and self._phase != "body":
+            self._arm("body")
+        elif state not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm()
+
+    def _arm(self, phase: str) -> None:
+        self._disarm()
+        self._phase = phase
+        delay = self.head_timeout_s if phase == "head" else self.body_timeout_s
+        self._deadline = self.loop.call_later(delay, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def _protocol(server: Any) -> type[H11Protocol]:
+    """The HTTP protocol class of one server, bound to its limits (and a connection count of its own)."""
+    attributes = {
+        "head_timeout_s": server.header_timeout_s,
+        "body_timeout_s": server.body_timeout_s,
+        "per_client": server.max_connections_per_client,
+        "open_by_client": Counter(),
+    }
+    return type("SyncdH11Protocol", (_GuardedH11,), attributes)
 
 
 class _Election:
@@ -130,6 +223,12 @@ def _announce_config(settings: Any, engine: Any) -> None:
         "mappings": len(settings.mappings),
     }
     log.info("configuration", extra={"config": summary})
+    short = [f"scim.tokens ({name})" for name in settings.scim.short_tokens()] if settings.scim.enabled else []
+    token = settings.server.admin_token
+    if token is not None and len(token.get_secret_value().encode()) < 32:
+        short.append("server.admin_token")
+    for where in short:
+        log.warning("%s is shorter than 32 bytes: use a long random token", where)
 
 
 def _client(settings: Any, metrics: Metrics) -> Any:
@@ -176,14 +275,19 @@ def serve(
     )
     election = _Election(leadership, worker, scheduler, metrics)
     app = create_app(settings, store=store, engine=engine, metrics=metrics, worker=worker, leadership=leadership)
+    limits = settings.server
     config = uvicorn.Config(
         app,
-        host=host or settings.server.host,
-        port=settings.server.port if port is None else port,
+        host=host or limits.host,
+        port=limits.port if port is None else port,
         log_config=None,
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=5,
+        http=_protocol(limits),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=max(1, round(limits.keep_alive_s)),
     )
     server = _Server(config, on_signal=lambda sig: _stopping(sig, worker, scheduler))
     worker.start()

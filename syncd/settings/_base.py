@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Sec
 
 from syncd.durations import budget_duration_for_litellm, parse_interval
 
-__all__ = ["BudgetDuration", "Interval", "Secret", "Strict", "read_secret"]
+__all__ = ["PLACEHOLDER_SECRETS", "BudgetDuration", "Interval", "Secret", "Strict", "is_placeholder", "read_secret"]
 
 
 class Strict(BaseModel):
@@ -35,6 +35,38 @@ def _empty_is_unset(value: object) -> object:
 Secret = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 #: a budget cycle, already translated to what LiteLLM accepts
 BudgetDuration = Annotated[str, AfterValidator(budget_duration_for_litellm)]
+
+
+#: secrets shipped as examples (config/syncd.example.yaml, deploy/.env.example) and the usual stand-ins: never a
+#: credential. Compared case-insensitively, surrounding blanks ignored.
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change-me-okta",
+        "change-me-entra",
+        "change-me-long-random",
+        "sk-change-me",
+        "secret",
+        "token",
+        "password",
+        "example",
+        "xxx",
+        "todo",
+    }
+)
+#: SHA-256 digests that stand for no secret: the example config's, and those of the empty string and the placeholders
+_EXAMPLE_DIGESTS = frozenset({"8b1a9953c4611296a827abf8c47804d7e6c49c6b8a1b0c8e2a0c4b2b9f1d7a3e"})
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for an empty secret, an example value or (given as a SHA-256) the digest of one: never a credential."""
+    import hashlib
+
+    text = secret.strip().lower()
+    if not text or text in PLACEHOLDER_SECRETS or text in _EXAMPLE_DIGESTS:
+        return True
+    return any(text == hashlib.sha256(known.encode()).hexdigest() for known in ("", *PLACEHOLDER_SECRETS))
 
 
 def read_secret(value: SecretStr | None, path: Path | None, what: str) -> SecretStr | None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from syncd.model import ROLES
-from syncd.settings._base import BudgetDuration, Interval, Secret, Strict, read_secret
+from syncd.settings._base import BudgetDuration, Interval, Secret, Strict, is_placeholder, read_secret
 
 __all__ = [
     "USER_REFUSED_ROLES",
@@ -70,6 +70,31 @@ class ServerSettings(Strict):
     #: /readyz answers 503 when the last successful sync is older than this (unset: not checked)
     ready_max_sync_age: Interval | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: the request line and headers together (h11's max_incomplete_event_size): larger answers 400, connection closed
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    #: seconds a client has to send the request line and headers, and then the body; past it the connection is closed
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    #: seconds an idle keep-alive connection is kept open
+    keep_alive_s: float = Field(5.0, gt=0, le=600)
+    #: open connections in all; past it, requests answer 503 (uvicorn's limit_concurrency)
+    max_connections: int = Field(1000, ge=1)
+    #: open connections from one client address; past it, new ones are closed at once (0: no per-client cap)
+    max_connections_per_client: int = Field(64, ge=0)
+    #: requests per second one client address may make (token bucket); past it 429 with Retry-After (0: no limit)
+    rate_limit_per_s: float = Field(200.0, ge=0)
+    #: requests a client may make at once above the rate (the bucket's size)
+    rate_limit_burst: int = Field(1000, ge=1)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_set(cls, token: SecretStr | None) -> SecretStr | None:
+        """An empty admin token is no token (the admin pages are off); an example value is refused."""
+        if token is None or not token.get_secret_value().strip():
+            return None
+        if is_placeholder(token.get_secret_value()):
+            raise ValueError("is an example value, not a secret: set a long random token (or leave it empty: off)")
+        return token
 
 
 #: roles LiteLLM's /user/new and /user/update refuse (422) for users: refused when the config loads

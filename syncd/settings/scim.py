@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, model_validator
 
-from syncd.settings._base import Strict
+from syncd.settings._base import Strict, is_placeholder
 
 __all__ = ["SECRETS_UNSET", "ScimSettings", "ScimToken"]
 
@@ -33,7 +33,7 @@ class ScimToken(Strict):
             return self  # loaded for a command that never serves (explain --offline): the token is simply off
         if (self.token is None) == (self.token_sha256 is None):
             raise ValueError("give exactly one of token and token_sha256")
-        if self.token is not None and not self.token.get_secret_value():
+        if self.token is not None and not self.token.get_secret_value().strip():
             raise ValueError("token is empty")
         if self.token_sha256 is not None and not _SHA256.match(self.token_sha256):
             raise ValueError("token_sha256 is not 64 hexadecimal characters")
@@ -60,3 +60,19 @@ class ScimSettings(Strict):
     max_results: int = Field(1000, ge=1, le=10_000)
     #: the SCIM base URL as the identity providers reach it (for meta.location); unset: taken from each request
     public_url: str | None = Field(None, pattern=r"^https?://")
+
+    @model_validator(mode="after")
+    def _real_tokens(self) -> ScimSettings:
+        """Serving SCIM with an example token (change-me-okta, the example's digest) would let anyone in: refused."""
+        if not self.enabled:
+            return self
+        for i, token in enumerate(self.tokens):
+            secret = token.token.get_secret_value() if token.token is not None else token.token_sha256 or ""
+            if is_placeholder(secret):
+                key = "token" if token.token is not None else "token_sha256"
+                raise ValueError(f"tokens[{i}].{key} ({token.name}) is an example value, not a secret: set a real one")
+        return self
+
+    def short_tokens(self) -> list[str]:
+        """The names of the tokens given in clear that are shorter than 32 bytes (worth a warning)."""
+        return [t.name for t in self.tokens if t.token is not None and len(t.token.get_secret_value().encode()) < 32]
