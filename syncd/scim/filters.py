@@ -19,9 +19,16 @@ from scim2_models.path import Not as NotNode
 from scim2_models.path import Present as PresentNode
 
 from syncd.scim.schemas import Attribute, ResourceKind
-from syncd.store.scim import And, Compare, Const, Criterion, Item, Not, Or, Present, Sort
+from syncd.store.scim import And, Compare, Const, Criterion, Item, Not, Or, Present, Sort, name_key
+from syncd.store.scim_filter import merged_terms
 
-__all__ = ["comparison_key", "parse_filter", "parse_sort"]
+__all__ = ["MAX_FILTER_DEPTH", "MAX_FILTER_TERMS", "comparison_key", "parse_filter", "parse_sort"]
+
+#: the most conditions a filter may hold (an `or` of `eq` on one attribute counts once): each other condition is one
+#: more subquery per row, and identity providers send one or two
+MAX_FILTER_TERMS = 50
+#: how deep `and`, `or`, `not` and value filters may nest
+MAX_FILTER_DEPTH = 16
 
 _ORDERING = {"gt", "ge", "lt", "le"}
 _SIMPLE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s+[eE][qQ]\s+("(?:[^"\\\x00-\x1f]|\\["\\/bfnrtu])*")\s*')
@@ -53,10 +60,36 @@ def parse_filter(
     # the lookups identity providers repeat all day (userName eq "x") need no full parse
     tree = _simple_equality(text) or _parsed(text)
     translator = _Translator(kind, lenient)
-    criterion = translator.node(tree, None)
+    try:
+        criterion = translator.node(tree, None)
+    except RecursionError:
+        raise InvalidFilterException(detail="the filter is nested too deep") from None
+    terms, depth = _conditions(criterion)
+    if terms > MAX_FILTER_TERMS:
+        raise InvalidFilterException(detail=f"the filter holds {terms} conditions, over {MAX_FILTER_TERMS}")
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidFilterException(detail=f"the filter nests deeper than {MAX_FILTER_DEPTH} levels")
     if unknown is not None:
         unknown.update(translator.unknown)
     return criterion
+
+
+def _conditions(criterion: Criterion) -> tuple[int, int]:
+    """(how many conditions the store evaluates for `criterion`, how deep they nest), walked without recursion."""
+    count, deepest, stack = 0, 0, [(criterion, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, Or):
+            stack.extend((term, depth + 1) for term in merged_terms(node))
+        elif isinstance(node, And):
+            stack.extend((term, depth + 1) for term in node.nodes)
+        elif isinstance(node, Not | Item):
+            count += isinstance(node, Item)
+            stack.append((node.node, depth + 1))
+        elif not isinstance(node, Const):
+            count += 1
+    return count, deepest
 
 
 def _parsed(text: str) -> FilterNode:
@@ -64,6 +97,8 @@ def _parsed(text: str) -> FilterNode:
         return ScimFilter(text).ast
     except InvalidFilterException:
         raise
+    except RecursionError:
+        raise InvalidFilterException(detail="the filter is nested too deep") from None
     except Exception as exc:
         raise InvalidFilterException(detail=f"cannot parse the filter: {exc}") from None
 
@@ -231,12 +266,14 @@ def _operand(attribute: Attribute, op: str, value: Any) -> str | float | bool | 
         if op in _SUBSTRING:
             raise InvalidFilterException(detail=f"{attribute.name} is a dateTime: {op} does not apply")
         return _datetime(attribute, value)
+    if attribute.path == "username":
+        return name_key(value)
     return comparison_key(value, attribute.case_exact)
 
 
 def _datetime(attribute: Attribute, value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidFilterException(detail=f"{value!r} is not a dateTime for {attribute.name}") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # not a date, or one whose UTC time falls outside years 1 to 9999
+        raise InvalidFilterException(detail=f"{value[:60]!r} is not a dateTime for {attribute.name}") from None

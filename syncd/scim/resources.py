@@ -7,6 +7,7 @@ attributes without another pass through the models.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -16,10 +17,12 @@ from scim2_models import Context, InvalidValueException, SCIMException
 
 from syncd.scim.filters import comparison_key
 from syncd.scim.schemas import ENTERPRISE, POLICY, Attribute, ResourceKind
-from syncd.store.scim import GroupRecord, IndexedValue, UserRecord, UserWrite
+from syncd.store.scim import GroupRecord, IndexedValue, UserRecord, UserWrite, name_key
+from syncd.store.tables import MAX_EMAIL, MAX_TEXT, MAX_USER_ID
 
 __all__ = [
     "changed_keys",
+    "check_length",
     "derive_user",
     "etag",
     "group_json",
@@ -196,7 +199,9 @@ def derive_user(
 
     `indexed`: the only keys of `body` whose values to index (those a rewrite changed, `changed_keys`); all else.
     """
-    user_name = str(body.get("userName") or "")
+    user_name = unicodedata.normalize("NFC", str(body.get("userName") or ""))
+    if body.get("userName") is not None and user_name != body.get("userName"):
+        body = {**body, "userName": user_name}  # one Unicode form, stored and compared (issue 13)
     email = primary_email(body)
     candidates = {"userName": user_name, "email": email, "externalId": body.get("externalId"), "id": id}
     user_id = candidates[user_id_attribute]
@@ -204,6 +209,11 @@ def derive_user(
         raise InvalidValueException(detail=f"the user has no {user_id_attribute}, which syncd takes as its user_id")
     name = body.get("name") if isinstance(body.get("name"), dict) else {}
     display = body.get("displayName") or (name or {}).get("formatted") or None
+    check_length(f"{user_id_attribute} (the LiteLLM user_id)", str(user_id), MAX_USER_ID)
+    check_length("userName", name_key(user_name), MAX_TEXT)
+    check_length("the email", email, MAX_EMAIL)
+    check_length("displayName", str(display or ""), MAX_TEXT)
+    check_length("externalId", str(body.get("externalId") or ""), MAX_TEXT)
     return UserWrite(
         user_name=user_name,
         scim_external_id=body.get("externalId"),
@@ -214,6 +224,12 @@ def derive_user(
         resource=body,
         values=tuple(index_values(body, kind, keys=indexed)),
     )
+
+
+def check_length(what: str, value: str, limit: int) -> None:
+    """invalidValue when `value` is longer than its column holds (the same limit on SQLite and PostgreSQL)."""
+    if len(value) > limit:
+        raise InvalidValueException(detail=f"{what} is longer than {limit} characters")
 
 
 def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> set[str]:

@@ -7,7 +7,6 @@ with its scimType, 500). Bodies are read raw (plain JSON and application/scim+js
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,6 @@ from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from scim2_models import (
     InvalidFilterException,
-    InvalidSyntaxException,
     InvalidValueException,
     NotFoundException,
     PayloadTooLargeException,
@@ -28,6 +26,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.responses import Response
 
 from syncd.scim.auth import TokenRing
+from syncd.scim.door import MAX_INTEGER, parse_json
 from syncd.scim.errors import MethodNotAllowed, ScimResponse, error_response
 from syncd.scim.resources import project
 from syncd.scim.schemas import ResourceKind, discovery_documents
@@ -133,10 +132,7 @@ class _Api:
             if size > limit:
                 raise PayloadTooLargeException(detail=f"the body is larger than {limit} bytes")
             chunks.append(chunk)
-        try:
-            return json.loads(b"".join(chunks) or b"null")
-        except ValueError:
-            raise InvalidSyntaxException(detail="the body is not valid JSON") from None
+        return parse_json(b"".join(chunks))
 
     def discovery(self, base_url: str) -> dict[str, Any]:
         if base_url not in self._discovery:
@@ -293,9 +289,12 @@ def _integer(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidValueException(detail=f"{name} must be an integer")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise InvalidValueException(detail=f"{name} must be an integer") from None
+    if abs(number) > MAX_INTEGER:
+        raise InvalidValueException(detail=f"{name} is outside 64 bits")
+    return number
 
 
 def _text(value: Any, name: str) -> str | None:

@@ -29,6 +29,7 @@ __all__ = [
     "Sort",
     "UnsupportedPath",
     "criterion_sql",
+    "merged_terms",
     "order_by",
     "sort_key",
 ]
@@ -43,8 +44,8 @@ class Compare:
     """`path op value`; `value` is already in comparison form (see `IndexedValue.key`) or a number, bool, datetime."""
 
     path: str
-    op: str  # eq ne co sw ew gt ge lt le
-    value: str | float | bool | datetime | None
+    op: str  # eq ne co sw ew gt ge lt le, and "in" (value: a tuple), which `Or` of eq on one path becomes
+    value: str | float | bool | datetime | tuple[Any, ...] | None
     case_exact: bool = False
 
 
@@ -135,6 +136,8 @@ def _compare(column: ColumnElement[Any], op: str, value: Any, *, exact_text: boo
         return _substring(column, op, str(value), exact_text=exact_text, dialect=dialect)
     if dialect == "postgresql" and isinstance(value, str) and op in ("gt", "ge", "lt", "le"):
         column = column.collate("C")
+    if op == "in":
+        return column.in_(list(value))
     operators = {
         "eq": column.__eq__,
         "ne": column.__ne__,
@@ -186,10 +189,34 @@ def _sql(node: Criterion, scope: _Scope, dialect: str) -> ColumnElement[bool]:
     if isinstance(node, And):
         return and_(true(), *(_sql(n, scope, dialect) for n in node.nodes))
     if isinstance(node, Or):
-        return or_(false(), *(_sql(n, scope, dialect) for n in node.nodes))
+        return or_(false(), *(_sql(n, scope, dialect) for n in merged_terms(node)))
     if isinstance(node, Item):
         return _item_sql(node, scope, dialect)
     return _leaf_sql(node, scope, dialect)
+
+
+def merged_terms(node: Or) -> list[Criterion]:
+    """The terms of an `or`, those comparing one path with `eq` made one `in` (one index lookup, not one subquery
+    per term: a 200-term `or` of titles took 7.8 s on SQLite at 3,300 users)."""
+    by_path: dict[tuple[str, bool, bool], list[Any]] = {}
+    terms: list[Criterion] = []
+    for term in node.nodes:
+        if isinstance(term, Compare) and term.op == "eq" and isinstance(term.value, str | float) and term.value != "":
+            key = (term.path, term.case_exact, isinstance(term.value, float))
+            if key not in by_path:
+                by_path[key] = []
+                terms.append(term)
+            by_path[key].append(term.value)
+        else:
+            terms.append(term)
+    merged: list[Criterion] = []
+    for term in terms:
+        if isinstance(term, Compare) and term.op == "eq" and isinstance(term.value, str | float) and term.value != "":
+            values = by_path[(term.path, term.case_exact, isinstance(term.value, float))]
+            merged.append(term if len(values) == 1 else Compare(term.path, "in", tuple(values), term.case_exact))
+        else:
+            merged.append(term)
+    return merged
 
 
 def _leaf_sql(node: Compare | Present, scope: _Scope, dialect: str) -> ColumnElement[bool]:
@@ -252,6 +279,11 @@ def _value_sql(node: Compare | Present, scope: _Scope, dialect: str) -> ColumnEl
         where.append(value.c.key == ("true" if node.value else "false"))
     elif isinstance(node.value, int | float):
         where.append(_compare(value.c.number, op, float(node.value), exact_text=False, dialect=dialect))
+    elif isinstance(node.value, tuple):
+        numeric = all(isinstance(v, int | float) for v in node.value)
+        where.append(
+            _compare(value.c.number if numeric else value.c.key, "in", node.value, exact_text=False, dialect=dialect)
+        )
     else:
         where.append(_compare(value.c.key, op, node.value, exact_text=node.case_exact, dialect=dialect))
     found = exists(select(literal(1)).where(*where))

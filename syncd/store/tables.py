@@ -252,3 +252,26 @@ scim_user_values = Table(
 )
 __all__ += ["scim_user_values"]
 memberships.append_column(Column("display", String(500)))  # a SCIM member's display, as the provider sent it
+
+#: The longest values the columns above hold. Every write from outside is checked against them first, so that
+#: SQLite (which would store longer text) and PostgreSQL (which would fail) refuse exactly the same values.
+MAX_USER_ID = 255  # identities.user_id, external_id; a SCIM member value
+MAX_EMAIL = 320  # identities.email
+MAX_TEXT = 500  # identities.display_name, user_name, scim_external_id; groups.name; memberships.display
+__all__ += ["MAX_EMAIL", "MAX_TEXT", "MAX_USER_ID"]
+
+# SCIM (migration 0007): group members named before their user exists (RFC 7644 has no referential integrity). Each
+# takes effect when a user of the same source arrives whose id, externalId or userName (its `value_key` form) is the
+# value; until then the group's responses do not list it.
+scim_pending_members = Table(
+    "scim_pending_members",
+    metadata,
+    Column("group_id", _Id, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("value", String(255), primary_key=True),  # the member value as the provider sent it
+    Column("source", String(100), nullable=False),
+    Column("value_key", String(500), nullable=False),  # NFC, case-folded: compared with a userName
+    Column("display", String(500)),
+    Index(None, "source", "value"),
+    Index(None, "source", "value_key"),
+)
+__all__ += ["scim_pending_members"]
