@@ -5,6 +5,7 @@ Frozen dataclasses only; no I/O library is imported here, so the pure core (mapp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "Identity",
     "ManagedUser",
     "Snapshot",
+    "email_problem",
 ]
 
 #: LiteLLM user roles, most privileged first (CONTRACT.md precedence).
@@ -155,3 +157,29 @@ class CurrentUser:
         """True when the user carries syncd's marker."""
         marker = self.metadata.get("syncd")
         return isinstance(marker, Mapping) and marker.get("managed") is True
+
+
+_LOCAL_ATOM = re.compile(r"[^\s\x00-\x1f\x7f()<>\[\]\\,;:@\"]+")
+_QUOTED_LOCAL = re.compile(r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"')
+_LABEL = re.compile(r"[^\W_](?:[\w-]{0,61}[^\W_])?")
+_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]|\[IPv6:[0-9A-Fa-f:.]+\]")
+
+
+def email_problem(address: str) -> str | None:
+    """What makes `address` not a syntactically valid email (None: it is one). Syntax only, the same for every
+    source: no deliverability or special-use check (`test.user@okta.local` is an email), the case kept as given
+    (compare addresses case-insensitively)."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return "an email address is local-part@domain"
+    if len(local) > 64:
+        return "the part before the @ is longer than 64 characters"
+    dotted = local.split(".")
+    if not _QUOTED_LOCAL.fullmatch(local) and not all(_LOCAL_ATOM.fullmatch(atom) for atom in dotted):
+        return "the part before the @ holds a character an address cannot hold, or an empty dot-separated part"
+    if _LITERAL.fullmatch(domain):
+        return None
+    labels = domain.removesuffix(".").split(".")
+    if len(domain) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return "the part after the @ is not a domain name"
+    return None

@@ -10,6 +10,7 @@ the resource model twice.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,11 +22,25 @@ from scim2_models import Context, InvalidValueException, PatchOp, SCIMException
 from syncd.scim.resources import manager_value, tolerate, validation_error
 from syncd.scim.schemas import ENTERPRISE, POLICY, Attribute, ResourceKind
 
-__all__ = ["Patch", "apply_to_model", "apply_to_stored", "parse_patch"]
+__all__ = [
+    "Patch",
+    "apply_member_operations",
+    "apply_to_model",
+    "apply_to_stored",
+    "parse_patch",
+    "split_member_operations",
+]
 
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
 _PLAIN_PATH = re.compile(r"(?:(urn:[A-Za-z0-9:._-]+):)?([A-Za-z][A-Za-z0-9_-]*)")
 _PLAIN_TYPES = {"string", "boolean", "integer", "decimal", "reference"}
+_MEMBERS = {"members", "urn:ietf:params:scim:schemas:core:2.0:group:members"}
+_MEMBER_EQ = re.compile(
+    r'\s*(?:urn:ietf:params:scim:schemas:core:2\.0:group:)?members\s*\[\s*value\s+eq\s+("(?:[^"\\]|\\.)*")\s*\]\s*',
+    re.IGNORECASE,
+)
+#: a member operation as set arithmetic: ("add" | "remove" | "replace", [(value, display)])
+MemberOperation = tuple[str, list[tuple[str, str | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +194,93 @@ def apply_to_model(kind: ResourceKind, patch: Patch, current: dict[str, Any]) ->
         raise
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+# --- group members as set operations ----------------------------------------------------------------------------
+
+
+def split_member_operations(
+    operations: tuple[dict[str, Any], ...],
+) -> tuple[list[MemberOperation], tuple[dict[str, Any], ...]] | None:
+    """(the member operations as set operations, the other operations), or None when a member operation is one
+    set arithmetic cannot express (`members[display eq ...]`, a sub-attribute path): then the models apply it all.
+
+    Recognised, as Okta and Entra send them: add/replace `members` with a list, remove `members` (all, or a value
+    list), remove `members[value eq "x"]`, and a path-less add/replace whose value holds `members`."""
+    members: list[MemberOperation] = []
+    others: list[dict[str, Any]] = []
+    for operation in operations:
+        op, path = str(operation.get("op", "")).lower(), str(operation.get("path") or "").strip()
+        if not path:
+            value = operation.get("value")
+            key = next((k for k in value if k.lower() in _MEMBERS), None) if isinstance(value, dict) else None
+            if key is None or not isinstance(value, dict):
+                others.append(operation)
+                continue
+            items = _member_items(value[key])
+            if items is None or op not in ("add", "replace"):
+                return None
+            members.append((op, items))
+            rest = {k: v for k, v in value.items() if k != key}
+            if rest:
+                others.append({**operation, "value": rest})
+            continue
+        found = _member_operation(op, path, operation)
+        if isinstance(found, bool):
+            return None
+        if found is None:
+            others.append(operation)
+        else:
+            members.append(found)
+    return members, tuple(others)
+
+
+def _member_operation(op: str, path: str, operation: dict[str, Any]) -> MemberOperation | bool | None:
+    """The set operation of one operation on members; None: not about members; False: not expressible."""
+    if path.lower() in _MEMBERS:
+        if op == "remove" and operation.get("value") is None:
+            return ("replace", [])
+        items = _member_items(operation.get("value"))
+        return False if items is None or op not in ("add", "remove", "replace") else (op, items)
+    match = _MEMBER_EQ.fullmatch(path)
+    if match is not None and op == "remove" and operation.get("value") is None:
+        try:
+            value = json.loads(match.group(1))
+        except ValueError:
+            return False
+        return ("remove", [(value, None)])
+    lowered = path.lower()
+    return False if lowered.startswith("members") or lowered.startswith(f"{_CORE_GROUP}:members") else None
+
+
+_CORE_GROUP = "urn:ietf:params:scim:schemas:core:2.0:group"
+
+
+def _member_items(value: Any) -> list[tuple[str, str | None]] | None:
+    """[(value, display)] of a member list (or a single member); None when an item has no string value."""
+    listed = value if isinstance(value, list) else [value]
+    items: list[tuple[str, str | None]] = []
+    for item in listed:
+        fields = {k.lower(): v for k, v in item.items()} if isinstance(item, dict) else {}
+        member, display = fields.get("value"), fields.get("display")
+        if not isinstance(member, str) or not member or not isinstance(display, str | None):
+            return None
+        items.append((member, display))
+    return items
+
+
+def apply_member_operations(
+    current: Mapping[str, str | None], operations: list[MemberOperation]
+) -> dict[str, str | None]:
+    """The member values (with display) after the operations, in order: one pass over the request."""
+    result = dict(current)
+    for op, items in operations:
+        if op == "replace":
+            result = {}
+        if op == "remove":
+            for value, _display in items:
+                result.pop(value, None)
+            continue
+        for value, display in items:
+            result[value] = display or result.get(value)
+    return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from scim2_models import Attribute as SchemaAttribute
 from scim2_models import (
     AuthenticationScheme,
@@ -29,7 +29,10 @@ from scim2_models import (
     Sort,
     User,
 )
+from scim2_models.resources.user import Email
 from scim2_models.urn import URN
+
+from syncd.model import email_problem
 
 __all__ = [
     "CORE_GROUP",
@@ -85,7 +88,29 @@ class SyncdGroup(Extension):
     """The grant's priority: the highest wins scalar fields outright."""
 
 
-USER_MODEL: Any = User[EnterpriseUser]
+def _email(value: str | None) -> str | None:
+    problem = None if value is None else email_problem(value)
+    if problem is not None:
+        raise ValueError(f"value is not a valid email address: {problem}")
+    return value
+
+
+class SyncdEmail(Email):
+    """An email as syncd takes it: any syntactically valid address (`.local` and other special-use domains too),
+    its case kept as given; the same rule as for directory entries (syncd.model.email_problem)."""
+
+    value: Annotated[str | None, AfterValidator(_email)] = None
+    """Email addresses for the user."""
+
+
+class SyncdUser(User):
+    """The core User, its emails checked for syntax only (scim2-models' EmailStr refuses `@okta.local`)."""
+
+    emails: list[SyncdEmail] | None = None  # type: ignore[assignment]
+    """Email addresses for the User."""
+
+
+USER_MODEL: Any = SyncdUser[EnterpriseUser]  # type: ignore[misc]  # extensions are a runtime parameter
 GROUP_MODEL: Any = Group[SyncdGroup]  # type: ignore[misc]  # extensions are a runtime parameter
 
 #: What identity providers really send: Entra's capitalised ops and value-list removes, an `Add` to

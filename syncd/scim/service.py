@@ -31,10 +31,18 @@ from scim2_models import (
 
 from syncd.grants import grant_from_fields
 from syncd.scim.filters import parse_filter, parse_sort
-from syncd.scim.patch import apply_to_model, apply_to_stored, parse_patch
+from syncd.scim.patch import (
+    Patch,
+    apply_member_operations,
+    apply_to_model,
+    apply_to_stored,
+    parse_patch,
+    split_member_operations,
+)
 from syncd.scim.recent import RecentUsers
 from syncd.scim.resources import (
     changed_keys,
+    check_length,
     derive_user,
     etag,
     group_json,
@@ -57,7 +65,9 @@ from syncd.store.scim import (
     UnsupportedPath,
     UserRecord,
     UserWrite,
+    name_key,
 )
+from syncd.store.tables import MAX_TEXT, MAX_USER_ID
 
 __all__ = ["ListQuery", "ScimService"]
 
@@ -67,6 +77,8 @@ _log = logging.getLogger("syncd.scim")
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 _ATTEMPTS = 5
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
+#: roles LiteLLM refuses for users (422), though the Terraform resource lists them
+_USER_REFUSED_ROLES = {"team", "customer"}
 #: users remembered as the base of an optimistic PATCH/PUT (a few hundred bytes each)
 RECENT_USERS = 10_000
 
@@ -222,10 +234,23 @@ class ScimService:
                 pk = session.insert_user(source, id, write, now)
         except DuplicateUserName:
             raise UniquenessException(detail=f"userName {write.user_name!r} is already taken") from None
+        claimed = self._claim_pending(source, Member(pk, id, write.user_id, write.display_name), write)
         self._written([write.user_id])
-        record = UserRecord(pk, id, write.user_name, write.user_id, write.active, write.display_name, body, 1, now, now)
+        record = UserRecord(
+            pk, id, write.user_name, write.user_id, write.active, write.display_name, write.resource, 1, now, now
+        )
+        if claimed:
+            with self.store.session() as session:
+                record = session.user(source, id) or record
         self.recent.put(source, record)
         return user_json(record, base_url)
+
+    def _claim_pending(self, source: str, member: Member, write: UserWrite) -> list[int]:
+        """The groups that named this user before it existed take it in now (their own transaction, after the
+        user's: a crash in between leaves the member pending, and the provider's next group write settles it)."""
+        keys = [member.id, str(write.scim_external_id or "")]
+        with self.store.session(write=True) as session:
+            return session.claim_pending(source, member, keys, write.user_name)
 
     def replace_user(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
         """PUT /Users/{id}: the whole user (Okta sends id, meta and groups too: read-only, ignored)."""
@@ -321,7 +346,7 @@ class ScimService:
                 if groups is None:
                     return None
             else:
-                renamed = write.user_name.lower() != current.user_name.lower()
+                renamed = name_key(write.user_name) != name_key(current.user_name)
                 session.update_user(current.pk, write, now, renamed=renamed, before=before)
                 groups = current.groups
         except DuplicateUserName:
@@ -359,15 +384,18 @@ class ScimService:
     # --- groups -------------------------------------------------------------------------------------------------
 
     def create_group(self, source: str, payload: Any, base_url: str) -> dict[str, Any]:
-        """POST /Groups: stored whether or not a mapping names it; every member must be a user of this source."""
+        """POST /Groups: stored whether or not a mapping names it; a member that is no user of this source yet is
+        kept pending (RFC 7644 has no referential integrity) and joins when that user arrives."""
         kind = self.groups_kind
         resource = validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_CREATION_REQUEST)
         body, wanted = stored_form(kind, resource), _member_ids(resource)
+        write = _group_write(body, allow_admin=self.settings.allow_admin_grants)
         id, now = str(uuid.uuid4()), _now()
         with self.store.session(write=True) as session:
-            members = _resolve_members(session, source, wanted)
-            pk = session.insert_group(source, id, _group_write(body, allow_admin=self.settings.allow_admin_grants), now)
+            members, pending = _resolve_members(session, source, wanted)
+            pk = session.insert_group(source, id, write, now)
             session.change_members(pk, source, add=members)
+            session.change_pending(pk, source, add=pending)
         self._written(member.user_id for member in members)
         record = GroupRecord(pk, id, body["displayName"], body, 1, now, now, tuple(members))
         return group_json(record, base_url)
@@ -376,39 +404,67 @@ class ScimService:
         """PUT /Groups/{id}: the whole group, members included."""
         kind = self.groups_kind
         resource = validate_resource(kind, tolerate(payload, base_url), Context.RESOURCE_REPLACEMENT_REQUEST)
-        return self._rewrite_group(source, id, base_url, if_match, lambda _current: resource)
+        change = _GroupChange(stored_form(kind, resource), _member_ids(resource))
+        return self._rewrite_group(source, id, base_url, if_match, lambda _current: change)
 
     def patch_group(self, source: str, id: str, payload: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
-        """PATCH /Groups/{id}: Okta's and Entra's member adds and removes, renames; 200 with the group."""
+        """PATCH /Groups/{id}: Okta's and Entra's member adds and removes, renames; 200 with the group.
+
+        Member operations (add, remove by value list or `members[value eq "x"]`, replace) are applied as one set
+        operation on the member ids, so their cost grows with the request, not with operations x members; the
+        other operations go through scim2-models on the group without its members."""
         kind = self.groups_kind
         patch = replace(parse_patch(kind, payload, base_url), simple=None)
+        split = split_member_operations(patch.operations)
 
-        def change(current: GroupRecord) -> Any:
-            return apply_to_model(kind, patch, group_json(current, base_url))
+        def change(current: GroupRecord) -> _GroupChange | None:
+            everyone = {m.id: m.display for m in current.members} | dict(current.pending)
+            if split is None:  # a member operation set arithmetic cannot express: the whole patch, by the models
+                resource = apply_to_model(kind, patch, group_json(_with_pending(current), base_url))
+                if resource is None:
+                    return None
+                return _GroupChange(stored_form(kind, resource), _member_ids(resource))
+            member_ops, others = split
+            wanted = apply_member_operations(everyone, member_ops)
+            body: dict[str, Any] = dict(current.resource)
+            if others:
+                rest = Patch(others, None, None)
+                resource = apply_to_model(kind, rest, group_json(replace(current, members=()), base_url))
+                body = stored_form(kind, resource) if resource is not None else body
+            return _GroupChange(body, wanted)
 
         return self._rewrite_group(source, id, base_url, if_match, change)
 
     def _rewrite_group(
-        self, source: str, id: str, base_url: str, if_match: str | None, change: Callable[[GroupRecord], Any]
+        self,
+        source: str,
+        id: str,
+        base_url: str,
+        if_match: str | None,
+        change: Callable[[GroupRecord], _GroupChange | None],
     ) -> dict[str, Any]:
-        kind, now = self.groups_kind, _now()
+        now = _now()
         with self.store.session(write=True) as session:
             current = self._locked_group(session, source, id, if_match)
-            resource = change(current)
-            if resource is None:
+            changed = change(current)
+            if changed is None:
                 return group_json(current, base_url)
-            body = stored_form(kind, resource)
+            body, wanted = changed.body, changed.members
             before = {member.id: member for member in current.members}
-            wanted = _member_ids(resource)
-            after = {member.id: member for member in _resolve_members(session, source, wanted, gone_ok=before)}
+            found, pending = _resolve_members(session, source, wanted, gone_ok=before)
+            after = {member.id: member for member in found}
             added = [after[i] for i in after.keys() - before.keys()]
             removed = [before[i] for i in before.keys() - after.keys()]
             relabelled = [after[i] for i in after.keys() & before.keys() if after[i].display != before[i].display]
-            if body == current.resource and not (added or removed or relabelled):
+            was_pending = dict(current.pending)
+            new_pending = {v: d for v, d in pending.items() if v not in was_pending or was_pending[v] != d}
+            gone_pending = [v for v in was_pending if v not in pending or v in new_pending]
+            if body == current.resource and not (added or removed or relabelled or new_pending or gone_pending):
                 return group_json(current, base_url)
             write = _group_write(body, allow_admin=self.settings.allow_admin_grants)
             session.update_group(current.pk, write, now)
             session.change_members(current.pk, source, add=added, remove=removed, relabel=relabelled)
+            session.change_pending(current.pk, source, add=new_pending, remove=gone_pending)
         old_grant = _grant(current.display_name, dict(current.resource), self.settings.allow_admin_grants, quiet=True)
         everyone = body.get("displayName") != current.display_name or write.grant != old_grant
         self._written(m.user_id for m in (*added, *removed, *(after.values() if everyone else ())))
@@ -453,6 +509,9 @@ def _list_response(total: int, start: int, resources: list[dict[str, Any]]) -> d
 
 def _group_write(body: dict[str, Any], *, allow_admin: bool = False) -> GroupWrite:
     display_name = str(body.get("displayName") or "")
+    check_length("displayName", display_name, MAX_TEXT)
+    check_length("externalId", str(body.get("externalId") or ""), MAX_TEXT)
+    _refuse_user_roles(body)
     grant = _grant(display_name, body, allow_admin)
     return GroupWrite(display_name=display_name, scim_external_id=body.get("externalId"), resource=body, grant=grant)
 
@@ -480,6 +539,31 @@ def _grant(display_name: str, body: dict[str, Any], allow_admin: bool, *, quiet:
     return result.grant
 
 
+def _refuse_user_roles(body: dict[str, Any]) -> None:
+    """A grant whose role LiteLLM refuses for users (422 for team and customer) would fail on every run: 400 now."""
+    extension = next((v for k, v in body.items() if k.lower() == GRANT_EXTENSION.lower()), None)
+    role = extension.get("role") if isinstance(extension, dict) else None
+    if isinstance(role, str) and role.strip().lower() in _USER_REFUSED_ROLES:
+        raise InvalidValueException(
+            detail=f"{GRANT_EXTENSION}:role {role!r} is refused by LiteLLM for users; use one of "
+            "proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupChange:
+    """A group write: its stored form, and the member values wanted (users or not yet) with their display."""
+
+    body: dict[str, Any]
+    members: dict[str, str | None]
+
+
+def _with_pending(current: GroupRecord) -> GroupRecord:
+    """The group with its pending members listed as members (so that the models' PATCH sees every value)."""
+    extra = tuple(Member(0, value, "", display) for value, display in current.pending)
+    return replace(current, members=current.members + extra) if extra else current
+
+
 def _member_ids(resource: Any) -> dict[str, str | None]:
     """The members' ids (in order, once each) with the display the provider gave."""
     wanted: dict[str, str | None] = {}
@@ -491,11 +575,17 @@ def _member_ids(resource: Any) -> dict[str, str | None]:
 
 def _resolve_members(
     session: ScimSession, source: str, wanted: dict[str, str | None], *, gone_ok: Iterable[str] = ()
-) -> list[Member]:
-    """The members' users; an id that is no user of this source is invalidValue, unless it was a member already
-    (a user deleted while this write ran simply leaves the group)."""
+) -> tuple[list[Member], dict[str, str | None]]:
+    """(the members that are users of this source, the values that are not: pending, with their display).
+
+    A value that was a member already and is no user now (deleted while this write ran) simply leaves the group."""
+    for value, display in wanted.items():
+        check_length("a member value", value, MAX_USER_ID)
+        check_length("a member display", display or "", MAX_TEXT)
     found = session.members_by_id(source, wanted)
-    missing = sorted(wanted.keys() - found.keys() - set(gone_ok))
-    if missing:
-        raise InvalidValueException(detail=f"members are not users of this provider: {', '.join(missing[:10])}")
-    return [replace(found[id], display=display or found[id].display) for id, display in wanted.items() if id in found]
+    gone = set(gone_ok)
+    pending = {value: display for value, display in wanted.items() if value not in found and value not in gone}
+    members = [
+        replace(found[id], display=display or found[id].display) for id, display in wanted.items() if id in found
+    ]
+    return members, pending

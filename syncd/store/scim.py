@@ -8,9 +8,10 @@ and group writes run in a transaction holding the group's row (`SELECT ... FOR U
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -51,7 +52,7 @@ from syncd.store.scim_filter import (
     order_by,
     sort_key,
 )
-from syncd.store.tables import groups, identities, memberships, scim_user_values
+from syncd.store.tables import groups, identities, memberships, scim_pending_members, scim_user_values
 
 _I, _G, _V = identities.c, groups.c, scim_user_values.c
 
@@ -77,7 +78,13 @@ __all__ = [
     "UserRecord",
     "UserWrite",
     "criterion_sql",
+    "name_key",
 ]
+
+
+def name_key(text: str) -> str:
+    """The form a userName is compared and kept unique in: NFC, case-folded (an NFD `José` is the NFC `José`)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
 
 
 class StoreUnavailable(Exception):
@@ -166,6 +173,8 @@ class GroupRecord:
     created: datetime
     updated: datetime
     members: tuple[Member, ...] = field(default_factory=tuple)
+    #: members named before their user exists: (value, display); read only for a write (`group(pending=True)`)
+    pending: tuple[tuple[str, str | None], ...] = ()
 
 
 def _dialect_insert(dialect: str, table: Any) -> Any:
@@ -544,14 +553,22 @@ class ScimSession:
     # groups
 
     def group(self, source: str, id: str, *, lock: bool = False, members: bool = True) -> GroupRecord | None:
-        """The present group `id` of `source`; `lock` holds its row (and so its members) until the end."""
+        """The present group `id` of `source`; `lock` holds its row (and so its members) until the end, and reads
+        its pending members too."""
         query = select(groups).where(_G.source == source, _G.external_id == id, _G.present.is_(True))
         if lock and self.dialect == "postgresql":
             query = query.with_for_update()
         row = self.connection.execute(query).mappings().first()
         if row is None:
             return None
-        return self._groups_with_members([row], members)[0]
+        record = self._groups_with_members([row], members)[0]
+        if not lock:
+            return record
+        pending = select(scim_pending_members.c.value, scim_pending_members.c.display).where(
+            scim_pending_members.c.group_id == record.pk
+        )
+        found = tuple((value, display) for value, display in self.connection.execute(pending.order_by("value")))
+        return replace(record, pending=found)
 
     def groups(
         self, source: str, criterion: Criterion, sort: Sort | None, start: int, count: int, *, members: bool = True
@@ -601,6 +618,66 @@ class ScimSession:
             update(groups).where(_G.id == pk).values(present=False, updated_at=now, version=_G.version + 1)
         )
         self.connection.execute(memberships.delete().where(memberships.c.group_id == pk))
+        self.connection.execute(scim_pending_members.delete().where(scim_pending_members.c.group_id == pk))
+
+    def change_pending(
+        self, group_pk: int, source: str, *, add: Mapping[str, str | None] = {}, remove: Iterable[str] = ()
+    ) -> None:
+        """Record (or forget) members of a group whose row this session holds that are no users yet."""
+        gone = list(remove)
+        for chunk in (gone[i : i + 900] for i in range(0, len(gone), 900)):
+            self.connection.execute(
+                scim_pending_members.delete().where(
+                    scim_pending_members.c.group_id == group_pk, scim_pending_members.c.value.in_(chunk)
+                )
+            )
+        rows = [
+            {"group_id": group_pk, "value": v, "source": source, "value_key": name_key(v), "display": d}
+            for v, d in add.items()
+        ]
+        if rows:
+            self.connection.execute(insert(scim_pending_members), rows)
+
+    def claim_pending(self, source: str, user: Member, keys: Iterable[str], user_name: str) -> list[int]:
+        """Make the arriving user a member of every group that named it while pending (by its id or externalId, or
+        by its userName compared as `name_key`); the groups' pks (their versions bumped)."""
+        pending = scim_pending_members.c
+        named = (
+            (pending.value.in_([key for key in keys if key]) | (pending.value_key == name_key(user_name)))
+            if (user_name)
+            else pending.value.in_([key for key in keys if key])
+        )
+        query = (
+            select(pending.group_id, pending.value, pending.display)
+            .join(groups, _G.id == pending.group_id)
+            .where(pending.source == source, named, _G.present.is_(True))
+        )
+        found = self.connection.execute(query).all()
+        if not found:
+            return []
+        held = set(
+            self.connection.execute(
+                select(memberships.c.group_id).where(
+                    memberships.c.identity_id == user.pk, memberships.c.group_id.in_([g for g, _, _ in found])
+                )
+            ).scalars()
+        )
+        joined: dict[int, str | None] = {}
+        for group_pk, _value, display in found:
+            joined.setdefault(group_pk, display)
+        rows = [
+            {"group_id": g, "identity_id": user.pk, "source": source, "via": None, "display": d}
+            for g, d in joined.items()
+            if g not in held
+        ]
+        if rows:
+            self.connection.execute(insert(memberships), rows)
+        for group_pk, value, _display in found:
+            self.connection.execute(
+                scim_pending_members.delete().where(pending.group_id == group_pk, pending.value == value)
+            )
+        self.connection.execute(update(groups).where(_G.id.in_(list(joined))).values(version=_G.version + 1))
+        return sorted(joined)
 
     def members_by_id(self, source: str, ids: Iterable[str]) -> dict[str, Member]:
         """The present users of `source` among `ids`, by id."""
@@ -651,7 +728,7 @@ def _user_columns(write: UserWrite) -> dict[str, Any]:
         "display_name": write.display_name,
         "active": write.active,
         "user_name": write.user_name,
-        "user_name_lower": write.user_name.lower(),
+        "user_name_lower": name_key(write.user_name),
         "scim_external_id": write.scim_external_id,
         "resource": dict(write.resource),
         "digest": None,  # see _WRITTEN_COLUMNS
