@@ -93,6 +93,21 @@ class _GuardedH11(H11Protocol):
             self._counted = None
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        """Bytes after an answer that closes the connection (a 413 before the body's end) are not parsed."""
+        if self.conn.our_state in (h11.MUST_CLOSE, h11.CLOSED):
+            self.transport.close()
+            return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 for a malformed request, unless an answer was already sent: then the connection closes
+        (uvicorn would raise h11's LocalProtocolError out of the event loop)."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.close()
+            return
+        super().send_400_response(msg)
+
     def handle_events(self) -> None:
         """h11's events, then the deadline of the phase the request is in."""
         super().handle_events()
