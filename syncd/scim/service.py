@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,7 @@ from syncd.scim.patch import (
     apply_to_stored,
     parse_patch,
     split_member_operations,
+    validated_patch,
 )
 from syncd.scim.recent import RecentUsers
 from syncd.scim.resources import (
@@ -77,6 +78,9 @@ _log = logging.getLogger("syncd.scim")
 LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 _ATTEMPTS = 5
 _READ_ONLY_KEYS = {"id", "meta", "schemas", "groups"}
+#: the most members one group write may add (pending ones included): each is looked up and written under the
+#: group's lock, which no request may hold for much more than a second
+MAX_NEW_MEMBERS = 20_000
 #: roles LiteLLM refuses for users (422), though the Terraform resource lists them
 _USER_REFUSED_ROLES = {"team", "customer"}
 #: users remembered as the base of an optimistic PATCH/PUT (a few hundred bytes each)
@@ -414,8 +418,10 @@ class ScimService:
         operation on the member ids, so their cost grows with the request, not with operations x members; the
         other operations go through scim2-models on the group without its members."""
         kind = self.groups_kind
-        patch = replace(parse_patch(kind, payload, base_url), simple=None)
+        patch = parse_patch(kind, payload, base_url, plain_first=False)
         split = split_member_operations(patch.operations)
+        if split is None or split[1]:  # what the models apply is validated before the group is locked
+            patch = replace(patch, validated=validated_patch(kind, patch.operations if split is None else split[1]))
 
         def change(current: GroupRecord) -> _GroupChange | None:
             everyone = {m.id: m.display for m in current.members} | dict(current.pending)
@@ -428,7 +434,7 @@ class ScimService:
             wanted = apply_member_operations(everyone, member_ops)
             body: dict[str, Any] = dict(current.resource)
             if others:
-                rest = Patch(others, None, None)
+                rest = Patch(others, None, patch.validated)
                 resource = apply_to_model(kind, rest, group_json(replace(current, members=()), base_url))
                 body = stored_form(kind, resource) if resource is not None else body
             return _GroupChange(body, wanted)
@@ -451,7 +457,7 @@ class ScimService:
                 return group_json(current, base_url)
             body, wanted = changed.body, changed.members
             before = {member.id: member for member in current.members}
-            found, pending = _resolve_members(session, source, wanted, gone_ok=before)
+            found, pending = _resolve_members(session, source, wanted, known=before)
             after = {member.id: member for member in found}
             added = [after[i] for i in after.keys() - before.keys()]
             removed = [before[i] for i in before.keys() - after.keys()]
@@ -574,17 +580,25 @@ def _member_ids(resource: Any) -> dict[str, str | None]:
 
 
 def _resolve_members(
-    session: ScimSession, source: str, wanted: dict[str, str | None], *, gone_ok: Iterable[str] = ()
+    session: ScimSession, source: str, wanted: dict[str, str | None], *, known: Mapping[str, Member] | None = None
 ) -> tuple[list[Member], dict[str, str | None]]:
     """(the members that are users of this source, the values that are not: pending, with their display).
 
-    A value that was a member already and is no user now (deleted while this write ran) simply leaves the group."""
-    for value, display in wanted.items():
-        check_length("a member value", value, MAX_USER_ID)
+    Only the values that are not `known` members already are looked up, so a write costs what it changes, not what
+    the group holds."""
+    known = known or {}
+    new = [value for value in wanted if value not in known]
+    if len(new) > MAX_NEW_MEMBERS:
+        raise InvalidValueException(
+            detail=f"a group write adds {len(new)} members, over {MAX_NEW_MEMBERS}: send them in several PATCHes"
+        )
+    for display in wanted.values():
         check_length("a member display", display or "", MAX_TEXT)
-    found = session.members_by_id(source, wanted)
-    gone = set(gone_ok)
-    pending = {value: display for value, display in wanted.items() if value not in found and value not in gone}
+    for value in new:
+        check_length("a member value", value, MAX_USER_ID)
+    found = dict(session.members_by_id(source, new))
+    found.update((value, known[value]) for value in wanted if value in known)
+    pending = {value: display for value, display in wanted.items() if value not in found}
     members = [
         replace(found[id], display=display or found[id].display) for id, display in wanted.items() if id in found
     ]
