@@ -384,13 +384,25 @@ def _still_open(sock: socket.socket) -> bool:
 
 
 def test_a_client_over_its_rate_gets_429_and_others_are_served(door: Door) -> None:
+    statuses: list[int] = []
+    refused_scim: list[httpx.Response] = []
     with door.client("rate") as http:
-        statuses = [http.get("/healthz").status_code for _ in range(LIMITS["rate_limit_burst"] * 3)]
-        scim = http.get("/scim/v2/Users", headers={"Authorization": f"Bearer {SCIM_TOKEN}"})
-    assert statuses.count(429) >= 100 and statuses[0] == 200, statuses.count(429)
-    assert scim.status_code == 429 and scim.json()["schemas"] == [ERROR] and int(scim.headers["Retry-After"]) >= 1
+        for i in range(LIMITS["rate_limit_burst"] * 3):
+            if i % 10:
+                statuses.append(http.get("/healthz").status_code)
+                continue
+            answer = http.get("/scim/v2/Users", headers={"Authorization": f"Bearer {SCIM_TOKEN}"})
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                refused_scim.append(answer)
     with door.client("normal") as http:
-        assert http.get("/healthz").status_code == 200
+        other = http.get("/healthz").status_code
+    figures("rate-limit", engine=door.engine, requests=len(statuses), refused=statuses.count(429))
+    assert statuses[0] == 200 and statuses.count(429) >= 100, statuses.count(429)
+    assert set(statuses) <= {200, 429}
+    assert refused_scim, "some SCIM requests were over the rate too"
+    assert all(a.json()["schemas"] == [ERROR] and int(a.headers["Retry-After"]) >= 1 for a in refused_scim)
+    assert other == 200, "another client is served meanwhile"
 
 
 # -- no 500 on any input -------------------------------------------------------------------------------------------
@@ -534,7 +546,8 @@ def test_hostile_json_on_every_scim_route_is_never_a_5xx(door: Door) -> None:
 
         probe()
     figures("hostile-json", engine=door.engine, statuses=dict(sorted(seen.items())))
-    assert "Traceback" not in door.syncd.logs()
+    logs = door.syncd.logs()
+    assert "Traceback" not in logs, logs[max(0, logs.find("Traceback") - 1500) : logs.find("Traceback") + 3000]
 
 
 EXACT = [
@@ -640,7 +653,7 @@ def test_a_2000_operation_member_patch_is_fast_while_another_client_writes(door:
         other_statuses=statuses,
         other_max_s=round(max(t for _, t in writes), 3),
     )
-    assert took < 5.0, f"2,000 removes took {took:.1f} s"
+    assert took < 1.0, f"2,000 removes took {took:.1f} s"
     assert statuses == [201], f"the other client got {statuses}"
     assert max(t for _, t in writes) < 5.0
 
