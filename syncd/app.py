@@ -104,7 +104,7 @@ class _Door:
     and, under /scim, a SCIM Error for a method no SCIM route takes (TRACE, QUERY, ...) and for a path or query
     that holds a NUL. Constant work per request."""
 
-    _SCIM_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+    _SCIM_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
     _MAX_CLIENTS = 10_000
 
     def __init__(self, app: _ASGI, rate: float, burst: int) -> None:
