@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 ADMIN_COOKIE = "syncd_admin"
 #: POST /login carries one form field: anything longer is refused without being read further
 LOGIN_MAX_BYTES = 4096
+#: seconds the status page without details is served as rendered (it is public: a flood of it costs one query set)
+_PUBLIC_PAGE_S = 1.0
 _Scope = MutableMapping[str, Any]
 _ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
@@ -275,11 +277,18 @@ def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[]
             return JSONResponse({"detail": "admin token required"}, status_code=401, headers=headers)
         return JSONResponse(collect_status(store, detailed=True, replica=replica()))
 
+    public: list[tuple[float, str]] = []  # the page without details, as last rendered
+
     @app.get("/", include_in_schema=False)
     def page(request: Request) -> HTMLResponse:
         detailed = admin.cookie_ok(request) or admin.bearer_ok(request)
+        if not detailed and public and time.monotonic() - public[0][0] < _PUBLIC_PAGE_S:
+            return HTMLResponse(public[0][1], headers={"Cache-Control": "no-store"})
         data = collect_status(store, detailed=detailed, replica=replica()) | {"admin_login": admin.token is not None}
-        return HTMLResponse(render_page(data), headers={"Cache-Control": "no-store"})
+        html = render_page(data)
+        if not detailed:  # anyone may ask for it: at most one rendering (and its queries) per second
+            public[:] = [(time.monotonic(), html)]
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
