@@ -251,7 +251,8 @@ class ScimService:
 
     def _claim_pending(self, source: str, member: Member, write: UserWrite) -> list[int]:
         """The groups that named this user before it existed take it in now (their own transaction, after the
-        user's: a crash in between leaves the member pending, and the provider's next group write settles it)."""
+        user's: a crash in between leaves the member pending, and the provider's next group write settles it).
+        A rewrite that changes the userName or externalId does the same (`_rewritten`)."""
         keys = [member.id, str(write.scim_external_id or "")]
         with self.store.session(write=True) as session:
             return session.claim_pending(source, member, keys, write.user_name)
@@ -366,6 +367,14 @@ class ScimService:
         """After the commit: remember the user as written, report who changed, answer (None: not written)."""
         if record is None:
             return None
+        renamed = name_key(record.user_name) != name_key(before.user_name)
+        if renamed or record.resource.get("externalId") != before.resource.get("externalId"):
+            # a name or externalId a group named while pending may be this user's now
+            member = Member(record.pk, record.id, record.user_id, record.display_name)
+            keys = [record.id, str(record.resource.get("externalId") or "")]
+            with self.store.session(write=True) as session:
+                if session.claim_pending(source, member, keys, record.user_name):
+                    record = session.user(source, record.id) or record
         self.recent.put(source, record)
         self._written([before.user_id, record.user_id])
         return user_json(record, base_url)

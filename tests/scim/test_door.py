@@ -123,3 +123,12 @@ def test_a_2000_operation_patch_removes_exactly_those_members(scim: Scim) -> Non
     operations = [{"op": "remove", "path": f'members[value eq "{i}"]'} for i in ids[:40]] * 50
     answer = scim.patch(f"/Groups/{group.json()['id']}", *operations)
     assert answer.status_code == 200 and {m["value"] for m in answer.json()["members"]} == set(ids[40:])
+
+
+def test_a_pending_member_joins_when_a_user_takes_its_external_id(scim: Scim) -> None:
+    group = scim.post("/Groups", {"schemas": [GROUP], "displayName": "g", "members": [{"value": "ext-3"}]}).json()["id"]
+    user = scim.post("/Users", {"schemas": [USER], "userName": "three@example.org"}).json()["id"]
+    assert "members" not in scim.get(f"/Groups/{group}").json()
+    answer = scim.patch(f"/Users/{user}", {"op": "replace", "path": "externalId", "value": "ext-3"})
+    assert [g["value"] for g in answer.json()["groups"]] == [group]
+    assert [m["value"] for m in scim.get(f"/Groups/{group}").json()["members"]] == [user]
