@@ -67,6 +67,8 @@ class ScimSettings(Strict):
         if not self.enabled:
             return self
         for i, token in enumerate(self.tokens):
+            if token.token is None and token.token_sha256 is None:
+                continue  # left unset on purpose for a command that never serves (ScimToken._one_form)
             secret = token.token.get_secret_value() if token.token is not None else token.token_sha256 or ""
             if is_placeholder(secret):
                 key = "token" if token.token is not None else "token_sha256"
