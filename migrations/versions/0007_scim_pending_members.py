@@ -5,7 +5,7 @@ member is kept here and takes effect when a user of the same source arrives whos
 the value.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-07 22:00:00
 """
 
