@@ -182,7 +182,7 @@ def desired_state(
     ranked = sorted(groups, key=lambda g: (g.source, g.name.lower()))
     groups_of = _groups_by_member(ranked)
     granting = {i for i, group in enumerate(ranked) if grants_for([group], rules)}
-    names = [group.dn or group.name for group in ranked]
+    names = [_group_label(group, rules) for group in ranked]
     # people whose groups give the same grants get the same values: combine each distinct set of granting groups
     # once (with thousands of groups, nearly every person's full set of groups is different)
     combined: dict[tuple[int, ...], _Combined] = {}
@@ -466,6 +466,15 @@ def _user_fields(values: Mapping[str, Any], origins: Mapping[str, FieldOrigin]) 
         "metadata": values.get("metadata", {}),
         "origins": origins,
     }
+
+
+def _group_label(group: Group, rules: MappingRules) -> str:
+    """How a person's group is named in their DesiredUser.groups: a directory group by its DN, a SCIM group by its
+    displayName, except a displayName that looks like a DN, which is labelled with its source so that nothing that
+    matches by DN (a team's `admin_groups`) can take it for the directory group of that DN."""
+    if group.dn or group.source not in rules.scim_sources or not is_dn(group.name):
+        return group.dn or group.name
+    return f"{group.name} (SCIM group of {group.source})"
 
 
 def _desired_user(winner: Identity, entry: _Combined, group_names: tuple[str, ...]) -> DesiredUser:

@@ -63,6 +63,28 @@ def test_a_dn_mapping_matches_a_scim_displayname_only_where_it_names_that_scim_s
     assert set(state.users) == {"olga"} and set(state.unmapped) == {"mallory"}
 
 
+def test_a_scim_group_named_after_a_team_admin_dn_makes_nobody_team_admin() -> None:
+    from syncd.teams import plan_teams
+
+    r = rules([{"group": "llm-users", "teams": ["platform"]}])
+    alice, mallory = who("corp", "alice", recorded=1), who("evil", "mallory", recorded=2)
+    groups = [
+        ldap_group("llm-users", alice),
+        ldap_group("llm-admins", alice),
+        scim_group("evil", "llm-users", mallory),
+        scim_group("evil", ADMINS_DN, mallory),
+    ]
+    state = desired_state([alice, mallory], groups, r)
+    assert ADMINS_DN in state.users["alice"].groups
+    assert f"{ADMINS_DN} (SCIM group of evil)" in state.users["mallory"].groups
+    spec = {"alias": "platform", "admin_groups": [ADMINS_DN]}
+    teams = settings_from_dict(config([{"group": "llm-users"}], teams=[spec])).teams
+    users = {u: ManagedUser(u, state.users[u].source, state.users[u].external_id, "active", {}) for u in state.users}
+    result = plan_teams(state.users, teams, [], {}, users)
+    roles = {c.user_id: c.role for c in result.changes if c.action == "add_member"}
+    assert roles == {"alice": "admin", "mallory": "user"}
+
+
 def test_a_name_matches_an_ldap_cn_and_a_scim_displayname_unless_sources_narrow_it() -> None:
     alice, olga, mallory = who("corp", "alice"), who("okta", "olga"), who("evil", "mallory")
     groups = [ldap_group("eng", alice), scim_group("okta", "ENG", olga), scim_group("evil", "eng", mallory)]
