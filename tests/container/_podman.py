@@ -144,13 +144,9 @@ class Container:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
+        from _daemon import metric_value
 
-        for family in text_string_to_metric_families(self.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return metric_value(self.get("/metrics").text, name, **labels)
 
     def remove(self) -> None:
         """Remove the container and its state volume, by name."""

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 
-from _daemon import SUFFIX, Directory, FakeLiteLLM, Slapd
+from _daemon import FakeLiteLLM, directory, slapd
 from _podman import IMAGE, Container, build_image, podman, podman_problem
+
+__all__ = ["directory", "slapd"]  # the shared fixtures of tests/daemon/_daemon.py, registered here
 
 
 @pytest.fixture(scope="session")
@@ -52,21 +52,3 @@ def fake(tmp_path: Path) -> Iterator[FakeLiteLLM]:
     server = FakeLiteLLM(tmp_path)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    """Debian's slapd on the host, empty but for the suffix and the reader accounts."""
-    if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
-        pytest.skip("Debian's slapd is not installed")
-    server = Slapd.create(tmp_path_factory.mktemp("slapd"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def directory(slapd: Slapd, request: pytest.FixtureRequest) -> Directory:
-    """A fresh subtree for this test."""
-    name = "".join(c for c in request.node.name if c.isalnum())[:40]
-    return Directory(slapd, f"ou={name}{time.monotonic_ns() % 100000},{SUFFIX}")

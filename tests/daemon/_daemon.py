@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +154,7 @@ class Syncd:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample of /metrics (0 when absent)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        for family in text_string_to_metric_families(self.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        return metric_value(self.get("/metrics").text, name, **labels)
 
     def signal(self, sig: int) -> None:
         """Send a signal to the process."""
@@ -269,3 +264,32 @@ def scim_engineer(syncd: Any, name: str) -> str:
     patch = {"schemas": [PATCH_SCHEMA], "Operations": [member]}
     assert syncd.scim("PATCH", f"/Groups/{group_id}", patch).status_code in (200, 204)
     return f"{name}@example.org"
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """The session's slapd (Debian's), empty but for the suffix and the reader accounts (a conftest imports it)."""
+    if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
+        pytest.skip("Debian's slapd is not installed")
+    server = Slapd.create(tmp_path_factory.mktemp("slapd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def directory(slapd: Slapd, request: pytest.FixtureRequest) -> Directory:
+    """A fresh subtree for this test."""
+    name = "".join(c for c in request.node.name if c.isalnum())[:40]
+    return Directory(slapd, f"ou={name}{time.monotonic_ns() % 100000},{SUFFIX}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _daemon import OUTPUT, SUFFIX, Directory, FakeLiteLLM, Slapd, Syncd
+from _daemon import OUTPUT, FakeLiteLLM, Syncd, directory, slapd
+
+__all__ = ["directory", "slapd"]  # the shared fixtures, registered here
 
 
 @pytest.fixture
@@ -37,24 +37,6 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Syncd]]:
     yield start
     for process in started:
         process.stop()
-
-
-@pytest.fixture(scope="session")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    """The session's slapd (Debian's), empty but for the suffix and the reader accounts."""
-    if shutil.which("slapd") is None and not Path("/usr/sbin/slapd").exists():
-        pytest.skip("Debian's slapd is not installed")
-    server = Slapd.create(tmp_path_factory.mktemp("slapd"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def directory(slapd: Slapd, request: pytest.FixtureRequest) -> Directory:
-    """A fresh subtree for this test."""
-    name = "".join(c for c in request.node.name if c.isalnum())[:40]
-    return Directory(slapd, f"ou={name}{time.monotonic_ns() % 100000},{SUFFIX}")
 
 
 @pytest.fixture(scope="session")
