@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _stores import new_store, store_at
+from _stores import present as present_in
 from _tree import Tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,35 +16,14 @@ from hypothesis import strategies as st
 from syncd.model import Snapshot
 from syncd.sources._content import cookies_from_text
 from syncd.sources.ldap import LdapSource
-from syncd.store import make_engine
 from syncd.store.repository import SyncStore
-from syncd.store.tables import metadata
 
 pytestmark = pytest.mark.slapd
 
 
-def store_at(url: str) -> SyncStore:
-    """A SyncStore on an empty database (SQLite or PostgreSQL)."""
-    engine = make_engine(url)
-    metadata.create_all(engine)
-    return SyncStore(engine)
-
-
-def new_store(path: Path) -> SyncStore:
-    """A SyncStore on a fresh SQLite file."""
-    path.unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{path}")
-    metadata.create_all(engine)
-    return SyncStore(engine)
-
-
 def present(store: SyncStore, source: str = "corp") -> dict[str, Any]:
-    """What the store holds as present for a source: identities, groups and memberships."""
-    dump = store.dump_source(source)
-    people = {k: v for k, v in dump["identities"].items() if v["present"]}
-    teams = {k: v for k, v in dump["groups"].items() if v["present"]}
-    members = {g: m for g, m in dump["memberships"].items() if g in teams and m}
-    return {"identities": people, "groups": teams, "memberships": members}
+    """What the store holds as present for this suite's source."""
+    return present_in(store, source)
 
 
 def pull_recorded(source: LdapSource, store: SyncStore) -> Snapshot:

@@ -11,15 +11,15 @@ from typing import Any
 
 import ldap3
 import pytest
+from _stores import new_store, store_at
+from _stores import present as present_in
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from syncd.model import Snapshot
 from syncd.settings.ldap import LdapSourceSettings
 from syncd.sources.ldap import LdapSource
-from syncd.store import make_engine
 from syncd.store.repository import SyncStore
-from syncd.store.tables import metadata
 
 from ._domain import SambaDomain
 from .conftest import Directory
@@ -29,30 +29,9 @@ pytestmark = pytest.mark.samba
 _serial = itertools.count(1)
 
 
-def store_at(url: str) -> SyncStore:
-    """A SyncStore on an empty database (SQLite or PostgreSQL)."""
-    engine = make_engine(url)
-    metadata.create_all(engine)
-    return SyncStore(engine)
-
-
-def new_store(path: Path) -> SyncStore:
-    path.unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{path}")
-    metadata.create_all(engine)
-    return SyncStore(engine)
-
-
 def present(store: SyncStore, source: str = "ad") -> dict[str, Any]:
-    """The present identities, groups and memberships of the store."""
-    dump = store.dump_source(source)
-    people = {k: v for k, v in dump["identities"].items() if v["present"]}
-    teams = {k: v for k, v in dump["groups"].items() if v["present"]}
-    return {
-        "identities": people,
-        "groups": teams,
-        "memberships": {g: m for g, m in dump["memberships"].items() if g in teams and m},
-    }
+    """What the store holds as present for this suite's source."""
+    return present_in(store, source)
 
 
 class Branch:
