@@ -7,11 +7,12 @@ Exit status: 0 done (or nothing to do), 1 a run failed, 2 bad config or usage, 3
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.util import find_spec
 from typing import Any, NoReturn
 
@@ -23,6 +24,7 @@ __all__ = ["main"]
 log = logging.getLogger("syncd")
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
+_NOTIFY_FLUSH_S = 5.0  # how long `sync` waits at its end for the webhooks to take its notifications
 
 
 class _Usage(Exception):
@@ -319,12 +321,36 @@ def _sync(args: argparse.Namespace) -> int:
         )
         # the fresh full snapshots stand in for their sources' rows: the store is not read back for them (and a dry
         # run, which records nothing, still plans with what was pulled)
-        report = Reconciler(settings, store, client).run(options, snapshots)
+        with _notifying(settings, store, options) as watch:
+            report = Reconciler(settings, store, client).run(options, snapshots)
+            watch(report)
         del snapshots
     if failed and report.status == "dry_run":
         report.status = "failed"
     _emit(args, report.to_dict(), _report_text(report, render_text(report.plan)))
     return report.exit_code
+
+
+@contextlib.contextmanager
+def _notifying(settings: Any, store: Any, options: Any) -> Iterator[Callable[[Any], None]]:
+    """Tell the webhooks of `notify:` what this run did (nothing for a dry run); at the end, wait at most
+    _NOTIFY_FLUSH_S for them to take the notifications."""
+    from syncd.notify import Notifier
+    from syncd.run_events import RunWatch
+
+    notifier = None if options.dry_run else Notifier.from_settings(settings.notify)
+    if notifier is None:
+        yield lambda _report: None
+        return
+    watch = RunWatch(notifier, store)
+    watch.before_run(options.trigger)
+    try:
+        yield watch.after_run
+    except Exception as exc:
+        watch.raised(exc)
+        raise
+    finally:
+        notifier.close(_NOTIFY_FLUSH_S)
 
 
 def _report_text(report: Any, plan_text: str) -> str:

@@ -78,6 +78,19 @@ class Metrics:
             registry=r,
         )
 
+        self.notifications_sent = Counter(
+            "syncd_notifications_sent",
+            "Notifications a webhook accepted, by webhook and event",
+            ["webhook", "event"],
+            registry=r,
+        )
+        self.notifications_failed = Counter(
+            "syncd_notifications_failed",
+            "Notifications given up (after their retries, or dropped), by webhook, event and reason",
+            ["webhook", "event", "reason"],
+            registry=r,
+        )
+
         self._add_daemon_metrics(r)
 
     def _add_daemon_metrics(self, r: CollectorRegistry) -> None:

@@ -23,7 +23,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from syncd.app import create_app
 from syncd.metrics import Metrics
+from syncd.notify import Notifier
 from syncd.scheduler import PullScheduler
+from syncd.settings.notify import webhook_host
 from syncd.store import SchemaOutOfDate, make_engine, require_current_schema, schema_revision, upgrade
 from syncd.store.leader import AlreadyServing, Leadership, leadership_for, migration_lock, replica_id
 from syncd.store.repository import SyncStore
@@ -32,6 +34,8 @@ from syncd.worker import ReconcileWorker
 __all__ = ["ServeError", "serve"]
 
 log = logging.getLogger(__name__)
+
+_NOTIFY_FLUSH_S = 5.0  # at shutdown, notifications still queued get this long to go out
 
 
 class ServeError(Exception):
@@ -236,6 +240,7 @@ def _announce_config(settings: Any, engine: Any) -> None:
         "scim": [t.name for t in settings.scim.tokens] if settings.scim.enabled else "disabled",
         "admin_token": "set" if settings.server.admin_token is not None else "unset",
         "mappings": len(settings.mappings),
+        "notify": [w.label for w in settings.notify if w.enabled],
     }
     log.info("configuration", extra={"config": summary})
     short = [f"scim.tokens ({name})" for name in settings.scim.short_tokens()] if settings.scim.enabled else []
@@ -244,6 +249,10 @@ def _announce_config(settings: Any, engine: Any) -> None:
         short.append("server.admin_token")
     for where in short:
         log.warning("%s is shorter than 32 bytes: use a long random token", where)
+    for webhook in settings.notify:
+        url = webhook.url.get_secret_value() if webhook.url is not None else ""
+        if url.startswith("http://") and webhook_host(url).rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+            log.warning("notify webhook %s is plain http: its events travel unencrypted (use https)", webhook.label)
 
 
 def _client(settings: Any, metrics: Metrics) -> Any:
@@ -276,8 +285,15 @@ def serve(
     metrics.up_since.set(time.time())
     store = SyncStore(engine)
     client = _client(settings, metrics)
+    notifier = Notifier.from_settings(settings.notify, metrics)
     worker = ReconcileWorker(
-        settings, store, client, metrics=metrics, is_leader=lambda: leadership.held, announce=leadership.announce
+        settings,
+        store,
+        client,
+        metrics=metrics,
+        is_leader=lambda: leadership.held,
+        announce=leadership.announce,
+        notifier=notifier,
     )
     scheduler = PullScheduler(
         settings,
@@ -316,6 +332,8 @@ def serve(
         listened = False
     finally:
         clean = _shutdown(worker, scheduler, election, leadership, stop_timeout_s)
+        if notifier is not None:
+            notifier.close(_NOTIFY_FLUSH_S)
         client.close()
         engine.dispose()
     if not listened:

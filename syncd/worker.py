@@ -22,8 +22,10 @@ from typing import Any
 from syncd.apply import ApplyStopped
 from syncd.logs import bind_log_context, debug_enabled, log_context, one_line
 from syncd.metrics import Metrics
+from syncd.notify import Notifier
 from syncd.plan import Change
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
+from syncd.run_events import RunWatch
 from syncd.store.repository import SyncStore
 
 __all__ = ["ReconcileWorker", "ShutdownRequested"]
@@ -97,6 +99,7 @@ class ReconcileWorker:
         is_leader: Callable[[], bool] = lambda: True,
         announce: Callable[[dict[str, Any]], None] | None = None,
         tick_s: float = _TICK_S,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings, self.client, self.metrics = settings, client, metrics
         self.store = _RunTaggingStore(store.engine)
@@ -112,6 +115,8 @@ class ReconcileWorker:
         self._next_tick = 0.0
         self.busy = False
         self.last_report: RunReport | None = None
+        #: tells the webhooks of `notify:` what each run did (None: no webhook)
+        self.watch = RunWatch(notifier, self.store) if notifier is not None else None
 
     # -- asking for work ---------------------------------------------------------------------------------------
     def request(
@@ -244,6 +249,8 @@ class ReconcileWorker:
             if at is not None and self.metrics is not None:
                 self.metrics.scim_to_litellm.observe(max(0.0, time.time() - at))
 
+        if self.watch is not None:
+            self.watch.before_run(options.trigger)
         try:
             report = self._reconciler(on_done=done).run(options)
         except ShutdownRequested as exc:
@@ -253,8 +260,12 @@ class ReconcileWorker:
         except Exception as exc:
             self._restore(written)
             self._schedule_retry(f"reconcile failed: {one_line(exc)}", exc)
+            if self.watch is not None:
+                self.watch.raised(exc)
             return
         self.last_report = report
+        if self.watch is not None:
+            self.watch.after_run(report)
         log.info("run finished", extra={"status": report.status, "seconds": round(report.seconds, 3)})
         if report.status == "failed":
             self._schedule_retry(f"run {report.run_id} failed")

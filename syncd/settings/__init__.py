@@ -27,6 +27,7 @@ from syncd.settings.core import (
     TeamSettings,
 )
 from syncd.settings.ldap import LdapSourceSettings
+from syncd.settings.notify import WebhookSettings
 from syncd.settings.scim import SECRETS_UNSET, ScimSettings
 
 __all__ = ["ConfigError", "Settings", "load_settings", "settings_from_dict"]
@@ -60,6 +61,8 @@ class Settings(Strict):
     policy: PolicySettings = PolicySettings()
     teams: list[TeamSettings] = Field(default_factory=list)
     identity: IdentitySettings = IdentitySettings()
+    #: webhooks told about held plans, conflicts, failed and recovered runs, drift corrected
+    notify: list[WebhookSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
