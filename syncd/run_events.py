@@ -6,7 +6,8 @@ after it, and sends through a `Notifier`:
 - `conflict`: the run met conflicts that were not stored before it;
 - `run_failed`: a run failed after one that did not (a daemon retrying does not repeat it);
 - `recovered`: a run succeeded after a failed one;
-- `drift_corrected`: a drift check run changed something in LiteLLM.
+- `drift_corrected`: a run undid changes made in LiteLLM by hand (found by the drift check, or by reading the
+  users a run was about to change).
 Held runs count neither as failed nor as recovered. The events carry counts, user_ids, reasons and LiteLLM's error
 texts, never the plan's field values (metadata, key tokens) and never a secret. A watch never raises: a problem
 reading the store or building an event is logged, and the run goes on.
@@ -22,7 +23,7 @@ from typing import Any
 from syncd.logs import one_line
 from syncd.notify import Event, Notifier
 
-__all__ = ["RunWatch", "events_of"]
+__all__ = ["DRIFT_REASONS", "RunWatch", "events_of"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ _LISTED = 20  # users, errors or problems listed in one event (the rest are coun
 _TEXT_LIMIT = 500
 _RECENT_RUNS = 50
 _FINISHED = frozenset({"success", "failed", "held"})
+#: what the plan's reasons say of a change that undoes one made in LiteLLM by hand (syncd/plan.py)
+DRIFT_REASONS = ("drift in LiteLLM corrected", "missing in LiteLLM: created again", "(changed by hand)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,20 +131,29 @@ def recovered_event(report: Any, trigger: str) -> Event:
     return Event("recovered", text, {"run": _run(report, trigger)})
 
 
+def _drift_changes(report: Any) -> list[Any]:
+    """The changes of the run that undid a change made in LiteLLM by hand, and were applied."""
+    failed = {(user, action) for user, action, _error in report.applied.errors} if report.applied else set()
+    return [
+        change
+        for change in report.plan.changes
+        if any(marker in change.reason for marker in DRIFT_REASONS) and (change.user_id, change.action) not in failed
+    ]
+
+
 def drift_event(report: Any, trigger: str) -> Event | None:
-    """A drift check corrected LiteLLM (None when it changed nothing)."""
-    by_action = dict(report.applied.by_action) if report.applied is not None else {}
-    teams = report.teams.applied if report.teams is not None else None
-    team_done = int(teams.done) if teams is not None else 0
-    done = int(report.applied.done) if report.applied is not None else 0
-    if not done and not team_done:
+    """Changes made in LiteLLM by hand were undone (None when there were none)."""
+    changes = _drift_changes(report) if report.applied is not None else []
+    if not changes:
         return None
-    summary = ", ".join(f"{n} {a}" for a, n in sorted(by_action.items())) or "none"
+    listed = [{"user_id": c.user_id, "action": c.action, "reason": _short(c.reason)} for c in changes[:_LISTED]]
+    names = [f"{c.action} {c.user_id}" for c in changes]
+    how = "the drift check" if report.drift_checked else "run"
     text = (
-        f"the drift check (run {report.run_id}) changed LiteLLM back to what the sources say: {done} user "
-        f"change(s) ({summary}) and {team_done} team change(s)"
+        f"{how} (run {report.run_id}) undid {len(changes)} change(s) made in LiteLLM by hand: "
+        f"{_counted(names, 'users')}"
     )
-    details = {"user_changes": done, "by_action": by_action, "team_changes": team_done}
+    details = {"count": len(changes), "changes": listed}
     return Event("drift_corrected", text, {"run": _run(report, trigger), "drift": details})
 
 
@@ -160,7 +172,7 @@ def events_of(report: Any, before: Before, trigger: str) -> Iterator[Event]:
         yield failed_event(report, trigger)
     if status == "success" and before.failing:
         yield recovered_event(report, trigger)
-    if report.drift_checked and status in ("success", "failed"):
+    if status in ("success", "failed"):
         drift = drift_event(report, trigger)
         if drift is not None:
             yield drift
