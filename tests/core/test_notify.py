@@ -205,3 +205,19 @@ def test_tls_is_verified_and_a_private_ca_is_trusted_through_ca_file(tmp_path: P
     failed = "syncd_notifications_failed_total"
     assert _sample(metrics, failed, webhook="untrusted", event="recovered", reason="no_answer") == 1
     assert _sample(metrics, "syncd_notifications_sent_total", webhook="trusted", event="recovered") == 1
+
+
+def test_the_runbook_covers_every_alert_and_every_notification() -> None:
+    import yaml
+
+    from syncd.settings.notify import EVENTS
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    text = (deploy / "README.md").read_text()
+    runbook = text[text.index("## Runbook: alerts and notifications") :]
+    runbook = runbook[: runbook.index("\n## ", 5)]
+    rules = yaml.safe_load((deploy / "prometheus" / "syncd-alerts.yml").read_text())
+    alerts = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    assert "SyncdNotificationsFailing" in alerts
+    for name in [*alerts, *EVENTS]:
+        assert f"| `{name}` |" in runbook, f"{name} has no row in deploy/README.md's runbook"
