@@ -26,7 +26,19 @@ def run_checks(settings: Any) -> list[CheckResult]:
     results.append(_check_database(settings))
     results.append(_check_litellm(settings))
     results += [_check_ldap(source) for source in settings.ldap]
+    results += [_check_webhook(i, webhook) for i, webhook in enumerate(settings.notify)]
     return results
+
+
+def _check_webhook(index: int, webhook: Any) -> CheckResult:
+    """A webhook of `notify:` as it will be used; nothing is sent (a test event would reach people)."""
+    what = f"notify[{index}] ({webhook.label})"
+    if not webhook.enabled:
+        return CheckResult(what, True, "off: no url")
+    detail = f"{webhook.format} payloads for {', '.join(webhook.events)} (nothing sent by check-config)"
+    if webhook.plain_http:
+        return CheckResult(what, False, f"plain http: events travel unencrypted, use https; {detail}", True)
+    return CheckResult(what, True, detail)
 
 
 def _tenant_warnings(settings: Any) -> list[CheckResult]:

@@ -25,7 +25,6 @@ from syncd.app import create_app
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.scheduler import PullScheduler
-from syncd.settings.notify import webhook_host
 from syncd.store import SchemaOutOfDate, make_engine, require_current_schema, schema_revision, upgrade
 from syncd.store.leader import AlreadyServing, Leadership, leadership_for, migration_lock, replica_id
 from syncd.store.repository import SyncStore
@@ -250,8 +249,7 @@ def _announce_config(settings: Any, engine: Any) -> None:
     for where in short:
         log.warning("%s is shorter than 32 bytes: use a long random token", where)
     for webhook in settings.notify:
-        url = webhook.url.get_secret_value() if webhook.url is not None else ""
-        if url.startswith("http://") and webhook_host(url).rsplit(":", 1)[0] not in ("127.0.0.1", "localhost", "[::1]"):
+        if webhook.plain_http:
             log.warning("notify webhook %s is plain http: its events travel unencrypted (use https)", webhook.label)
 
 

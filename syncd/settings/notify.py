@@ -98,6 +98,13 @@ class WebhookSettings(Strict):
         return self.url is not None
 
     @property
+    def plain_http(self) -> bool:
+        """True when events would travel unencrypted to another host than this one (worth a warning)."""
+        url = self.url.get_secret_value() if self.url is not None else ""
+        host = urlsplit(url).hostname or ""
+        return url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1")
+
+    @property
     def label(self) -> str:
         """The webhook's name in metrics and logs: `name`, else the URL's host."""
         if self.name:

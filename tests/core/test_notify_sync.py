@@ -166,3 +166,24 @@ def test_a_hanging_receiver_delays_neither_the_run_nor_the_exit_past_the_flush_b
         assert hanging.attempts == 1  # the run_failed notification reached the receiver, which never answered
         assert elapsed < 5.0 + 4.0, elapsed  # the flush waits at most 5 s; the rest is the process and the run
         assert "not delivered within 5 s" in done.stderr and hanging.url not in done.stderr
+
+
+def test_check_config_lists_the_webhooks_without_sending_or_showing_their_urls(
+    tmp_path: Path, fake: tuple[str, Any]
+) -> None:
+    url, _state = fake
+    with WebhookReceiver() as receiver:
+        webhooks = [
+            {"url": receiver.url, "events": ["held_plan"]},
+            {"url": "http://hooks.example.org/services/T1/B2/plain-secret", "name": "plain"},
+            {"url": ""},
+        ]
+        sync = Sync(tmp_path, f"sqlite:///{tmp_path}/syncd.db", url, webhooks)
+        done = sync.run("check-config")
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        assert f"ok    notify[0] (127.0.0.1:{receiver.port}): json payloads for held_plan" in "\n".join(lines)
+        assert any(line.startswith("warn  notify[1] (plain): plain http") for line in lines)
+        assert "ok    notify[2] (off): off: no url" in lines
+        assert "plain-secret" not in done.stdout + done.stderr and "very-secret" not in done.stdout
+        assert receiver.attempts == 0
