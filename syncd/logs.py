@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "LEVELS",
@@ -73,6 +74,12 @@ def secrets_of(settings: Any) -> list[str]:
     for value in candidates:
         if value is not None:
             found.append(value.get_secret_value())
+    try:
+        password = urlsplit(settings.database.url).password  # an error text may quote the URL
+    except ValueError:
+        password = None
+    if password:
+        found.extend({password, unquote(password)})
     return found
 
 
