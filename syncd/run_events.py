@@ -23,7 +23,7 @@ from typing import Any
 from syncd.logs import one_line
 from syncd.notify import Event, Notifier
 
-__all__ = ["DRIFT_REASONS", "RunWatch", "events_of"]
+__all__ = ["DRIFT_REASONS", "Before", "RunWatch", "events_of"]
 
 log = logging.getLogger(__name__)
 
