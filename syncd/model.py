@@ -93,6 +93,10 @@ class Snapshot:
     removed_groups: set[str] = field(default_factory=set)
     #: the content sync cookies to store with the snapshot (opaque text), if any
     sync_cookie: str | None = None
+    #: what the cookies go with (opaque bytes): the source's directory index, whole (`sync_index_base`) or what
+    #: changed in it since the cookies recorded before; stored with them, so that a new process can continue
+    sync_index: bytes | None = None
+    sync_index_base: bool = False
     #: of a change-based snapshot: every person (external id) whose memberships may have changed; the others' are
     #: known unchanged in every group (None: compare every member of the groups sent)
     member_hint: set[str] | None = None

@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Engine, Text, bindparam, cast, delete, func, 
 
 from syncd.model import Group, Identity, Snapshot
 from syncd.store.db import in_chunks
-from syncd.store.tables import groups, identities, memberships, source_state
+from syncd.store.members_digest import MembersDigest
+from syncd.store.tables import groups, identities, memberships, source_index, source_state
 
 __all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
 
@@ -92,12 +93,12 @@ def _identity_values(identity: Identity) -> dict[str, Any]:
     }
 
 
-def _group_values(group: Group, known: Mapping[str, int]) -> dict[str, Any]:
+def _group_values(group: Group, members_digest: str) -> dict[str, Any]:
     return {
         "name": group.name,
         "dn": group.dn,
         "grant": dict(group.grant),
-        "members_digest": _digest(group, known),
+        "members_digest": members_digest,
         "name_lower": group.name.lower(),
         "dn_lower": group.dn.lower() if group.dn else None,
     }
@@ -115,22 +116,6 @@ def _identity_digest(identity: Identity) -> str:
     overrides = json.dumps(i.overrides, sort_keys=True, default=str) if i.overrides else "{}"
     text = repr((i.user_id, i.email, i.display_name, i.active, i.dn, overrides))  # row_digest's, written out (hot)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _digest(group: Group, known: Mapping[str, int]) -> str:
-    """A digest of the members the store can record (those with an identity row) and the nesting each came through.
-
-    The lines `member TAB via` sorted and joined; members reached directly (the most) are joined in C without a
-    line built for each.
-    """
-    recorded = group.members & known.keys()
-    nested = {member: via for member, via in group.via.items() if via and member in recorded}
-    if nested:
-        lines = [f"{member}\t" for member in recorded - nested.keys()]
-        text = "\n".join(sorted(lines + [f"{member}\t{via}" for member, via in nested.items()]))
-    else:
-        text = "\t\n".join(sorted(recorded)) + "\t" if recorded else ""
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(slots=True)
@@ -248,6 +233,48 @@ def _rows_before(conn: Connection, table: Any, light: tuple[str, ...], row_ids: 
     return [row for q in in_chunks(query, table.c.id, row_ids) for row in conn.execute(q)]
 
 
+@dataclass(slots=True)
+class _PairChanges:
+    """Membership changes by (group row id, identity row id): added and rerouted with their new via, removed with
+    the via they had; and, of the narrow groups, each one's members digest after them."""
+
+    added: dict[tuple[int, int], str | None] = field(default_factory=dict)
+    removed: dict[tuple[int, int], str | None] = field(default_factory=dict)
+    rerouted: dict[tuple[int, int], str | None] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def compare(
+        self, wanted: Mapping[tuple[int, int], str | None], current: Mapping[tuple[int, int], str | None]
+    ) -> None:
+        """Add the differences between the pairs wanted and those recorded."""
+        self.added.update((pair, wanted[pair]) for pair in wanted.keys() - current.keys())
+        self.removed.update((pair, current[pair]) for pair in current.keys() - wanted.keys())
+        self.rerouted.update(
+            (pair, wanted[pair]) for pair in wanted.keys() & current.keys() if wanted[pair] != current[pair]
+        )
+
+    def write(self, conn: Connection, source: str) -> None:
+        """Apply the changes to the memberships table."""
+        m = memberships.c
+        if self.added:
+            rows = [
+                {"group_id": g, "identity_id": i, "source": source, "via": via} for (g, i), via in self.added.items()
+            ]
+            conn.execute(insert(memberships), rows)
+        if self.removed:
+            conn.execute(
+                delete(memberships).where(m.group_id == bindparam("b_group"), m.identity_id == bindparam("b_identity")),
+                [{"b_group": g, "b_identity": i} for g, i in self.removed],
+            )
+        if self.rerouted:
+            conn.execute(
+                update(memberships)
+                .where(m.group_id == bindparam("b_group"), m.identity_id == bindparam("b_identity"))
+                .values(via=bindparam("b_via")),
+                [{"b_group": g, "b_identity": i, "b_via": via} for (g, i), via in self.rerouted.items()],
+            )
+
+
 class SourceStore:
     """Reads and writes the per-source tables: identities, groups, memberships, source_state."""
 
@@ -277,15 +304,22 @@ class SourceStore:
                         f"source {snapshot.source}: the pull returned no groups where {known} were known; "
                         "treated as incomplete"
                     )
-            ids = self._record_identities(conn, snapshot, result)
-            group_ids, touched, inserted = self._record_groups(conn, snapshot, result, ids)
-            self._record_memberships(conn, snapshot, ids, group_ids, result, touched - inserted, inserted)
+            stored = self._narrow_groups(conn, snapshot)
+            whole = [group.members for group in snapshot.groups if group.external_id not in stored]
+            ids = self._record_identities(conn, snapshot, result, whole)
+            digests = MembersDigest()
+            narrow = self._narrow_changes(conn, snapshot, ids, stored, digests)
+            group_ids, touched = self._record_groups(conn, snapshot, result, ids, digests, narrow.digests)
+            self._record_memberships(conn, snapshot, ids, group_ids, result, touched - stored.keys(), narrow)
             self._mark_success(conn, snapshot)
+            self._save_sync_index(conn, snapshot)
         return result
 
-    def _record_identities(self, conn: Connection, snapshot: Snapshot, result: RecordResult) -> dict[str, int]:
+    def _record_identities(
+        self, conn: Connection, snapshot: Snapshot, result: RecordResult, whole: list[frozenset[str]]
+    ) -> dict[str, int]:
         """Record the identities; returns the row id of each identity the snapshot names (all of the source's when
-        the snapshot is full)."""
+        the snapshot is full). `whole`: the member sets of the groups compared whole."""
         items = {i.external_id: i for i in reversed(snapshot.identities)}
         change = _sync_rows(
             conn,
@@ -305,18 +339,85 @@ class SourceStore:
         result.identities_added, result.identities_updated = len(change.inserted), len(change.updated)
         result.identities_removed = len(change.removed)
         if snapshot.incremental:  # its groups may name members it did not send: their ids too
-            named = set(items).union(*(group.members for group in snapshot.groups), snapshot.member_hint or ())
+            named = set(items).union(*whole, snapshot.member_hint or ())
             return self._ids(conn, identities, snapshot.source, named)
         return change.ids
 
+    @staticmethod
+    def _narrow_groups(conn: Connection, snapshot: Snapshot) -> dict[str, tuple[int, str]]:
+        """The groups of a change-based snapshot whose members are compared only for the people of its member hint:
+        those recorded present with a members digest. External id -> (row id, members digest)."""
+        if not snapshot.change_based or snapshot.member_hint is None or not snapshot.groups:
+            return {}
+        c = groups.c
+        query = select(c.external_id, c.id, c.members_digest).where(
+            c.source == snapshot.source, c.present, c.members_digest.is_not(None)
+        )
+        wanted = sorted({group.external_id for group in snapshot.groups})
+        return {row[0]: (row[1], row[2]) for q in in_chunks(query, c.external_id, wanted) for row in conn.execute(q)}
+
+    @staticmethod
+    def _narrow_changes(
+        conn: Connection,
+        snapshot: Snapshot,
+        identity_ids: Mapping[str, int],
+        stored: Mapping[str, tuple[int, str]],
+        digests: MembersDigest,
+    ) -> _PairChanges:
+        """The membership changes of the narrow groups (`stored`), from the pairs of the member hint's people only,
+        and each narrow group's members digest updated by those changes (not recomputed from its whole list)."""
+        changes = _PairChanges()
+        if not stored:
+            return changes
+        hint = snapshot.member_hint or set()
+        people = {identity_ids[member]: member for member in hint if member in identity_ids}
+        by_row = {row_id: external_id for external_id, (row_id, _) in stored.items()}
+        query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via)
+        current = {
+            (row[0], row[1]): row[2]
+            for q in in_chunks(query, memberships.c.identity_id, sorted(people))
+            for row in conn.execute(q)
+            if row[0] in by_row
+        }
+        wanted: dict[tuple[int, int], str | None] = {}
+        for group in snapshot.groups:
+            if group.external_id in stored:
+                group_id = stored[group.external_id][0]
+                for member in group.members & hint:
+                    if member in identity_ids:
+                        wanted[(group_id, identity_ids[member])] = group.via.get(member)
+        changes.compare(wanted, current)
+        plus: defaultdict[int, list[tuple[str, str | None]]] = defaultdict(list)
+        minus: defaultdict[int, list[tuple[str, str | None]]] = defaultdict(list)
+        for (group_id, identity_id), via in changes.added.items():
+            plus[group_id].append((people[identity_id], via))
+        for (group_id, identity_id), via in changes.removed.items():
+            minus[group_id].append((people[identity_id], via))
+        for pair, via in changes.rerouted.items():
+            plus[pair[0]].append((people[pair[1]], via))
+            minus[pair[0]].append((people[pair[1]], current[pair]))
+        for external_id, (row_id, digest) in stored.items():
+            changed = row_id in plus or row_id in minus
+            changes.digests[external_id] = digests.updated(digest, plus[row_id], minus[row_id]) if changed else digest
+        return changes
+
     def _record_groups(
-        self, conn: Connection, snapshot: Snapshot, result: RecordResult, identity_ids: Mapping[str, int]
-    ) -> tuple[dict[str, int], set[str], set[str]]:
-        """Record the groups; returns every group id of the source, the groups whose members may have changed, and
-        which of those are new."""
+        self,
+        conn: Connection,
+        snapshot: Snapshot,
+        result: RecordResult,
+        identity_ids: Mapping[str, int],
+        digests: MembersDigest,
+        narrow: Mapping[str, str],
+    ) -> tuple[dict[str, int], set[str]]:
+        """Record the groups (the `narrow` ones with the members digest given); returns every group id of the source
+        and the groups added, updated or removed."""
         items: dict[str, tuple[str, dict[str, Any]]] = {}
         for g in reversed(snapshot.groups):
-            values = _group_values(g, identity_ids)
+            digest = narrow.get(g.external_id)
+            if digest is None:
+                digest = digests.whole(g.members & identity_ids.keys(), g.via)
+            values = _group_values(g, digest)
             items[g.external_id] = (row_digest(values[name] for name in _GROUP_FIELDS), values)
         change = _sync_rows(
             conn,
@@ -333,8 +434,8 @@ class SourceStore:
         inserted = {values["external_id"] for values in change.inserted}
         touched = inserted | {row.external_id for row in (*change.updated, *change.removed)}
         if snapshot.incremental:
-            return self._ids(conn, groups, snapshot.source), touched, inserted
-        return change.ids, touched, inserted
+            return self._ids(conn, groups, snapshot.source), touched
+        return change.ids, touched
 
     def _record_memberships(
         self,
@@ -343,66 +444,38 @@ class SourceStore:
         identity_ids: Mapping[str, int],
         group_ids: Mapping[str, int],
         result: RecordResult,
-        touched: set[str],
-        inserted: set[str] | None = None,
+        whole: set[str],
+        narrow: _PairChanges,
     ) -> None:
-        """Bring the memberships of the groups whose member digest changed (or that were added or removed) in line.
+        """Bring the memberships in line: of the `whole` groups (added, removed, or whose members digest changed)
+        compared member by member, and the changes `narrow` found for the others.
 
         A change-based snapshot's `member_hint` names every person whose memberships may have changed: in the groups
-        that existed before and still do, only their pairs are compared (a 50,000-member group that lost one member
+        that existed before and still do, only their pairs were compared (a 50,000-member group that lost one member
         costs one pair, not 50,000); new and removed groups are compared whole.
         """
-        hint = snapshot.member_hint if snapshot.change_based else None
-        inserted = inserted or set()
-        narrow = set() if hint is None else {g.external_id for g in snapshot.groups} & touched - inserted
         wanted: dict[tuple[int, int], str | None] = {}
         for group in snapshot.groups:
-            if group.external_id not in touched and group.external_id not in inserted:
+            if group.external_id not in whole:
                 continue
             group_id = group_ids[group.external_id]
-            members = group.members & hint if hint is not None and group.external_id in narrow else group.members
-            for member in members:
+            for member in group.members:
                 if member in identity_ids:
                     wanted[(group_id, identity_ids[member])] = group.via.get(member)
-        query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via).where(
-            memberships.c.source == snapshot.source
-        )
-        whole = sorted(group_ids[external_id] for external_id in (touched | inserted) - narrow)
+        query = select(memberships.c.group_id, memberships.c.identity_id, memberships.c.via)
         current = {
-            (row[0], row[1]): row[2] for q in in_chunks(query, memberships.c.group_id, whole) for row in conn.execute(q)
+            (row[0], row[1]): row[2]
+            for q in in_chunks(query, memberships.c.group_id, sorted(group_ids[g] for g in whole))
+            for row in conn.execute(q)
         }
-        if narrow and hint:
-            narrow_ids = {group_ids[external_id] for external_id in narrow}
-            people = sorted({identity_ids[m] for m in hint if m in identity_ids})
-            for q in in_chunks(query, memberships.c.identity_id, people):
-                current.update(((r[0], r[1]), r[2]) for r in conn.execute(q) if r[0] in narrow_ids)
-        added = wanted.keys() - current.keys()
-        removed = current.keys() - wanted.keys()
-        rerouted = [pair for pair in wanted.keys() & current.keys() if wanted[pair] != current[pair]]
-        if added:
-            conn.execute(
-                insert(memberships),
-                [{"group_id": g, "identity_id": i, "source": snapshot.source, "via": wanted[(g, i)]} for g, i in added],
-            )
-        if removed:
-            conn.execute(
-                delete(memberships).where(
-                    memberships.c.group_id == bindparam("b_group"),
-                    memberships.c.identity_id == bindparam("b_identity"),
-                ),
-                [{"b_group": g, "b_identity": i} for g, i in removed],
-            )
-        if rerouted:
-            conn.execute(
-                update(memberships)
-                .where(
-                    memberships.c.group_id == bindparam("b_group"), memberships.c.identity_id == bindparam("b_identity")
-                )
-                .values(via=bindparam("b_via")),
-                [{"b_group": g, "b_identity": i, "b_via": wanted[(g, i)]} for g, i in rerouted],
-            )
-        result.memberships_added, result.memberships_removed = len(added), len(removed)
-        changed_ids = {i for _, i in added | removed}
+        changes = _PairChanges()
+        changes.compare(wanted, current)
+        changes.added.update(narrow.added)
+        changes.removed.update(narrow.removed)
+        changes.rerouted.update(narrow.rerouted)
+        changes.write(conn, snapshot.source)
+        result.memberships_added, result.memberships_removed = len(changes.added), len(changes.removed)
+        changed_ids = {i for _, i in (*changes.added, *changes.removed)}
         if changed_ids:
             result.affected_user_ids.update(self._user_ids(conn, changed_ids))
 
@@ -431,14 +504,37 @@ class SourceStore:
             values["high_water_mark"] = snapshot.high_water_mark
         if not snapshot.incremental or snapshot.change_based:  # a change-based pull is a full one, cheaply
             values["last_full_at"] = now
-        if snapshot.sync_cookie is not None:
-            values["sync_cookie"] = snapshot.sync_cookie
+        if snapshot.sync_cookie is not None or not snapshot.incremental:
+            values["sync_cookie"] = snapshot.sync_cookie  # a full pull without cookies ends the content sync
         self._upsert_state(conn, snapshot.source, values)
 
     def mark_success(self, source: str) -> None:
         """Remember a successful pass of something that records no snapshot (the LiteLLM drift check)."""
         with self.engine.begin() as conn:
             self._mark_success(conn, Snapshot(source, incremental=True))
+
+    @staticmethod
+    def _save_sync_index(conn: Connection, snapshot: Snapshot) -> None:
+        """Store what the snapshot's cookies go with: a base replaces the source's rows, a delta follows them. A
+        snapshot with cookies but no index (or a delta with no base before it) leaves none: nothing to continue."""
+        if snapshot.sync_cookie is None and snapshot.incremental:
+            return  # an incremental pull by timestamp: the content sync state, if any, stands
+        rows = source_index.c
+        last = conn.scalar(select(func.max(rows.seq)).where(rows.source == snapshot.source))
+        if snapshot.sync_index is not None and not snapshot.sync_index_base and last is not None:
+            conn.execute(insert(source_index).values(source=snapshot.source, seq=last + 1, body=snapshot.sync_index))
+            return
+        if last is not None:
+            conn.execute(delete(source_index).where(rows.source == snapshot.source))
+        if snapshot.sync_index is not None and snapshot.sync_index_base:
+            conn.execute(insert(source_index).values(source=snapshot.source, seq=0, body=snapshot.sync_index))
+
+    def sync_index(self, source: str) -> list[bytes]:
+        """The stored index of a source's content sync: the base, then each delta, in order (empty: none)."""
+        rows = source_index.c
+        with self.engine.connect() as conn:
+            query = select(rows.body).where(rows.source == source).order_by(rows.seq)
+            return [bytes(body) for body in conn.scalars(query)]
 
     # -- source state ----------------------------------------------------------------------------------------
     def record_failure(self, source: str, error: str) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -275,3 +276,13 @@ scim_pending_members = Table(
     Index(None, "source", "value_key"),
 )
 __all__ += ["scim_pending_members"]
+
+# migration 0008: per LDAP source, the content sync index its stored cookie goes with: seq 0 a base, then deltas
+source_index = Table(
+    "source_index",
+    metadata,
+    Column("source", String(100), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("body", LargeBinary, nullable=False),
+)
+__all__ += ["source_index"]
