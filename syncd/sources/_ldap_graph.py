@@ -15,6 +15,7 @@ __all__ = [
     "ExpansionCounters",
     "GroupRecord",
     "assemble_range",
+    "direct_within",
     "expand_group",
     "member_key",
     "normalise_dn",
@@ -224,13 +225,14 @@ def expand_group(
     direct: dict[str, tuple[frozenset[str], list[str], int]],
     counters: ExpansionCounters,
     via: dict[str, str] | None = None,
+    resolve: Callable[[GroupRecord], tuple[frozenset[str], list[str], int]] | None = None,
 ) -> frozenset[str]:
     """The external ids of a group's members, nested groups expanded breadth-first (cycle-safe, depth-limited).
 
-    `direct` memoises `index.direct_members` across the groups of one pull. `via`, when given, receives for each
-    member reached through nesting the direct child group it came through (the first found at the shallowest depth,
-    children taken in external id order, so the same in every run), so a nesting path can be told: the child's own
-    `via` continues it.
+    `direct` memoises `index.direct_members` (or `resolve`, which may restrict the users) across the groups of one
+    pull. `via`, when given, receives for each member reached through nesting the direct child group it came
+    through (the first found at the shallowest depth, children taken in external id order, so the same in every
+    run), so a nesting path can be told: the child's own `via` continues it.
     """
     members: set[str] = set()
     own: frozenset[str] = frozenset()
@@ -240,7 +242,7 @@ def expand_group(
     for depth in range(max_depth + 1):
         following: list[tuple[str, str | None]] = []
         for group, top in level:
-            users, children, dangling = _direct(index, group, direct)
+            users, children, dangling = _direct(index, group, direct, resolve)
             if via is not None and top is not None:
                 for user in users - own:
                     via.setdefault(user, top)
@@ -263,9 +265,30 @@ def expand_group(
 
 
 def _direct(
-    index: DirectoryIndex, group: str, direct: dict[str, tuple[frozenset[str], list[str], int]]
+    index: DirectoryIndex,
+    group: str,
+    direct: dict[str, tuple[frozenset[str], list[str], int]],
+    resolve: Callable[[GroupRecord], tuple[frozenset[str], list[str], int]] | None,
 ) -> tuple[frozenset[str], list[str], int]:
     found = direct.get(group)
     if found is None:
-        found = direct[group] = index.direct_members(index.groups[group])
+        found = direct[group] = (resolve or index.direct_members)(index.groups[group])
     return found
+
+
+def direct_within(
+    index: DirectoryIndex, record: GroupRecord, users_by_key: Mapping[str, str]
+) -> tuple[frozenset[str], list[str], int]:
+    """As `index.direct_members`, but only the users of `users_by_key` (member key -> external id, users emitted)
+    and no dangling count: a cost of the smaller side, not of the group's whole member list."""
+    keys, user_keys, by_dn = record.member_keys, index.user_by_key, index.group_by_dn
+    if len(keys) <= len(users_by_key):
+        users = frozenset(users_by_key[key] for key in keys if key in users_by_key)
+    else:
+        users = frozenset(user for key, user in users_by_key.items() if key in keys)
+    if len(keys) <= len(by_dn):
+        children = [by_dn[key] for key in keys if key in by_dn and key not in user_keys]
+    else:
+        children = [group for key, group in by_dn.items() if key in keys and key not in user_keys]
+    children.sort()
+    return users, children, 0

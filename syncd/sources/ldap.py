@@ -51,6 +51,7 @@ from syncd.sources._ldap_graph import (
     ExpansionCounters,
     GroupRecord,
     assemble_range,
+    direct_within,
     expand_group,
     member_key,
     normalise_dn,
@@ -108,10 +109,31 @@ class _ContentSync:
 
     index: DirectoryIndex
     sessions: dict[str, SyncSession]
+    #: each group as last emitted (its expanded members and their via), so that a group that gained or lost a few
+    #: members is not expanded whole again
+    expanded: dict[str, Group] = field(default_factory=dict)
 
     def cookies(self) -> dict[str, bytes | None]:
         """Each session's cookie."""
         return {name: session.cookie for name, session in self.sessions.items()}
+
+
+class _Within:
+    """The member hint's people as an expansion sees them (member key -> external id, users emitted only), and the
+    direct members of each group among them, memoised for one pull."""
+
+    def __init__(self, index: DirectoryIndex, hint: set[str]) -> None:
+        self.index, self.hint = index, hint
+        self.users_by_key: dict[str, str] = {}
+        for external_id in hint:
+            recorded = index.users.get(external_id)
+            if recorded is not None and recorded[1] and index.user_by_key.get(recorded[0]) == external_id:
+                self.users_by_key[recorded[0]] = external_id
+        self.direct: dict[str, tuple[frozenset[str], list[str], int]] = {}
+
+    def resolve(self, record: GroupRecord) -> tuple[frozenset[str], list[str], int]:
+        """A group's direct members among the hint's people, and its child groups."""
+        return direct_within(self.index, record, self.users_by_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +369,7 @@ class LdapSource:
         snapshot.counters["content_sync_started"] = 1
         self._last_groups = len(state.index.groups)
         sessions = {name: SyncSession(cookies[name], state.uuids[name]) for name in searches}
-        return _ContentSync(state.index, sessions)
+        return _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
 
     def _sync_search(
         self, conn: Connection, base: str, search_filter: str, attributes: list[str], cookie: bytes | None
@@ -411,8 +433,9 @@ class LdapSource:
         if "groups" in refreshes:
             self._refresh_groups(conn, state, content.sessions["groups"], refreshes["groups"])
             self._reread_referencing(conn, state)
-            self._emit_groups(state, "content sync")
         snapshot.member_hint = self._member_hint(state)
+        if "groups" in refreshes:
+            self._emit_groups(state, "content sync", content)
         for name, refresh in refreshes.items():
             content.sessions[name].cookie = refresh.cookie or content.sessions[name].cookie
         snapshot.sync_cookie = cookies_to_text(content.cookies())
@@ -596,7 +619,7 @@ class LdapSource:
             "dirsync": SyncSession(cookie),
             **{n: SyncSession(None, state.uuids[n]) for n in ("users", "groups")},
         }
-        return _ContentSync(state.index, sessions)
+        return _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
 
     def _dirsync_search(
         self, conn: Connection, cookie: bytes | None, *, match_nothing: bool = False
@@ -680,9 +703,10 @@ class LdapSource:
         if self.settings.groups is not None:
             self._reread_referencing(conn, state)
             state.changed_groups |= state.delta_groups
-            self._emit_groups(state, "dirsync")
         snapshot = state.snapshot
         snapshot.member_hint = self._member_hint(state)
+        if self.settings.groups is not None:
+            self._emit_groups(state, "dirsync", content)
         if content.sessions["users"].entries == {} and snapshot.removed_identities:
             raise _Incomplete("DirSync removed every user; treated as a failure so that nobody is deactivated")
         snapshot.counters["dirsync_objects"] = objects
@@ -1164,7 +1188,10 @@ class LdapSource:
         name = next((n for n in raw if n.startswith(prefix)), attribute)
         return name, raw.get(name, [])
 
-    def _emit_groups(self, state: _Pull, since: str | None) -> None:
+    def _emit_groups(self, state: _Pull, since: str | None, content: _ContentSync | None = None) -> None:
+        """Emit the groups a pull changed (every group for a full pull), expanded. With `content` (a change-based
+        pull, whose member hint is known), a group emitted before is updated by difference: its members outside
+        the hint are as they were, and only the hint's people are looked for in it (see `_expand_by_difference`)."""
         assert self.settings.groups is not None
         index = state.index
         if since is None:
@@ -1177,24 +1204,70 @@ class LdapSource:
                 wanted |= index.parents_of(wanted)
         counters = ExpansionCounters()
         direct: dict[str, tuple[frozenset[str], list[str], int]] = {}
+        known = self._reusable(state, content)
+        within = _Within(index, state.snapshot.member_hint or set()) if known else None
         for external_id in wanted:
             record = index.groups[external_id]
-            via: dict[str, str] = {}
-            members = expand_group(
-                index,
-                external_id,
-                nested=self.settings.groups.nested,
-                max_depth=self.settings.groups.max_depth,
-                direct=direct,
-                counters=counters,
-                via=via,
-            )
+            before = known.get(external_id)
+            if before is not None and within is not None and len(within.hint) < len(before.members):
+                members, via = self._expand_by_difference(state, before, within)
+                state.count("groups_by_difference")
+            else:
+                via = {}
+                members = expand_group(
+                    index,
+                    external_id,
+                    nested=self.settings.groups.nested,
+                    max_depth=self.settings.groups.max_depth,
+                    direct=direct,
+                    counters=counters,
+                    via=via,
+                )
             group = Group(self.name, external_id, record.name, record.dn, members, record.grant, via)
             state.snapshot.groups.append(group)
+            if content is not None:
+                content.expanded[external_id] = group
+        if content is not None:
+            for external_id in state.snapshot.removed_groups:
+                content.expanded.pop(external_id, None)
         for name in ("dangling_members", "group_cycles", "depth_limit_reached"):
             if getattr(counters, name):
                 state.count(name, getattr(counters, name))
                 log.warning("LDAP source %s: %s: %d", self.name, name.replace("_", " "), getattr(counters, name))
+
+    @staticmethod
+    def _reusable(state: _Pull, content: _ContentSync | None) -> dict[str, Group]:
+        """The groups emitted before whose expansion a change-based pull may update (none new to the index)."""
+        if content is None or state.snapshot.member_hint is None:
+            return {}
+        fresh = {after.external_id for before, after in state.group_changes if before is None}
+        return {g: group for g, group in content.expanded.items() if g not in fresh}
+
+    def _expand_by_difference(
+        self, state: _Pull, before: Group, within: _Within
+    ) -> tuple[frozenset[str], Mapping[str, str]]:
+        """A group's members and via from its previous expansion: the people outside the member hint are where they
+        were (their memberships cannot have changed), and the hint's people are looked for by walking the nesting
+        with only them as users, in the order a whole expansion takes (so the same via)."""
+        assert self.settings.groups is not None
+        via: dict[str, str] = {}
+        reached = expand_group(
+            state.index,
+            before.external_id,
+            nested=self.settings.groups.nested,
+            max_depth=self.settings.groups.max_depth,
+            direct=within.direct,
+            counters=ExpansionCounters(),  # counted when the group was expanded whole
+            via=via,
+            resolve=within.resolve,
+        )
+        hint = within.hint
+        members = before.members
+        if reached or not hint.isdisjoint(members):
+            members = (members - hint) | reached
+        if via or _meets(hint, before.via):
+            return members, {m: child for m, child in before.via.items() if m not in hint} | via
+        return members, before.via
 
     # -- high-water mark ----------------------------------------------------------------------------------------
 
@@ -1301,6 +1374,13 @@ def _remember_uuid(state: _Pull, search: str, entry: Any, external_id: str | Non
         state.uuids[search][UUID(raw["entryuuid"][0].decode("ascii")).bytes] = external_id or ""
     elif raw.get("objectguid") and len(raw["objectguid"][0]) == 16:
         state.uuids[search][raw["objectguid"][0]] = external_id or ""
+
+
+def _meets(people: set[str], via: Mapping[str, str]) -> bool:
+    """True when one of `people` is a key of `via` (by whichever side is smaller)."""
+    if len(people) < len(via):
+        return any(person in via for person in people)
+    return any(member in people for member in via)
 
 
 def _under(dn: str, base: str) -> bool:

@@ -79,6 +79,21 @@ def test_content_sync_pulls_reach_the_state_of_a_full_pull(tree: Tree, tmp_path:
     assert state.sync_cookie == gone.sync_cookie and state.last_full_at is not None
 
 
+def test_groups_that_lost_or_gained_a_member_are_updated_by_difference(tree: Tree, tmp_path: Path) -> None:
+    users = [tree.add_user(f"crowd{i}") for i in range(10)]
+    inner = tree.add_group("inner", users[:4])
+    outer = tree.add_group("outer", [*users[4:9], inner])
+    source = tree.source(content_sync="auto")
+    store = new_store(tmp_path / "crowd.db")
+    pull_recorded(source, store)
+    tree.delete(users[0])  # refint takes it out of inner; outer loses it through nesting
+    tree.remove_member(outer, users[5])
+    tree.add_member(inner, users[9])  # outer gains it through inner
+    changed = pull_recorded(source, store)
+    assert changed.counters.get("groups_by_difference") == 2  # neither group expanded whole again
+    assert present(store) == full_state(tree, tmp_path)
+
+
 def test_a_cookie_older_than_the_session_log_gets_a_present_phase(tree: Tree, tmp_path: Path) -> None:
     users = [tree.add_user(uid) for uid in ("gina", "hank")]
     tree.add_group("team", users)
@@ -156,12 +171,14 @@ class _World:
 
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
-        self.users: list[str] = [tree.add_user(f"p{i}") for i in range(4)]
+        self.users: list[str] = [tree.add_user(f"p{i}") for i in range(12)]
         self.groups: list[str] = [
             tree.add_group("g0", self.users[:2]),
             tree.add_group("g1", self.users[1:3]),
         ]
         self.groups.append(tree.add_group("g2", [self.users[3], self.groups[0]]))  # nested
+        # larger than a batch's member hint: its changes are applied by difference, not by expanding it whole
+        self.groups.append(tree.add_group("crowd", [*self.users[4:], self.groups[2]]))
         self.serial = 100
 
     def apply(self, op: str, a: int, b: int) -> None:
@@ -216,7 +233,7 @@ def test_content_sync_equals_a_full_pull_after_random_changes(
             world.apply(op, a, b)
         snapshot = pull_recorded(source, store)
         assert snapshot.change_based
-        assert present(store) == full_state(tree, tmp_path)
+        assert present(store) == full_state(tree, tmp_path)  # members digests too: updated by difference, or whole
 
 
 def test_the_true_full_pull_logs_and_counts_drift(tree: Tree, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
