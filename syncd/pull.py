@@ -67,7 +67,9 @@ def _pull_all(
         if verify and not _catch_up(source, source_settings.name, store, metrics, affected):
             failed.append(source_settings.name)
             continue
-        snapshot = _pull_one(source, source_settings.name, store, incremental=incremental, true_full=true_full)
+        snapshot = _pull_one(
+            source, source_settings.name, store, incremental=incremental, true_full=true_full, record=record
+        )
         del source  # without a cache, its directory index is garbage now: freed before the record needs memory
         if snapshot is not None and metrics is not None:
             _count_problems(metrics, snapshot)
@@ -168,13 +170,16 @@ def _source(source_settings: Any, cache: MutableMapping[str, Any] | None) -> Any
     return cache[source_settings.name]
 
 
-def _pull_one(source: Any, name: str, store: Any, *, incremental: bool, true_full: bool = False) -> Snapshot | None:
+def _pull_one(
+    source: Any, name: str, store: Any, *, incremental: bool, true_full: bool = False, record: bool = True
+) -> Snapshot | None:
     from syncd.sources.ldap import LdapSourceError
 
     state = store.source_state(name)
     since = state.high_water_mark if incremental else None
-    if hasattr(source, "expect_recorded"):
-        source.expect_recorded(state.sync_cookie)
+    if hasattr(source, "expect_recorded"):  # a pull that is not recorded (plan, --dry-run) reads everything
+        stored_index = getattr(store, "sync_index", None) if record else None
+        source.expect_recorded(state.sync_cookie, (lambda: stored_index(name)) if stored_index else None)
     try:
         snapshot: Snapshot = source.pull(since=since, true_full=true_full) if true_full else source.pull(since=since)
     except LdapSourceError as exc:

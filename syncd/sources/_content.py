@@ -28,6 +28,18 @@ class SyncSession:
 
     cookie: bytes | None = None
     entries: dict[bytes, str] = field(default_factory=dict)
+    #: the entries put or dropped since the last `changed.clear()` (what a stored delta holds)
+    changed: set[bytes] = field(default_factory=set)
+
+    def put(self, uuid: bytes, external_id: str) -> None:
+        """Record an entry read."""
+        self.entries[uuid] = external_id
+        self.changed.add(uuid)
+
+    def drop(self, uuid: bytes) -> str | None:
+        """Forget an entry; returns its external id (None when unknown)."""
+        self.changed.add(uuid)
+        return self.entries.pop(uuid, None)
 
 
 @dataclass(slots=True)

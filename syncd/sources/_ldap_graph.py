@@ -14,6 +14,7 @@ __all__ = [
     "DirectoryIndex",
     "ExpansionCounters",
     "GroupRecord",
+    "IndexChanges",
     "assemble_range",
     "direct_within",
     "expand_group",
@@ -130,6 +131,18 @@ class GroupRecord:
 
 
 @dataclass(slots=True)
+class IndexChanges:
+    """What changed in a DirectoryIndex while it tracked changes: the users put or dropped, each group put or
+    dropped with its record before the first change (None: it was new), and the member keys and group DN keys whose
+    owner (user_by_key, group_by_dn) may have changed."""
+
+    users: set[str] = field(default_factory=set)
+    groups: dict[str, GroupRecord | None] = field(default_factory=dict)
+    user_keys: set[str] = field(default_factory=set)
+    dn_keys: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
 class DirectoryIndex:
     """What a pull learned about the directory, kept so an incremental pull can resolve unchanged members.
 
@@ -142,12 +155,17 @@ class DirectoryIndex:
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     group_by_dn: dict[str, str] = field(default_factory=dict)
     mark: str | None = None
+    #: when set, every change is noted there (what a content sync stores of one pull)
+    changes: IndexChanges | None = None
 
     def put_user(self, external_id: str, key: str, emitted: bool) -> tuple[str, bool] | None:
         """Record a user; returns what was recorded before (None when new)."""
         before = self.users.get(external_id)
         if before is not None and self.user_by_key.get(before[0]) == external_id:
             del self.user_by_key[before[0]]
+        if self.changes is not None:
+            self.changes.users.add(external_id)
+            self.changes.user_keys.update((key, before[0]) if before else (key,))
         self.users[external_id] = (key, emitted)
         self.user_by_key[key] = external_id
         return before
@@ -157,6 +175,9 @@ class DirectoryIndex:
         before = self.groups.get(record.external_id)
         if before is not None and self.group_by_dn.get(before.dn_key) == record.external_id:
             del self.group_by_dn[before.dn_key]
+        if self.changes is not None:
+            self.changes.groups.setdefault(record.external_id, before)
+            self.changes.dn_keys.update((record.dn_key, before.dn_key) if before else (record.dn_key,))
         self.groups[record.external_id] = record
         self.group_by_dn[record.dn_key] = record.external_id
         return before
@@ -166,6 +187,9 @@ class DirectoryIndex:
         before = self.users.pop(external_id, None)
         if before is not None and self.user_by_key.get(before[0]) == external_id:
             del self.user_by_key[before[0]]
+        if self.changes is not None and before is not None:
+            self.changes.users.add(external_id)
+            self.changes.user_keys.add(before[0])
         return before
 
     def drop_group(self, external_id: str) -> GroupRecord | None:
@@ -173,6 +197,9 @@ class DirectoryIndex:
         before = self.groups.pop(external_id, None)
         if before is not None and self.group_by_dn.get(before.dn_key) == external_id:
             del self.group_by_dn[before.dn_key]
+        if self.changes is not None and before is not None:
+            self.changes.groups.setdefault(external_id, before)
+            self.changes.dn_keys.add(before.dn_key)
         return before
 
     def direct_members(self, record: GroupRecord) -> tuple[frozenset[str], list[str], int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,21 +42,24 @@ from ldap3 import BASE, DEREF_NEVER, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.protocol.microsoft import dir_sync_control
 
+from syncd import __version__
 from syncd.grants import admin_allowed, parse_grant
 from syncd.model import Group, Identity, Snapshot
 from syncd.settings.ldap import LdapSourceSettings, ResolvedLdap
-from syncd.sources._content import Refresh, SyncSession, cookies_to_text
+from syncd.sources._content import Refresh, SyncSession, cookies_from_text, cookies_to_text
 from syncd.sources._dirsync import read_change
 from syncd.sources._ldap_graph import (
     DirectoryIndex,
     ExpansionCounters,
     GroupRecord,
+    IndexChanges,
     assemble_range,
     direct_within,
     expand_group,
     member_key,
     normalise_dn,
 )
+from syncd.sources._resume import ResumeError, encode_base, encode_delta, restore
 from syncd.sources._storable import GROUP_LIMITS, USER_LIMITS, unstorable
 from syncd.sources._syncrepl import (
     REFRESH_REQUIRED,
@@ -112,10 +116,36 @@ class _ContentSync:
     #: each group as last emitted (its expanded members and their via), so that a group that gained or lost a few
     #: members is not expanded whole again
     expanded: dict[str, Group] = field(default_factory=dict)
+    #: the size of the stored base and of the deltas stored after it (see syncd/sources/_resume.py)
+    base_size: int = 0
+    delta_size: int = 0
 
     def cookies(self) -> dict[str, bytes | None]:
         """Each session's cookie."""
         return {name: session.cookie for name, session in self.sessions.items()}
+
+    def begin(self) -> None:
+        """Start noting what a pull changes, for the delta stored with its snapshot."""
+        self.index.changes = IndexChanges()
+        for session in self.sessions.values():
+            session.changed.clear()
+
+    def store_with(self, snapshot: Snapshot, fingerprint: str) -> None:
+        """Give the snapshot what its cookies go with: the delta of this pull, or a new base once the deltas stored
+        since the last one outweigh it."""
+        changes = self.index.changes or IndexChanges()
+        delta = encode_delta(self.sessions, self.index, changes)
+        if self.delta_size + len(delta) > max(self.base_size, 1 << 20):
+            self.stored_whole(snapshot, fingerprint)
+            return
+        self.delta_size += len(delta)
+        snapshot.sync_index, snapshot.sync_index_base = delta, False
+
+    def stored_whole(self, snapshot: Snapshot, fingerprint: str) -> None:
+        """Give the snapshot the whole state (a base), and note changes from now on."""
+        base = encode_base(self.sessions, self.index, fingerprint)
+        self.base_size, self.delta_size = len(base), 0
+        snapshot.sync_index, snapshot.sync_index_base = base, True
 
 
 class _Within:
@@ -201,6 +231,7 @@ class LdapSource:
         self._content_supported: bool | None = None  # the root DSE's answer, read once
         self._size_limit_logged = False
         self._dirsync_refused = False  # the bind account lacks the right: the uSNChanged path, said once
+        self._resume_pending = False  # the content sync was rebuilt from the store: the next snapshot says so
         self._naming_context: str | None = None
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -209,29 +240,80 @@ class LdapSource:
         """Read the directory: everything when `since` is None, else what changed since that high-water mark.
 
         With content sync, every pull but the first reads only what changed (whatever `since` says); `true_full`
-        reads everything, as the safety net does.
+        reads everything, as the safety net does. A pull continued from the state stored with the cookies (see
+        `expect_recorded`) counts `content_sync_resumed`.
         """
         with self._pulling:
-            if self.settings.content_sync == "off":
+            snapshot = self._pull_by_kind(since, true_full)
+            if self._resume_pending:
+                self._resume_pending = False
+                if snapshot.change_based:
+                    snapshot.counters["content_sync_resumed"] = 1
+            return snapshot
+
+    def _pull_by_kind(self, since: str | None, true_full: bool) -> Snapshot:
+        if self.settings.content_sync == "off":
+            return self._pull(since)
+        if self.settings.dialect == "active_directory":
+            if self._dirsync_refused:
                 return self._pull(since)
-            if self.settings.dialect == "active_directory":
-                if self._dirsync_refused:
-                    return self._pull(since)
-                return self._pull_dirsync(since, true_full=true_full)
-            return self._pull_content(since, true_full=true_full)
+            return self._pull_dirsync(since, true_full=true_full)
+        return self._pull_content(since, true_full=true_full)
 
     @property
     def content_synced(self) -> bool:
         """True once a pull has started a content sync that the next pull continues."""
         return self._content is not None
 
-    def expect_recorded(self, sync_cookie: str | None) -> None:
-        """Continue the content sync only from what the store recorded: when its cookies are not this object's
-        (the last snapshot was not recorded, or another replica recorded since), the next pull starts afresh."""
+    def expect_recorded(self, sync_cookie: str | None, stored_index: Callable[[], list[bytes]] | None = None) -> None:
+        """Continue the content sync only from what the store recorded. When its cookies are not this object's (the
+        last snapshot was not recorded, another replica or process recorded since, or this process is new), the
+        next pull continues from the store's cookies and the index stored with them (`stored_index()` reads it),
+        or, when there is none or it cannot be used, starts afresh with a full pull."""
         content = self._content
         if content is not None and cookies_to_text(content.cookies()) != sync_cookie:
-            log.info("LDAP source %s: the store holds other sync cookies than this process: full pull", self.name)
-            self._content = None
+            log.info("LDAP source %s: the store holds other sync cookies than this process", self.name)
+            self._content = content = None
+        if content is None and sync_cookie and stored_index is not None and self.settings.content_sync != "off":
+            self._content = self._resumed(sync_cookie, stored_index)
+
+    def _resumed(self, sync_cookie: str, stored_index: Callable[[], list[bytes]]) -> _ContentSync | None:
+        """The content sync rebuilt from the store, or None (logged) when it cannot be continued."""
+        started = time.monotonic()
+        try:
+            restored = restore(stored_index(), self._fingerprint(), cookies_from_text(sync_cookie))
+        except ResumeError as exc:
+            log.info(
+                "LDAP source %s: the stored content sync state cannot be continued (%s): full pull", self.name, exc
+            )
+            return None
+        index = restored.index
+        self._last_groups = len(index.groups)
+        self._resume_pending = True
+        log.info(
+            "LDAP source %s: content sync continued from the stored cookies (%d users, %d groups, %d deltas, %.2f s)",
+            self.name,
+            len(index.users),
+            len(index.groups),
+            restored.deltas,
+            time.monotonic() - started,
+        )
+        return _ContentSync(index, restored.sessions, base_size=restored.base_size, delta_size=restored.delta_size)
+
+    def _fingerprint(self) -> str:
+        """A digest of the settings that shape the index: a stored index of other settings is not continued. It
+        includes syncd's version, so that an upgrade starts afresh too."""
+        s = self.settings
+        shape = {
+            "syncd": __version__,
+            "dialect": s.dialect,
+            "urls": s.urls,
+            "bind_dn": s.bind_dn,
+            "users": s.users.model_dump(mode="json"),
+            "groups": s.groups.model_dump(mode="json") if s.groups else None,
+            "resolved": repr(self.attrs),
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
 
     def _pull(self, since: str | None) -> Snapshot:
         index = self._index
@@ -369,7 +451,9 @@ class LdapSource:
         snapshot.counters["content_sync_started"] = 1
         self._last_groups = len(state.index.groups)
         sessions = {name: SyncSession(cookies[name], state.uuids[name]) for name in searches}
-        return _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
+        content = _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
+        content.stored_whole(snapshot, self._fingerprint())
+        return content
 
     def _sync_search(
         self, conn: Connection, base: str, search_filter: str, attributes: list[str], cookie: bytes | None
@@ -420,6 +504,7 @@ class LdapSource:
     def _content_refresh(self, conn: Connection, content: _ContentSync, snapshot: Snapshot) -> _ContentSync:
         """Apply what changed since the cookies to the index kept; the snapshot carries the changes and removals."""
         snapshot.incremental = snapshot.change_based = True
+        content.begin()
         state = _Pull(snapshot, content.index)
         searches = self._searches()
         if set(searches) != set(content.sessions):
@@ -439,6 +524,7 @@ class LdapSource:
         for name, refresh in refreshes.items():
             content.sessions[name].cookie = refresh.cookie or content.sessions[name].cookie
         snapshot.sync_cookie = cookies_to_text(content.cookies())
+        content.store_with(snapshot, self._fingerprint())
         snapshot.counters["identities"] = len(snapshot.identities)
         snapshot.counters["groups"] = len(snapshot.groups)
         snapshot.counters["removed"] = len(snapshot.removed_identities) + len(snapshot.removed_groups)
@@ -451,10 +537,10 @@ class LdapSource:
             return set(), set()
         before = set(session.entries.values())
         for uuid in refresh.gone(session.entries):
-            del session.entries[uuid]
+            session.drop(uuid)
         attribute = self.attrs.user_external_id_attribute
         for uuid, entry in refresh.changed:
-            session.entries[uuid] = _external_id(_raw(entry), attribute) or ""
+            session.put(uuid, _external_id(_raw(entry), attribute) or "")
         now = set(session.entries.values())
         return now - {""}, (before ^ now) - {""}
 
@@ -469,7 +555,7 @@ class LdapSource:
         session = content.sessions["users"]
         had_users = bool(session.entries)
         for uuid in refresh.gone(session.entries):
-            external_id = session.entries.pop(uuid)
+            external_id = session.drop(uuid)
             if external_id:
                 self._drop_user(state, external_id)
         sent = set()
@@ -495,7 +581,7 @@ class LdapSource:
         emitted = len(state.snapshot.identities)
         self._user(state, entry, disabled)
         external_id = _external_id(_raw(entry), self.attrs.user_external_id_attribute) or ""
-        session.entries[uuid] = external_id
+        session.put(uuid, external_id)
         if before and before != external_id:
             self._drop_user(state, before)
         elif before and len(state.snapshot.identities) == emitted:
@@ -552,14 +638,14 @@ class LdapSource:
     def _refresh_groups(self, conn: Connection, state: _Pull, session: SyncSession, refresh: Refresh) -> None:
         had_groups = bool(session.entries)
         for uuid in refresh.gone(session.entries):
-            external_id = session.entries.pop(uuid)
+            external_id = session.drop(uuid)
             if external_id:
                 self._drop_group(state, external_id)
         for uuid, entry in refresh.changed:
             before = session.entries.get(uuid)
             self._group(conn, state, entry)
             external_id = _external_id(_raw(entry), self.attrs.group_external_id_attribute or "") or ""
-            session.entries[uuid] = external_id
+            session.put(uuid, external_id)
             if before and before != external_id:
                 self._drop_group(state, before)
         state.count("groups_read", len(refresh.changed))
@@ -619,7 +705,9 @@ class LdapSource:
             "dirsync": SyncSession(cookie),
             **{n: SyncSession(None, state.uuids[n]) for n in ("users", "groups")},
         }
-        return _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
+        content = _ContentSync(state.index, sessions, {group.external_id: group for group in snapshot.groups})
+        content.stored_whole(snapshot, self._fingerprint())
+        return content
 
     def _dirsync_search(
         self, conn: Connection, cookie: bytes | None, *, match_nothing: bool = False
@@ -669,6 +757,7 @@ class LdapSource:
     def _dirsync_refresh(self, conn: Connection, content: _ContentSync, snapshot: Snapshot) -> _ContentSync:
         """Apply the objects DirSync reports: tombstones dropped, member deltas applied, anything else read again."""
         snapshot.incremental = snapshot.change_based = True
+        content.begin()
         state = _Pull(snapshot, content.index)
         session, groups = content.sessions["dirsync"], content.sessions["groups"]
         entries, cookie = self._dirsync_search(conn, session.cookie)
@@ -697,6 +786,7 @@ class LdapSource:
         self._dirsync_finish(conn, state, content, len(entries))
         session.cookie = cookie or session.cookie
         snapshot.sync_cookie = cookies_to_text({"dirsync": session.cookie})
+        content.store_with(snapshot, self._fingerprint())
         return content
 
     def _dirsync_finish(self, conn: Connection, state: _Pull, content: _ContentSync, objects: int) -> None:
@@ -716,10 +806,10 @@ class LdapSource:
 
     def _forget(self, state: _Pull, content: _ContentSync, guid: bytes) -> None:
         """An object deleted, or out of the users' and groups' scope: dropped from what the index holds."""
-        user = content.sessions["users"].entries.pop(guid, None)
+        user = content.sessions["users"].drop(guid)
         if user:
             self._drop_user(state, user)
-        group = content.sessions["groups"].entries.pop(guid, None)
+        group = content.sessions["groups"].drop(guid)
         if group:
             self._drop_group(state, group)
 
@@ -729,7 +819,7 @@ class LdapSource:
         where = f"<GUID={UUID(bytes_le=guid)}>"
         entry = self._read_matching(conn, where, a.user_filter, self._user_attributes(None))
         if entry is not None and _under(entry["dn"], self.settings.users.base_dn):
-            groups.entries.pop(guid, None)
+            groups.drop(guid)
             disabled: set[str] = set()
             external_id = _external_id(_raw(entry), a.user_external_id_attribute)
             locked = f"(&{a.user_filter}{a.disabled_filter})"
@@ -746,7 +836,7 @@ class LdapSource:
         before = groups.entries.get(guid)
         self._group(conn, state, group)
         external_id = _external_id(_raw(group), a.group_external_id_attribute or "") or ""
-        groups.entries[guid] = external_id
+        groups.put(guid, external_id)
         if before and before != external_id:
             self._drop_group(state, before)
 

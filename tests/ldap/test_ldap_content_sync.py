@@ -262,26 +262,6 @@ def test_the_true_full_pull_logs_and_counts_drift(tree: Tree, tmp_path: Path, ca
     assert present(store) == full_state(tree, tmp_path)
 
 
-def test_a_pull_not_recorded_makes_the_next_one_start_afresh(tree: Tree, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from syncd.pull import pull_sources
-
-    user = tree.add_user("nora")
-    tree.add_group("ops", [user, tree.add_user("otto")])
-    settings = SimpleNamespace(ldap=[tree.settings(content_sync="auto")])
-    store = new_store(tmp_path / "unrecorded.db")
-    cache: dict[str, Any] = {}
-    pull_sources(settings, store, record=True, sources=cache)
-    tree.delete(user)
-    unrecorded, _ = pull_sources(settings, store, record=False, sources=cache)  # as if the record had failed
-    assert unrecorded[0].change_based and unrecorded[0].removed_identities
-    again, _ = pull_sources(settings, store, record=True, sources=cache)
-    assert not again[0].change_based  # the store never saw the removal: only a full pull can tell it
-    assert present(store) == full_state(tree, tmp_path)
-    assert pull_sources(settings, store, record=True, sources=cache)[0][0].change_based
-
-
 def test_a_refused_cookie_gives_a_full_pull(tree: Tree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from syncd.sources import ldap as ldap_module
 
