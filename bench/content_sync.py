@@ -5,11 +5,13 @@
 The directory is bench/ldap_pull.py's, on the test slapd (syncprov with a session log). Figures:
 (a) `ldapsearch` (C, ldap-utils) reading the users and groups, paged, output discarded;
 (b) a plain ldap3 paged search of the same entries (ldap_pull's `measure_raw`, its own process);
-(c) the store seeded first by a full pull recorded in a process of its own (c0); then in one process, as `syncd
-serve` keeps its sources after a restart: the first pull (which starts the content sync: cookies, then every entry
-read paged) recorded into that store (c1, nothing to change); a no-op pull through content sync, recorded (c2);
-then 10 changes in the directory (4 users deleted, 3 mail changes, 2 members added, 1 group deleted) and a
-content-synced pull, recorded (c3). Pull and record times apart, and the peak RSS of that process.
+(c) the store seeded first by a full pull recorded in a process of its own (c0: it starts the content sync, cookies
+then every entry read paged, and stores the index with the cookies); then in a new process, as `syncd sync` or a
+restarted `syncd serve`: its first pull, which continues the content sync from the index stored (c1, nothing to
+change); a no-op pull through content sync, recorded (c2); then 10 changes in the directory (4 users deleted, 3
+mail changes, 2 members added, 1 group deleted) and a content-synced pull, recorded (c3); last, the daily true full
+pull (every entry read, the content sync started afresh, c4). Pull and record times apart, and the peak RSS of
+each process.
 """
 
 from __future__ import annotations
@@ -80,19 +82,27 @@ def measure_content(url: str, folder: str, users: int, groups: int, *, seed: boo
     metadata.create_all(engine)
     store, source = SyncStore(engine), LdapSource(settings)
 
-    def timed() -> tuple[float, Any]:
+    def timed(*, true_full: bool = False) -> tuple[float, Any]:
         started = time.perf_counter()
-        snapshot = source.pull()
+        source.expect_recorded(store.source_state("bench").sync_cookie, lambda: store.sync_index("bench"))
+        snapshot = source.pull(true_full=true_full)
         assert snapshot.complete, snapshot.problems
         pulled = time.perf_counter()
         result = store.record_snapshot(snapshot)
         return time.perf_counter() - started, (snapshot, result, pulled - started)
 
     first, (snapshot, _, _) = timed()
-    identities, groups = len(snapshot.identities), len(snapshot.groups)
-    del snapshot
     if seed:
-        return {"first_s": first, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        assert not snapshot.change_based
+        return {
+            "first_s": first,
+            "identities": len(snapshot.identities),
+            "groups": len(snapshot.groups),
+            "index_mib": len(snapshot.sync_index or b"") / 2**20,
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    assert snapshot.change_based and snapshot.counters.get("content_sync_resumed") == 1, snapshot.counters
+    del snapshot
     noop, (snapshot, result, noop_pull) = timed()
     assert snapshot.change_based and not result.changed, "the no-op pull changed something"
     admin = ldap3.Connection(ldap3.Server(url), ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
@@ -110,17 +120,22 @@ def measure_content(url: str, folder: str, users: int, groups: int, *, seed: boo
     assert admin.delete(f"cn=g{groups - 1:05d},{GROUPS}"), admin.result
     changed, (snapshot, result, changed_pull) = timed()
     assert snapshot.change_based and result.changed
+    changed_identities, changed_groups = len(snapshot.identities), len(snapshot.groups)
+    removed = len(snapshot.removed_identities) + len(snapshot.removed_groups)
+    del snapshot
+    verify, (snapshot, result, _) = timed(true_full=True)
+    assert not snapshot.change_based and not result.changed, "the true full pull found drift"
+    del snapshot
     return {
-        "identities": identities,
-        "groups": groups,
         "first_s": first,
+        "verify_s": verify,
         "noop_s": noop,
         "noop_pull_s": noop_pull,
         "changed_s": changed,
         "changed_pull_s": changed_pull,
-        "changed_identities": len(snapshot.identities),
-        "changed_groups": len(snapshot.groups),
-        "removed": len(snapshot.removed_identities) + len(snapshot.removed_groups),
+        "changed_identities": changed_identities,
+        "changed_groups": changed_groups,
+        "removed": removed,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -163,18 +178,20 @@ def main() -> None:
             server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    _print_table(args.users, args.groups, ldapsearch, raw, {**content, "seed_s": seed["first_s"]})
+    _print_table(args.users, args.groups, ldapsearch, raw, content, seed)
 
 
-def _print_table(users: int, groups: int, ldapsearch: float, raw: dict[str, Any], content: dict[str, Any]) -> None:
-    print(f"\n{users:,} users, {groups:,} groups; {content['identities']:,} identities, {content['groups']:,} groups\n")
+def _print_table(
+    users: int, groups: int, ldapsearch: float, raw: dict[str, Any], content: dict[str, Any], seed: dict[str, Any]
+) -> None:
+    print(f"\n{users:,} users, {groups:,} groups; {seed['identities']:,} identities, {seed['groups']:,} groups\n")
     print(f"| {'run':<58} | {'wall s':>7} | {'vs ldapsearch':>13} |")
     print(f"|{'-' * 60}|{'-' * 9}|{'-' * 15}|")
     rows = [
         ("(a) ldapsearch (C), paged, users and groups", ldapsearch),
         ("(b) plain ldap3 paged search, streamed", raw["seconds"]),
-        ("(c0) seed: full pull into an empty store, recorded", content["seed_s"]),
-        ("(c1) first pull of a process: cookies, every entry; recorded", content["first_s"]),
+        ("(c0) seed: full pull into an empty store, index stored; recorded", seed["first_s"]),
+        ("(c1) first pull of a new process: continued from the store", content["first_s"]),
         ("(c2) no-op pull through content sync, recorded", content["noop_s"]),
         ("     of which the pull", content["noop_pull_s"]),
         (
@@ -183,10 +200,14 @@ def _print_table(users: int, groups: int, ldapsearch: float, raw: dict[str, Any]
             content["changed_s"],
         ),
         ("     of which the pull", content["changed_pull_s"]),
+        ("(c4) true full pull (every entry, content sync afresh)", content["verify_s"]),
     ]
     for label, seconds in rows:
         print(f"| {label:<58} | {seconds:7.3f} | {seconds / ldapsearch:12.2f}x |")
-    print(f"\npeak RSS of the content sync process (c): {content['rss_mib']:.0f} MiB; of (b): {raw['rss_mib']:.0f} MiB")
+    print(
+        f"\npeak RSS of (c1)-(c4): {content['rss_mib']:.0f} MiB; of (c0): {seed['rss_mib']:.0f} MiB; "
+        f"of (b): {raw['rss_mib']:.0f} MiB; index stored: {seed['index_mib']:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":
