@@ -149,6 +149,26 @@ def test_a_member_delta_and_a_renamed_member_of_the_same_group(
     same(present(store), branch.full_state(tmp_path))
 
 
+def test_a_new_process_continues_dirsync_from_the_store(
+    samba_domain: SambaDomain, admin: ldap3.Connection, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from syncd.pull import pull_sources
+
+    branch = Branch(samba_domain, admin)
+    mo, ned, ola = branch.user("mo"), branch.user("ned"), branch.user("ola")
+    team = branch.group("team", [mo, ned])
+    config = SimpleNamespace(ldap=[branch.settings()])
+    store = new_store(tmp_path / "resume.db")
+    pull_sources(config, store, record=True, sources={})  # one process: DirSync started, index stored
+    branch.modify(team, member=[(ldap3.MODIFY_ADD, [ola])])
+    assert admin.delete(mo), admin.result
+    snapshots, failed = pull_sources(config, store, record=True, sources={})  # another process
+    assert failed == [] and snapshots[0].change_based and snapshots[0].counters.get("content_sync_resumed") == 1
+    same(present(store), branch.full_state(tmp_path))
+
+
 def test_without_the_right_the_usn_path_is_kept_and_said_once(
     samba_domain: SambaDomain, admin: ldap3.Connection, directory: Directory, caplog: pytest.LogCaptureFixture
 ) -> None:
