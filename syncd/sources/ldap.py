@@ -401,6 +401,7 @@ class LdapSource:
                         log.info("LDAP source %s: %s; doing a full pull", self.name, exc)
                         snapshot = Snapshot(source=self.settings.name, high_water_mark=since)
                         snapshot.counters["content_sync_fallback"] = 1
+                content = None  # garbage before the new index is built: the two never take memory together
                 self._content = self._content_start(conn, snapshot)
         except (LdapSourceError, _Incomplete, _RefreshRequired, LDAPException, OSError) as exc:
             self._content = None
@@ -675,6 +676,7 @@ class LdapSource:
                 if content is not None and not true_full:
                     self._content = self._dirsync_refresh(conn, content, snapshot)
                     return snapshot
+                content = None  # garbage before the new index is built: the two never take memory together
                 self._content = self._dirsync_start(conn, snapshot)
                 return snapshot
         except _NoDirSyncRight:
