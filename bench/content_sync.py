@@ -9,9 +9,11 @@ The directory is bench/ldap_pull.py's, on the test slapd (syncprov with a sessio
 then every entry read paged, and stores the index with the cookies); then in a new process, as `syncd sync` or a
 restarted `syncd serve`: its first pull, which continues the content sync from the index stored (c1, nothing to
 change); a no-op pull through content sync, recorded (c2); then 10 changes in the directory (4 users deleted, 3
-mail changes, 2 members added, 1 group deleted) and a content-synced pull, recorded (c3); last, the daily true full
-pull (every entry read, the content sync started afresh, c4). Pull and record times apart, and the peak RSS of
-each process.
+mail changes, 2 members added, 1 group deleted) and a content-synced pull, recorded (c3: the first changes this
+process sees, so the groups they touch are expanded whole once); 10 more changes of the same kind, recorded (c3b:
+those groups are now updated by difference, as in a `serve` that has run a while); last, the daily true full pull
+(every entry read, the content sync started afresh, c4). Pull and record times apart, and the peak RSS of each
+process.
 """
 
 from __future__ import annotations
@@ -106,22 +108,15 @@ def measure_content(url: str, folder: str, users: int, groups: int, *, seed: boo
     noop, (snapshot, result, noop_pull) = timed()
     assert snapshot.change_based and not result.changed, "the no-op pull changed something"
     admin = ldap3.Connection(ldap3.Server(url), ADMIN_DN, ADMIN_PASSWORD, auto_bind=True)
-    for i in range(4):
-        assert admin.delete(f"uid=u{users - 1 - i:06d},{PEOPLE}"), admin.result
-    for i in range(3):
-        admin.modify(
-            f"uid=u{users // 2 + i:06d},{PEOPLE}", {"mail": [(ldap3.MODIFY_REPLACE, [f"moved{i}@example.org"])]}
-        )
-        assert admin.result["result"] == 0, admin.result
-    for i in range(2):
-        group, member = f"cn=g{groups - 10:05d},{GROUPS}", f"uid=u{users // 3 + i:06d},{PEOPLE}"
-        admin.modify(group, {"member": [(ldap3.MODIFY_ADD, [member])]})
-        assert admin.result["result"] in (0, 20), admin.result
-    assert admin.delete(f"cn=g{groups - 1:05d},{GROUPS}"), admin.result
+    _ten_changes(admin, users, groups, 0)
     changed, (snapshot, result, changed_pull) = timed()
     assert snapshot.change_based and result.changed
     changed_identities, changed_groups = len(snapshot.identities), len(snapshot.groups)
     removed = len(snapshot.removed_identities) + len(snapshot.removed_groups)
+    del snapshot
+    _ten_changes(admin, users, groups, 1)
+    steady, (snapshot, result, steady_pull) = timed()
+    assert snapshot.change_based and result.changed and snapshot.counters.get("groups_by_difference")
     del snapshot
     verify, (snapshot, result, _) = timed(true_full=True)
     assert not snapshot.change_based and not result.changed, "the true full pull found drift"
@@ -133,11 +128,33 @@ def measure_content(url: str, folder: str, users: int, groups: int, *, seed: boo
         "noop_pull_s": noop_pull,
         "changed_s": changed,
         "changed_pull_s": changed_pull,
+        "steady_s": steady,
+        "steady_pull_s": steady_pull,
         "changed_identities": changed_identities,
         "changed_groups": changed_groups,
         "removed": removed,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def _ten_changes(admin: Any, users: int, groups: int, batch: int) -> None:
+    """4 users deleted, 3 mail changes, 2 members added, 1 group deleted; `batch` makes each batch other entries."""
+    import ldap3
+
+    low = users - 1 - 4 * batch
+    for i in range(4):
+        assert admin.delete(f"uid=u{low - i:06d},{PEOPLE}"), admin.result
+    for i in range(3):
+        admin.modify(
+            f"uid=u{users // 2 + 3 * batch + i:06d},{PEOPLE}",
+            {"mail": [(ldap3.MODIFY_REPLACE, [f"moved{batch}{i}@example.org"])]},
+        )
+        assert admin.result["result"] == 0, admin.result
+    for i in range(2):
+        group, member = f"cn=g{groups - 10:05d},{GROUPS}", f"uid=u{users // 3 + 2 * batch + i:06d},{PEOPLE}"
+        admin.modify(group, {"member": [(ldap3.MODIFY_ADD, [member])]})
+        assert admin.result["result"] in (0, 20), admin.result
+    assert admin.delete(f"cn=g{groups - 1 - batch:05d},{GROUPS}"), admin.result
 
 
 def _child(*args: str) -> dict[str, Any]:
@@ -200,6 +217,8 @@ def _print_table(
             content["changed_s"],
         ),
         ("     of which the pull", content["changed_pull_s"]),
+        ("(c3b) 10 more changes, recorded", content["steady_s"]),
+        ("     of which the pull", content["steady_pull_s"]),
         ("(c4) true full pull (every entry, content sync afresh)", content["verify_s"]),
     ]
     for label, seconds in rows:

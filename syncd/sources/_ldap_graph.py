@@ -155,6 +155,8 @@ class DirectoryIndex:
     groups: dict[str, GroupRecord] = field(default_factory=dict)
     group_by_dn: dict[str, str] = field(default_factory=dict)
     mark: str | None = None
+    #: the users recorded but not emitted (no mail under require_email): never a group's member
+    silent: set[str] = field(default_factory=set)
     #: when set, every change is noted there (what a content sync stores of one pull)
     changes: IndexChanges | None = None
 
@@ -166,6 +168,10 @@ class DirectoryIndex:
         if self.changes is not None:
             self.changes.users.add(external_id)
             self.changes.user_keys.update((key, before[0]) if before else (key,))
+        if emitted:
+            self.silent.discard(external_id)
+        else:
+            self.silent.add(external_id)
         self.users[external_id] = (key, emitted)
         self.user_by_key[key] = external_id
         return before
@@ -185,6 +191,7 @@ class DirectoryIndex:
     def drop_user(self, external_id: str) -> tuple[str, bool] | None:
         """Forget a user the directory no longer has; returns what was recorded (None when unknown)."""
         before = self.users.pop(external_id, None)
+        self.silent.discard(external_id)
         if before is not None and self.user_by_key.get(before[0]) == external_id:
             del self.user_by_key[before[0]]
         if self.changes is not None and before is not None:
@@ -203,25 +210,21 @@ class DirectoryIndex:
         return before
 
     def direct_members(self, record: GroupRecord) -> tuple[frozenset[str], list[str], int]:
-        """(user external ids, child group ids, dangling count) of one group's direct member keys."""
-        users: set[str] = set()
-        children: list[str] = []
-        dangling = 0
-        for key in record.member_keys:
-            user = self.user_by_key.get(key)
-            if user is not None:
-                if self.users[user][1]:
-                    users.add(user)
-                continue
-            child = self.group_by_dn.get(key)
-            if child is not None:
-                children.append(child)
-            else:
-                dangling += 1
+        """(user external ids, child group ids, dangling count) of one group's direct member keys.
+
+        A key is a user's first, else a group's, else dangling. The keys are matched with set operations (in C),
+        not one by one: a 50,000-member group costs a few milliseconds.
+        """
+        keys, by_key = record.member_keys, self.user_by_key
+        found = keys & by_key.keys()
+        users = frozenset([by_key[key] for key in found])
+        if self.silent and not users.isdisjoint(self.silent):
+            users -= self.silent
+        rest = keys - found if len(found) < len(keys) else frozenset()
         # member_keys is a set, whose order changes with each process's hash seed: sorted, the expansion (and the
         # child recorded as `via` for a member reachable through several) is the same in every run
-        children.sort()
-        return frozenset(users), children, dangling
+        children = sorted(self.group_by_dn[key] for key in rest if key in self.group_by_dn)
+        return users, children, len(rest) - len(children)
 
     def parents_of(self, external_ids: Iterable[str]) -> set[str]:
         """Every group that contains, directly or through nesting, one of these groups."""

@@ -197,6 +197,8 @@ def _apply_base(restored: Restored, lines: Iterator[dict[str, Any]]) -> None:
                 key = sys.intern(key)
                 keys.append(key)
                 index.users[external_id] = (key, bool(emitted))
+                if not emitted:
+                    index.silent.add(external_id)
                 if owner:
                     index.user_by_key[key] = external_id
         elif "G" in line:
