@@ -128,18 +128,29 @@ def _delta_lines(sessions: Mapping[str, SyncSession], index: DirectoryIndex, cha
 
 
 def _lines(body: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON lines of a body, decompressed piece by piece (a base is never whole in memory as text)."""
+    unpacker, rest = zlib.decompressobj(), b""
     try:
-        text = zlib.decompress(body)
+        for start in range(0, len(body), 1 << 16):
+            rest += unpacker.decompress(body[start : start + (1 << 16)])
+            *lines, rest = rest.split(b"\n")
+            yield from map(_line, lines)
+        rest += unpacker.flush()
     except zlib.error as exc:
         raise ResumeError(f"unreadable ({exc})") from None
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise ResumeError(f"unreadable ({exc})") from None
-        if not isinstance(value, dict):
-            raise ResumeError("unreadable (not a JSON object)")
-        yield value
+    if not unpacker.eof:
+        raise ResumeError("unreadable (truncated)")
+    yield from map(_line, filter(None, rest.split(b"\n")))
+
+
+def _line(text: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ResumeError(f"unreadable ({exc})") from None
+    if not isinstance(value, dict):
+        raise ResumeError("unreadable (not a JSON object)")
+    return value
 
 
 def restore(bodies: list[bytes], fingerprint: str, cookies: Mapping[str, bytes]) -> Restored:

@@ -27,6 +27,8 @@ __all__ = ["IncompleteSnapshot", "RecordResult", "SourceState", "SourceStore"]
 
 T = TypeVar("T")
 
+#: membership rows inserted per statement
+_INSERT_CHUNK = 50_000
 _IDENTITY_FIELDS = ("user_id", "email", "display_name", "active", "dn", "overrides")
 _GROUP_FIELDS = ("name", "dn", "grant", "members_digest")
 
@@ -256,9 +258,11 @@ class _PairChanges:
     def write(self, conn: Connection, source: str) -> None:
         """Apply the changes to the memberships table."""
         m = memberships.c
-        if self.added:
+        added = list(self.added.items())
+        for start in range(0, len(added), _INSERT_CHUNK):  # a million rows' parameters are never in memory at once
             rows = [
-                {"group_id": g, "identity_id": i, "source": source, "via": via} for (g, i), via in self.added.items()
+                {"group_id": g, "identity_id": i, "source": source, "via": via}
+                for (g, i), via in added[start : start + _INSERT_CHUNK]
             ]
             conn.execute(insert(memberships), rows)
         if self.removed:
