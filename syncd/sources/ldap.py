@@ -1357,9 +1357,13 @@ class LdapSource:
         members = before.members
         if reached or not hint.isdisjoint(members):
             members = (members - hint) | reached
-        if via or _meets(hint, before.via):
-            return members, {m: child for m, child in before.via.items() if m not in hint} | via
-        return members, before.via
+        if not via and not _meets(hint, before.via):
+            return members, before.via
+        kept = dict(before.via)  # copied in C; then only the hint's people are taken out, one by one
+        for person in hint if len(hint) < len(kept) else [m for m in kept if m in hint]:
+            kept.pop(person, None)
+        kept.update(via)
+        return members, kept
 
     # -- high-water mark ----------------------------------------------------------------------------------------
 
