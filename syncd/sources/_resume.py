@@ -20,7 +20,7 @@ import json
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from syncd.sources._content import SyncSession
@@ -46,7 +46,6 @@ class Restored:
     base_size: int = 0
     delta_size: int = 0
     deltas: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 def _b64(data: bytes) -> str:
