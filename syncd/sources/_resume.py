@@ -16,18 +16,20 @@ Purely computational, no I/O.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from syncd.sources._content import SyncSession
 from syncd.sources._ldap_graph import DirectoryIndex, GroupRecord, IndexChanges
 
 __all__ = ["Restored", "ResumeError", "encode_base", "encode_delta", "restore"]
 
+T = TypeVar("T")
 _VERSION = 1
 _CHUNK = 5_000
 
@@ -56,6 +58,13 @@ def _cookies(sessions: Mapping[str, SyncSession]) -> dict[str, str | None]:
     return {name: _b64(s.cookie) if s.cookie else None for name, s in sorted(sessions.items())}
 
 
+def _chunks(items: Iterable[T]) -> Iterator[list[T]]:
+    """The items in lists of _CHUNK (never all of them in one list)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, _CHUNK)):
+        yield chunk
+
+
 def _compressed(lines: Iterator[Any]) -> bytes:
     packer = zlib.compressobj(1)
     parts = [packer.compress(json.dumps(line, separators=(",", ":")).encode() + b"\n") for line in lines]
@@ -71,22 +80,15 @@ def encode_base(sessions: Mapping[str, SyncSession], index: DirectoryIndex, fing
 def _base_lines(sessions: Mapping[str, SyncSession], index: DirectoryIndex, fingerprint: str) -> Iterator[Any]:
     yield {"v": _VERSION, "kind": "base", "fingerprint": fingerprint, "cookies": _cookies(sessions)}
     for name, session in sorted(sessions.items()):
-        entries = list(session.entries.items())
-        for start in range(0, len(entries), _CHUNK):
-            chunk = entries[start : start + _CHUNK]
+        for chunk in _chunks(session.entries.items()):
             yield {"s": name, "uuids": _b64(b"".join(uuid for uuid, _ in chunk)), "ids": [e for _, e in chunk]}
-    users, owners = list(index.users.items()), index.user_by_key
-    position: dict[str, int] = {}
-    for start in range(0, len(users), _CHUNK):
-        part = users[start : start + _CHUNK]
+    owners = index.user_by_key
+    for part in _chunks(index.users.items()):
         yield {"U": [[e, key, int(emitted), int(owners.get(key) == e)] for e, (key, emitted) in part]}
-    for number, (external_id, (key, _)) in enumerate(users):
-        if owners.get(key) == external_id:
-            position[key] = number
-    records = list(index.groups.values())
-    for number, record in enumerate(records):
-        position.setdefault(record.dn_key, len(users) + number)
-    for record in records:
+    position = {key: n for n, (e, (key, _)) in enumerate(index.users.items()) if owners.get(key) == e}
+    for number, record in enumerate(index.groups.values()):
+        position.setdefault(record.dn_key, len(index.users) + number)
+    for record in index.groups.values():
         members = [position.get(key, key) for key in record.member_keys]
         owner = int(index.group_by_dn.get(record.dn_key) == record.external_id)
         yield {"G": [record.external_id, record.name, record.dn, record.dn_key, dict(record.grant), members, owner]}
