@@ -133,8 +133,10 @@ class _ContentSync:
     def store_with(self, snapshot: Snapshot, fingerprint: str) -> None:
         """Give the snapshot what its cookies go with: the delta of this pull, or a new base once the deltas stored
         since the last one outweigh it."""
-        changes = self.index.changes or IndexChanges()
+        changes, self.index.changes = self.index.changes or IndexChanges(), None  # the records before: garbage now
         delta = encode_delta(self.sessions, self.index, changes)
+        for session in self.sessions.values():
+            session.changed.clear()
         if self.delta_size + len(delta) > max(self.base_size, 1 << 20):
             self.stored_whole(snapshot, fingerprint)
             return
