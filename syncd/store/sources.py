@@ -159,14 +159,16 @@ def _sync_rows(
     if snapshot.incremental:  # it marks nothing absent: only the rows it sends are compared
         queries = in_chunks(query, table.c.external_id, sorted(set(items).union(gone)))
     ids: dict[str, int] = {}
-    digests: dict[str, str | None] = {}
     absent: set[str] = set()
-    for q in queries:
+    suspect: list[str] = []
+    for q in queries:  # each stored digest compared as it is read: 100,000 of them are never held at once
         for external_id, row_id, present, digest in conn.execute(q):
-            ids[external_id], digests[external_id] = row_id, digest
+            ids[external_id] = row_id
             if not present:
                 absent.add(external_id)
-    inserts, updates, updated_ids, suspect = [], [], [], []
+            elif external_id in items and digest != digest_of(items[external_id]):
+                suspect.append(external_id)
+    inserts, updates, updated_ids = [], [], []
     for external_id, item in items.items():
         row_id = ids.get(external_id)
         if row_id is None:
@@ -187,9 +189,6 @@ def _sync_rows(
                 {**values_of(item), "digest": digest_of(item), "b_id": row_id, "present": True, "updated_at": now}
             )
             updated_ids.append(row_id)
-        elif digests[external_id] != digest_of(item):
-            suspect.append(external_id)
-    del digests
     refreshed = []
     if suspect:
         whole = select(table.c.id, *(table.c[name] for name in fields))

@@ -18,9 +18,11 @@ import pytest
 import yaml
 from _reliability import DIRECTORY_PEOPLE, MASTER, FaultyProxy, figures, run_syncd
 from _slapd import LIMITED_DN, SUFFIX, SYNC_DN, SYNC_PASSWORD, Slapd
+from sqlalchemy import delete
 
 from syncd.store import make_engine
 from syncd.store.repository import SyncStore
+from syncd.store.tables import source_index
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import create_fake_litellm
 
@@ -61,6 +63,11 @@ class Directory:
         return run_syncd(self.folder, *args, env={"LITELLM_MASTER_KEY": MASTER, "LDAP_BIND_PASSWORD": SYNC_PASSWORD})
 
     def sync(self, **ldap: Any) -> Any:
+        """`syncd sync` reading the whole directory: the stored content sync index is removed first (a new process
+        would otherwise continue from it and read only what changed), since the faults are placed within a full
+        pull's bytes."""
+        with self.store.engine.begin() as conn:
+            conn.execute(delete(source_index))
         self.write(**ldap)
         return self.run("sync")
 
