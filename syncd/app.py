@@ -2,7 +2,8 @@
 
 | path | what |
 |---|---|
-| /scim/v2/... | the SCIM 2.0 router, when `scim.enabled` |
+| /scim/v2/... | the SCIM 2.0 router, when `scim.enabled`; every answer under /scim is a SCIM one (errors included) |
+| /oauth/token | OAuth 2.0 token endpoint (client credentials), when `scim.oauth_clients` and a signing key are set |
 | /healthz | liveness: 200 while the process serves |
 | /readyz | 200 when the database answers, the schema is at head and (if `server.ready_max_sync_age`) the last
   successful sync is recent enough; 503 with `{"status": "unready", "reason": ...}` otherwise |
@@ -25,8 +26,11 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from scim2_models import PayloadTooLargeException
+from starlette.exceptions import HTTPException
 
 from syncd.metrics import Metrics
+from syncd.scim.errors import error_response, status_error
+from syncd.scim.token_endpoint import TOKEN_MAX_BYTES, TOKEN_PATH, oauth_error
 from syncd.status import collect_status, render_page
 
 __all__ = ["ADMIN_COOKIE", "LOGIN_MAX_BYTES", "BodyTooLarge", "create_app"]
@@ -42,20 +46,27 @@ _Scope = MutableMapping[str, Any]
 _ASGI = Callable[[_Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-_SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
-
-
 class BodyTooLarge(PayloadTooLargeException):
     """The request body grew past the limit while it was read (a SCIM 413 under /scim, a plain 413 elsewhere)."""
 
 
-def _refusal(scope: _Scope, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
-    """A refusal at the door: a SCIM Error under /scim, a plain JSON body elsewhere; the connection then closes."""
-    headers = {"Connection": "close", **(headers or {})}
-    if str(scope.get("path", "")).startswith("/scim/"):
-        body = {"schemas": [_SCIM_ERROR], "status": str(status), "detail": detail}
-        return JSONResponse(body, status_code=status, media_type="application/scim+json", headers=headers)
+def _is_scim(path: str) -> bool:
+    return path == "/scim" or path.startswith("/scim/")
+
+
+def _answer(path: str, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """An error in the shape of the API at `path`: SCIM's one renderer under /scim, RFC 6749's at /oauth/token, a
+    plain JSON body elsewhere."""
+    if _is_scim(path):
+        return error_response(status_error(status, detail), headers)
+    if path == TOKEN_PATH:
+        return oauth_error(status, "invalid_request", detail, headers)
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _refusal(scope: _Scope, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """A refusal at the door (see `_answer` for its shape); the connection then closes."""
+    return _answer(str(scope.get("path", "")), status, detail, {"Connection": "close", **(headers or {})})
 
 
 class _BodyLimit:
@@ -69,7 +80,8 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.scim_limit if str(scope.get("path", "")).startswith("/scim/") else self.limit
+        path = str(scope.get("path", ""))
+        limit = self.scim_limit if _is_scim(path) else TOKEN_MAX_BYTES if path == TOKEN_PATH else self.limit
         length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > limit:
             detail = "Content-Length is not a number" if not length.isdigit() else f"request body over {limit} bytes"
@@ -103,10 +115,9 @@ class _BodyLimit:
 
 class _Door:
     """ASGI middleware in front of everything, before authentication: a per-client request rate (token bucket, 429),
-    and, under /scim, a SCIM Error for a method no SCIM route takes (TRACE, QUERY, ...) and for a path or query
-    that holds a NUL. Constant work per request."""
+    and, under /scim, a SCIM Error for a path or query that holds a NUL. Constant work per request. (A method no
+    SCIM route takes, TRACE or QUERY, is answered by the SCIM router itself, before authentication too.)"""
 
-    _SCIM_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
     _MAX_CLIENTS = 10_000
 
     def __init__(self, app: _ASGI, rate: float, burst: int) -> None:
@@ -125,10 +136,8 @@ class _Door:
         wait = self._take(str((scope.get("client") or ("", 0))[0]))
         if wait:
             return _refusal(scope, 429, "too many requests from this client", {"Retry-After": str(wait)})
-        if not str(scope.get("path", "")).startswith("/scim/"):
+        if not _is_scim(str(scope.get("path", ""))):
             return None
-        if scope.get("method") not in self._SCIM_METHODS:
-            return _refusal(scope, 405, f"{scope.get('method')} is not allowed on SCIM endpoints")
         if "\x00" in str(scope.get("path", "")) or b"%00" in bytes(scope.get("query_string") or b""):
             return _refusal(scope, 400, "the path or query holds a NUL character")
         return None
@@ -197,6 +206,13 @@ def create_app(
     admin = _Admin(token.get_secret_value() if token is not None else None)
     started = time.time() if started_at is None else started_at
     _mount_scim(app, settings, engine, worker, metrics)
+    _mount_oauth(app, settings, metrics)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own 404 and 405 (a path no route knows, such as /scim/v2 itself), in the API's shape."""
+        return _answer(request.url.path, exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
     _health_routes(app, settings, store, engine, started)
     _status_routes(app, store, admin, lambda: _replica(leadership, worker))
 
@@ -222,6 +238,23 @@ def _mount_scim(app: FastAPI, settings: Any, engine: Any, worker: Any, metrics: 
         return
     on_write = worker.on_scim_write if worker is not None else None
     app.include_router(build_scim_router(settings, engine, on_write=on_write, metrics=metrics), prefix="/scim/v2")
+
+
+def _mount_oauth(app: FastAPI, settings: Any, metrics: Metrics) -> None:
+    scim = settings.scim
+    if not scim.enabled or not scim.oauth_clients:
+        return
+    problem = scim.oauth.key_problem()
+    if problem is not None:
+        log.warning("scim.oauth.signing_key %s: OAuth is off, %s not served", problem, TOKEN_PATH)
+        return
+    from syncd.scim.oauth import ClientRegistry
+    from syncd.scim.token_endpoint import token_endpoint
+
+    app.add_route(TOKEN_PATH, token_endpoint(ClientRegistry(scim), metrics), methods=_HTTP_METHODS)
+
+
+_HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def _replica(leadership: Any, worker: Any) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def secrets_of(settings: Any) -> list[str]:
     candidates += [source.bind_password for source in settings.ldap]
     candidates += [token.token for token in settings.scim.tokens]
     candidates += [webhook.url for webhook in settings.notify]  # a webhook URL may carry a secret in its path
+    candidates.append(settings.scim.oauth.signing_key)
     for value in candidates:
         if value is not None:
             found.append(value.get_secret_value())

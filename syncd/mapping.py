@@ -532,7 +532,7 @@ def rules_from_settings(settings: Any) -> MappingRules:
         grants,
         defaults,
         settings.source_priorities,
-        scim_sources=frozenset(token.name for token in settings.scim.tokens),
+        scim_sources=frozenset(settings.scim.source_names),
         merge_by=identity.merge_by,
         merge_sources=frozenset(identity.merge_sources) if identity.merge_sources is not None else None,
     )

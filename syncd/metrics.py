@@ -53,6 +53,12 @@ class Metrics:
         self.scim_auth_failures = Counter(
             "syncd_scim_auth_failures", "SCIM requests refused for their token", ["reason"], registry=r
         )
+        self.oauth_token_requests = Counter(
+            "syncd_oauth_token_requests",
+            "Requests to /oauth/token by outcome: issued, or the RFC 6749 error answered",
+            ["outcome"],
+            registry=r,
+        )
         self.scim_to_litellm = Histogram(
             "syncd_scim_to_litellm_seconds",
             "Time from a SCIM write to the LiteLLM change it caused",

@@ -13,10 +13,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from scim2_models import SCIMException
+from scim2_models import SCIMException, UnauthorizedException
 from starlette.responses import Response
 
-__all__ = ["ERROR_SCHEMA", "SCIM_MEDIA_TYPE", "MethodNotAllowed", "ScimResponse", "error_response"]
+__all__ = [
+    "ERROR_SCHEMA",
+    "SCIM_MEDIA_TYPE",
+    "MethodNotAllowed",
+    "ScimResponse",
+    "error_response",
+    "status_error",
+    "unauthorized",
+]
 
 SCIM_MEDIA_TYPE = "application/scim+json"
 ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -27,6 +35,20 @@ class MethodNotAllowed(SCIMException):
 
     status = 405
     _default_detail = "Method not allowed on this endpoint"
+
+
+def unauthorized(reason: str, detail: str) -> UnauthorizedException:
+    """A 401 whose `reason` (missing, malformed, invalid, expired, revoked) labels syncd_scim_auth_failures_total."""
+    error = UnauthorizedException(detail=detail)
+    error.context["reason"] = reason
+    return error
+
+
+def status_error(status: int, detail: str) -> SCIMException:
+    """A SCIM error of any HTTP status (429, 503, a 404 or 405 met before the router), without a scimType."""
+    error = SCIMException(detail=detail)
+    error.status = status
+    return error
 
 
 class ScimResponse(Response):

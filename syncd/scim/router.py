@@ -27,7 +27,8 @@ from starlette.responses import Response
 
 from syncd.scim.auth import TokenRing
 from syncd.scim.door import MAX_INTEGER, parse_json
-from syncd.scim.errors import MethodNotAllowed, ScimResponse, error_response
+from syncd.scim.errors import MethodNotAllowed, ScimResponse, error_response, status_error
+from syncd.scim.oauth import AccessTokens
 from syncd.scim.resources import project
 from syncd.scim.schemas import ResourceKind, discovery_documents
 from syncd.scim.service import ListQuery, ScimService
@@ -42,12 +43,24 @@ __all__ = ["ScimRoute", "make_router"]
 _log = logging.getLogger("syncd.scim")
 _OTHER_METHODS = ["POST", "PUT", "PATCH", "DELETE"]
 _ALL_METHODS = ["GET", *_OTHER_METHODS]
+_NO_TOKEN = frozenset({"missing", "malformed"})
+_UNAVAILABLE = "the store is unavailable; send the request again later"
 
 
 class ScimRoute(APIRoute):
     """A route whose SCIM exceptions (and any other) become SCIM Error responses, counted in the metrics."""
 
     metrics: Any = None
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        """A method this route does not take (TRACE, QUERY, HEAD, ...) is a SCIM 405, before authentication."""
+        if self.methods and scope["method"] not in self.methods:
+            detail = f"{scope['method']} is not allowed on SCIM endpoints"
+            response = error_response(MethodNotAllowed(detail=detail), {"Allow": ", ".join(sorted(self.methods))})
+            _count(self.metrics, "other", "other", response.status_code)  # any method name: not a label value
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """Wrap FastAPI's handler: render errors, count the request."""
@@ -61,35 +74,26 @@ class ScimRoute(APIRoute):
                 response = _refusal(exc, self.metrics)
             except StoreUnavailable as exc:
                 _log.warning("SCIM %s %s: the database is unavailable (%s)", request.method, request.url.path, exc)
-                response = error_response(_unavailable(), {"Retry-After": "5"})
+                response = error_response(status_error(503, _UNAVAILABLE), {"Retry-After": "5"})
             except Exception:
                 _log.exception("SCIM %s %s failed", request.method, request.url.path)
-                response = error_response(_internal_error(), None)
+                response = error_response(status_error(500, "internal error"))
             _count(self.metrics, request.method, resource, response.status_code)
             return response
 
         return scim_handler
 
 
-def _unavailable() -> SCIMException:
-    error = SCIMException(detail="the store is unavailable; send the request again later")
-    error.status = 503
-    return error
-
-
-def _internal_error() -> SCIMException:
-    error = SCIMException(detail="internal error")
-    error.status = 500
-    return error
-
-
 def _refusal(exc: SCIMException, metrics: Any) -> Response:
     headers = None
     if isinstance(exc, UnauthorizedException):
-        headers = {"WWW-Authenticate": 'Bearer realm="syncd SCIM"'}
+        reason = str(exc.context.get("reason", "invalid"))
+        # RFC 6750 §3.1: a token presented but refused is invalid_token (a client then gets a new one)
+        challenge = 'Bearer realm="syncd SCIM"' + (', error="invalid_token"' if reason not in _NO_TOKEN else "")
+        headers = {"WWW-Authenticate": challenge}
         counter = getattr(metrics, "scim_auth_failures", None)
         if counter is not None:
-            counter.labels(reason=str(exc.context.get("reason", "invalid"))).inc()
+            counter.labels(reason=reason).inc()
     return error_response(exc, headers)
 
 
@@ -105,7 +109,7 @@ class _Api:
     def __init__(self, settings: ScimSettings, service: ScimService) -> None:
         self.settings = settings
         self.service = service
-        self.tokens = TokenRing(settings.tokens)
+        self.tokens = TokenRing(settings.tokens, AccessTokens(settings) if settings.oauth_active else None)
         self._discovery: dict[str, Any] = {}
 
     # helpers
@@ -138,7 +142,9 @@ class _Api:
         if base_url not in self._discovery:
             if len(self._discovery) > 16:
                 self._discovery.clear()
-            self._discovery[base_url] = discovery_documents(base_url, self.settings.max_results)
+            self._discovery[base_url] = discovery_documents(
+                base_url, self.settings.max_results, oauth=self.settings.oauth_active
+            )
         return self._discovery[base_url]
 
     # discovery endpoints

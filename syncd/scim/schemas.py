@@ -224,7 +224,27 @@ def resource_kinds() -> dict[str, ResourceKind]:
     }
 
 
-def _service_provider_config(max_results: int) -> ServiceProviderConfig:
+def _authentication_schemes(oauth: bool) -> list[AuthenticationScheme]:
+    static = AuthenticationScheme(
+        type=AuthenticationScheme.Type.oauthbearertoken,
+        name="Bearer token",
+        description="One static bearer token per identity provider (scim.tokens in the syncd config)",
+        primary=True,
+    )
+    if not oauth:
+        return [static]
+    client_credentials = AuthenticationScheme(
+        type=AuthenticationScheme.Type.oauthbearertoken,
+        name="OAuth 2.0 client credentials",
+        description="Short-lived access tokens from POST /oauth/token (grant_type=client_credentials, RFC 6749 "
+        "section 4.4), for the clients of scim.oauth_clients in the syncd config",
+        spec_uri="https://www.rfc-editor.org/rfc/rfc6749#section-4.4",
+        primary=False,
+    )
+    return [static, client_credentials]
+
+
+def _service_provider_config(max_results: int, oauth: bool) -> ServiceProviderConfig:
     return ServiceProviderConfig(
         documentation_uri=None,
         patch=Patch(supported=True),
@@ -233,14 +253,7 @@ def _service_provider_config(max_results: int) -> ServiceProviderConfig:
         change_password=ChangePassword(supported=False),
         sort=Sort(supported=True),
         etag=ETag(supported=True),
-        authentication_schemes=[
-            AuthenticationScheme(
-                type=AuthenticationScheme.Type.oauthbearertoken,
-                name="Bearer token",
-                description="One static bearer token per identity provider (scim.tokens in the syncd config)",
-                primary=True,
-            )
-        ],
+        authentication_schemes=_authentication_schemes(oauth),
     )
 
 
@@ -249,10 +262,11 @@ def _with_meta(document: dict[str, Any], resource_type: str, base_url: str, path
     return document
 
 
-def discovery_documents(base_url: str, max_results: int) -> dict[str, Any]:
-    """The bodies of /ServiceProviderConfig, /Schemas/{id} and /ResourceTypes/{id}, as JSON-ready dicts."""
+def discovery_documents(base_url: str, max_results: int, *, oauth: bool = False) -> dict[str, Any]:
+    """The bodies of /ServiceProviderConfig, /Schemas/{id} and /ResourceTypes/{id}, as JSON-ready dicts (`oauth`:
+    the OAuth client credentials scheme is advertised beside the static tokens)."""
     ctx = Context.RESOURCE_QUERY_RESPONSE
-    config = _service_provider_config(max_results).model_dump(scim_ctx=ctx)
+    config = _service_provider_config(max_results, oauth).model_dump(scim_ctx=ctx)
     config = _with_meta(config, "ServiceProviderConfig", base_url, "/ServiceProviderConfig")
     schemas = {}
     for published in (_user_schema(), EnterpriseUser.to_schema(), Group.to_schema(), SyncdGroup.to_schema()):

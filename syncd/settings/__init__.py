@@ -67,6 +67,7 @@ class Settings(Strict):
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
         names = [source.name for source in self.ldap] + [token.name for token in self.scim.tokens]
+        names += sorted({c.source for c in self.scim.oauth_clients} - {t.name for t in self.scim.tokens})
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"source names must be unique; repeated: {', '.join(duplicates)}")
@@ -78,7 +79,7 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _known_sources(self) -> Settings:
-        known = {source.name for source in self.ldap} | {token.name for token in self.scim.tokens}
+        known = {source.name for source in self.ldap} | set(self.scim.source_names)
         named = [(f"mappings[{i}].sources", m.sources or []) for i, m in enumerate(self.mappings)]
         named.append(("identity.merge_sources", self.identity.merge_sources or []))
         for where, names in named:
@@ -91,12 +92,12 @@ class Settings(Strict):
     def source_priorities(self) -> dict[str, int]:
         """Each source's priority: when one person is in two sources, the higher wins."""
         priorities = {source.name: source.priority for source in self.ldap}
-        priorities.update({token.name: token.priority for token in self.scim.tokens})
+        priorities.update(self.scim.source_priorities)
         return priorities
 
 
 #: the keys holding secrets: with `secrets=False` an unset variable there leaves the secret unset instead of failing
-_SECRET_KEYS = frozenset({"master_key", "bind_password", "admin_token", "token"})
+_SECRET_KEYS = frozenset({"master_key", "bind_password", "admin_token", "token", "signing_key"})
 
 
 def _substitute(value: Any, env: Mapping[str, str], path: str, problems: list[str], *, secrets: bool = True) -> Any:
