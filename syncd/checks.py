@@ -23,6 +23,7 @@ def run_checks(settings: Any) -> list[CheckResult]:
     results = [CheckResult("config", True, "valid")]
     results += _tenant_warnings(settings)
     results += _token_warnings(settings)
+    results += _oauth_checks(settings)
     results.append(_check_database(settings))
     results.append(_check_litellm(settings))
     results += [_check_ldap(source) for source in settings.ldap]
@@ -69,6 +70,20 @@ def _token_warnings(settings: Any) -> list[CheckResult]:
     if token is not None and len(token.get_secret_value().encode()) < 32:
         found.append("server.admin_token")
     return [CheckResult(where, False, "shorter than 32 bytes: use a long random token", True) for where in found]
+
+
+def _oauth_checks(settings: Any) -> list[CheckResult]:
+    """With OAuth clients configured, whether /oauth/token can issue tokens: its signing key named when it cannot."""
+    scim = settings.scim
+    if not scim.enabled or not scim.oauth_clients:
+        return []
+    clients = ", ".join(f"{c.client_id} ({c.source})" for c in scim.oauth_clients)
+    problem = scim.oauth.key_problem()
+    if problem is not None:
+        detail = f"{problem}: OAuth is off, /oauth/token is not served and the clients {clients} get no token"
+        return [CheckResult("scim.oauth.signing_key", False, detail, True)]
+    lifetime = f"{scim.oauth.token_lifetime:g} s"
+    return [CheckResult("scim.oauth", True, f"POST /oauth/token issues {lifetime} tokens to {clients}")]
 
 
 def _check_database(settings: Any) -> CheckResult:

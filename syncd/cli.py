@@ -131,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(release)
     release.add_argument("user_id", help="the bound LiteLLM user_id")
 
+    hashing = commands.add_parser(
+        "hash-secret",
+        help="read an OAuth client secret on stdin, print its scrypt hash for scim.oauth_clients[].secret_hashes",
+        description="Read one OAuth client secret from standard input (a prompt without echo on a terminal) and "
+        "print its scrypt hash, for scim.oauth_clients[].secret_hashes. The secret itself is never printed. Make "
+        "one with: openssl rand -hex 32",
+    )
+    _add_debug(hashing, default=argparse.SUPPRESS)
+
     explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
     _add_common(explain)
     explain.add_argument("user", help="a user_id, an email or a source's external id")
@@ -141,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _logging_options(args: argparse.Namespace) -> tuple[str, bool | None]:
     """The log level and format from the command line, else the environment; a bad value is a usage error."""
-    level = args.log_level or os.environ.get("SYNCD_LOG_LEVEL", "").strip().upper() or "INFO"
+    level = getattr(args, "log_level", None) or os.environ.get("SYNCD_LOG_LEVEL", "").strip().upper() or "INFO"
     if level not in LEVELS:
         raise _Usage(f"SYNCD_LOG_LEVEL={level.lower()!r} is not one of {', '.join(LEVELS)}")
     form = os.environ.get("SYNCD_LOG_FORMAT", "").strip().lower()
@@ -170,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "import": _import,
         "explain": _explain,
         "release": _release,
+        "hash-secret": _hash_secret,
     }
     try:
         return handlers[args.command](args)
@@ -479,6 +489,24 @@ def _check_config(args: argparse.Namespace) -> int:
     failures = [r for r in results if not r.ok and not r.warning]
     print("config OK" if not failures else f"{len(failures)} problem(s)")
     return 0 if not failures else EXIT_USAGE
+
+
+def _hash_secret(args: argparse.Namespace) -> int:
+    from syncd.secret_hash import hash_secret
+    from syncd.settings._base import is_placeholder
+
+    if sys.stdin.isatty():
+        import getpass
+
+        secret = getpass.getpass("client secret: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret.strip() or is_placeholder(secret):
+        raise _Usage("the secret on stdin is empty or an example value: make one with `openssl rand -hex 32`")
+    if len(secret.encode()) < 32:
+        print("syncd: warning: the secret is shorter than 32 bytes; use a long random one", file=sys.stderr)
+    print(hash_secret(secret))
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
