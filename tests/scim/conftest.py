@@ -1,4 +1,5 @@
-"""Fixtures of the SCIM suite: the router in an app over SQLite or PostgreSQL, a client holding a token."""
+"""Fixtures of the SCIM suite: the router in an app over SQLite or PostgreSQL, a client holding a token (a static
+one, or on the `sqlite-oauth` variant an OAuth access token issued to a client of the same source)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from .oauth import OAUTH_KEY, SECRETS, oauth_section
 from .serve_app import make_app, scim_settings
 
 TOKENS = {"okta": "okta-token-1", "entra": "entra-token-2"}
@@ -43,9 +45,13 @@ class Writes:
 class Scim:
     """A TestClient bound to one token, with the engine and the on_write record."""
 
-    def __init__(self, client: TestClient, engine: Any, writes: Writes, token: str) -> None:
+    def __init__(
+        self, client: TestClient, engine: Any, writes: Writes, token: str, oauth: dict[str, str] | None = None
+    ) -> None:
         self.client, self.engine, self.writes = client, engine, writes
-        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": SCIM_JSON}
+        #: static token -> an OAuth access token of the same source (the oauth variant speaks only with those)
+        self.oauth = oauth or {}
+        self.headers = {"Authorization": f"Bearer {self.oauth.get(token, token)}", "Content-Type": SCIM_JSON}
 
     def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         """Send `body` as SCIM JSON to /scim/v2`path`."""
@@ -70,30 +76,51 @@ class Scim:
 
     def as_token(self, token: str) -> Scim:
         """The same app, speaking with another token."""
-        return Scim(self.client, self.engine, self.writes, token)
+        return Scim(self.client, self.engine, self.writes, token, self.oauth)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def scim_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: SQLite, then the real PostgreSQL (a throwaway syncd_scim_* database)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/scim.db"
-    return str(request.getfixturevalue("postgres").create("syncd_scim"))
+@pytest.fixture(params=["sqlite", "sqlite-oauth", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def scim_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, bool]:
+    """(An empty database, whether the client speaks with OAuth access tokens): SQLite with static tokens, SQLite
+    with OAuth tokens, the real PostgreSQL (a throwaway syncd_scim_* database) with static tokens."""
+    if request.param.startswith("sqlite"):
+        return f"sqlite:///{tmp_path}/scim.db", request.param == "sqlite-oauth"
+    return str(request.getfixturevalue("postgres").create("syncd_scim")), False
 
 
-def open_scim(database_url: str, **scim: Any) -> Iterator[Scim]:
-    """An app over `database_url` and a client speaking as okta."""
+def _oauth_clients() -> dict[str, Any]:
+    """One OAuth client per token's source (client_id `<source>-app`), all with the first test secret."""
+    clients = [oauth_section(client_id=f"{name}-app", source=name)["oauth_clients"][0] for name in TOKENS]
+    return oauth_section(clients=clients)
+
+
+def _access_tokens(settings: Any) -> dict[str, str]:
+    """Static token -> an access token issued (through the real client check) to the client of its source."""
+    from syncd.scim.oauth import ClientRegistry
+
+    registry = ClientRegistry(settings.scim)
+    found = {name: registry.authenticate(f"{name}-app", SECRETS[0]) for name in TOKENS}
+    return {TOKENS[name]: registry.issue(*pair).access_token for name, pair in found.items() if pair is not None}
+
+
+def open_scim(database_url: str, *, oauth: bool = False, **scim: Any) -> Iterator[Scim]:
+    """An app over `database_url` and a client speaking as okta (with an OAuth access token under `oauth`)."""
     writes = Writes()
-    app, engine = make_app(scim_settings(database_url, TOKENS, **scim), on_write=writes)
+    settings = scim_settings(database_url, TOKENS, **(_oauth_clients() if oauth else {}), **scim)
+    issued = _access_tokens(settings) if oauth else {}
+    assert len(issued) == len(TOKENS) if oauth else not issued
+    assert not oauth or settings.scim.oauth.signing_key.get_secret_value() == OAUTH_KEY  # type: ignore[union-attr]
+    app, engine = make_app(settings, on_write=writes)
     with TestClient(app, base_url="http://testserver") as client:
-        yield Scim(client, engine, writes, TOKENS["okta"])
+        yield Scim(client, engine, writes, TOKENS["okta"], issued)
     engine.dispose()
 
 
 @pytest.fixture
-def scim(scim_db_url: str) -> Iterator[Scim]:
-    """The SCIM app on SQLite and on PostgreSQL, with the okta token."""
-    yield from open_scim(scim_db_url)
+def scim(scim_backend: tuple[str, bool]) -> Iterator[Scim]:
+    """The SCIM app on SQLite (static token, then OAuth access token) and on PostgreSQL, speaking as okta."""
+    url, oauth = scim_backend
+    yield from open_scim(url, oauth=oauth)
 
 
 @pytest.fixture
