@@ -3,6 +3,7 @@ one, or on the `sqlite-oauth` variant an OAuth access token issued to a client o
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -159,23 +160,33 @@ def served(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def syncd_served(tmp_path: Path) -> Iterator[str]:
-    """A real `syncd serve` (SCIM on, LiteLLM unreachable: reconciles fail, SCIM answers) on loopback."""
+@pytest.fixture(params=["token", "oauth"])
+def syncd_served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A real `syncd serve` (SCIM on, LiteLLM unreachable: reconciles fail, SCIM answers) on loopback: (its SCIM URL,
+    the bearer to use): the static okta token, or an access token its /oauth/token issued to okta's OAuth client."""
     port = free_port()
     config = tmp_path / "syncd.yaml"
-    config.write_text(
-        f"database: {{url: 'sqlite:///{tmp_path}/serve.db'}}\n"
-        "litellm: {url: 'http://127.0.0.1:9', master_key: sk-test}\n"
-        f"scim: {{enabled: true, tokens: [{{name: okta, token: {TOKENS['okta']}}}]}}\n",
-        encoding="utf-8",
-    )
+    scim: dict[str, Any] = {"enabled": True, "tokens": [{"name": "okta", "token": TOKENS["okta"]}]}
+    if request.param == "oauth":
+        scim |= oauth_section(client_id="okta-app", source="okta")
+    document = {
+        "database": {"url": f"sqlite:///{tmp_path}/serve.db"},
+        "litellm": {"url": "http://127.0.0.1:9", "master_key": "sk-test"},
+        "scim": scim,
+    }
+    config.write_text(json.dumps(document), encoding="utf-8")  # JSON is YAML
     command = [sys.executable, "-m", "syncd", "serve", "--config", str(config), "--migrate", "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}/scim/v2"
     try:
         _wait_until_up(url, process)
-        yield url
+        bearer = TOKENS["okta"]
+        if request.param == "oauth":
+            form = {"grant_type": "client_credentials", "client_id": "okta-app", "client_secret": SECRETS[0]}
+            answer = httpx.post(f"http://127.0.0.1:{port}/oauth/token", data=form, timeout=30)
+            assert answer.status_code == 200, answer.text
+            bearer = answer.json()["access_token"]
+        yield url, bearer
     finally:
         process.terminate()
         try:

@@ -1,6 +1,7 @@
 """The python-scim compliance suite (scim2-tester, through the scim2-cli `test` command) against a real server.
 
-Once with the SCIM router alone under uvicorn, once with a real `syncd serve` process; every check must pass.
+Once with the SCIM router alone under uvicorn, then with a real `syncd serve` process twice: with the static token,
+and with an OAuth access token from that process's /oauth/token (issue 17). Every check must pass.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ def _scim2_cli() -> str | None:
 
 
 def test_scim2_tester_passes_every_check(served: str) -> None:
-    _every_check_passes(served)
+    _every_check_passes(served, TOKENS["okta"])
 
 
-def test_scim2_tester_passes_every_check_against_syncd_serve(syncd_served: str) -> None:
-    _every_check_passes(syncd_served)
+def test_scim2_tester_passes_every_check_against_syncd_serve(syncd_served: tuple[str, str]) -> None:
+    _every_check_passes(*syncd_served)
 
 
-def _every_check_passes(served: str) -> None:
+def _every_check_passes(served: str, bearer: str) -> None:
     cli = _scim2_cli()
     if cli is None:
         pytest.skip("scim2-cli is not installed (pip install scim2-cli)")
-    environment = {**os.environ, "SCIM_CLI_HEADERS": f"Authorization: Bearer {TOKENS['okta']}"}
+    environment = {**os.environ, "SCIM_CLI_HEADERS": f"Authorization: Bearer {bearer}"}
     run = subprocess.run([cli, "--url", served, "test"], capture_output=True, text=True, env=environment, timeout=240)
     report = run.stdout + run.stderr
     results = [line for line in report.splitlines() if line.split(" ", 1)[0] in ("SUCCESS", "ERROR", "SKIPPED")]
