@@ -36,6 +36,7 @@ __all__ = [
     "base_config",
     "free_port",
     "ldap_source",
+    "oauth_token",
     "scim_engineer",
     "scim_user",
     "wait_for",
@@ -132,6 +133,8 @@ class Syncd:
         command = [sys.executable, "-m", "syncd", "serve", "--config", str(self.config_path), *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self._stderr, env=env)
+        #: what `scim()` sends as the bearer: the static test token, or an OAuth access token put here
+        self.bearer = SCIM_TOKEN
 
     def wait_healthy(self, timeout: float = 20) -> None:
         """Wait until /healthz answers (fail with the logs if the process exits)."""
@@ -148,8 +151,8 @@ class Syncd:
         return httpx.get(f"{self.url}{path}", timeout=10, **kwargs)
 
     def scim(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        """A SCIM request with the test token."""
-        headers = {"Authorization": f"Bearer {SCIM_TOKEN}", "Content-Type": "application/scim+json"}
+        """A SCIM request with the test token (or the access token in `bearer`)."""
+        headers = {"Authorization": f"Bearer {self.bearer}", "Content-Type": "application/scim+json"}
         return httpx.request(method, f"{self.url}/scim/v2{path}", json=body, headers=headers, timeout=10)
 
     def metric(self, name: str, **labels: str) -> float:
@@ -194,6 +197,19 @@ def base_config(database_url: str, fake_url: str, **server: Any) -> dict[str, An
         "scim": {"enabled": True, "debounce_s": 0.2, "tokens": [{"name": "okta", "token": SCIM_TOKEN}]},
         "mappings": [{"group": "engineers", "role": "internal_user", "models": ["gpt-4o"]}],
     }
+
+
+def oauth_token(syncd: Syncd, client_id: str, secret: str, *, basic: bool = True) -> httpx.Response:
+    """POST /oauth/token for the client credentials grant, the client authenticated by HTTP Basic or by the form."""
+    import base64
+
+    form = {"grant_type": "client_credentials"}
+    headers = {}
+    if basic:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    else:
+        form |= {"client_id": client_id, "client_secret": secret}
+    return httpx.post(f"{syncd.url}/oauth/token", data=form, headers=headers, timeout=30)
 
 
 def ldap_source(server: Slapd, base: str, **schedule: Any) -> dict[str, Any]:

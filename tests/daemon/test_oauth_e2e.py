@@ -9,7 +9,6 @@ source's person. Restarts keep the same database (the configuration is read at s
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from _daemon import GROUP_SCHEMA, PATCH_SCHEMA, SCIM_TOKEN, USER_SCHEMA, base_config, wait_for
+from _daemon import GROUP_SCHEMA, PATCH_SCHEMA, SCIM_TOKEN, USER_SCHEMA, base_config, oauth_token, wait_for
 
 SIGNING_KEY = "oauth-e2e-signing-key-0123456789abcdef0123456789"
 OLD, NEW = "entra-e2e-secret-old-0123456789abcdef01", "entra-e2e-secret-new-0123456789abcdef01"
@@ -47,14 +46,8 @@ def _config(tmp_path: Path, fake: Any, secret_hashes: list[str], **oauth: Any) -
     return config
 
 
-def _token(syncd: Any, secret: str, *, basic: bool = True, client_id: str = "entra-app") -> httpx.Response:
-    form = {"grant_type": "client_credentials"}
-    headers = {}
-    if basic:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    else:
-        form |= {"client_id": client_id, "client_secret": secret}
-    return httpx.post(f"{syncd.url}/oauth/token", data=form, headers=headers, timeout=30)
+def _token(syncd: Any, secret: str, *, basic: bool = True) -> httpx.Response:
+    return oauth_token(syncd, "entra-app", secret, basic=basic)
 
 
 def _access(syncd: Any, secret: str, **kwargs: Any) -> str:

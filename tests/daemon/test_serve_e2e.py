@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _daemon import (
     ADMIN_TOKEN,
     MASTER_KEY,
@@ -15,20 +16,35 @@ from _daemon import (
     SYNC_PASSWORD,
     base_config,
     ldap_source,
+    oauth_token,
     scim_engineer,
     wait_for,
 )
 
+from syncd.secret_hash import hash_secret
 
+OAUTH_KEY = "serve-e2e-oauth-signing-key-0123456789abcdef"
+OAUTH_SECRET = "serve-e2e-okta-client-secret-0123456789abcdef"
+
+
+@pytest.mark.parametrize("auth", ["token", "oauth"])
 def test_scheduled_pulls_and_scim_writes_reach_litellm(
-    tmp_path: Path, fake: Any, launch: Any, slapd: Any, directory: Any
+    tmp_path: Path, fake: Any, launch: Any, slapd: Any, directory: Any, auth: str
 ) -> None:
     alice = directory.add_user("alice")
     group = directory.add_group("engineers", [alice])
     config = base_config(f"sqlite:///{tmp_path}/syncd.db", fake.url)
     config["ldap"] = [ldap_source(slapd, directory.base, full="1h", incremental="2s")]
+    if auth == "oauth":  # the SCIM writes below use an access token of okta's OAuth client (issue 17)
+        config["scim"]["oauth"] = {"signing_key": OAUTH_KEY}
+        client = {"client_id": "okta-app", "source": "okta", "secret_hashes": [hash_secret(OAUTH_SECRET)]}
+        config["scim"]["oauth_clients"] = [client]
     syncd = launch(config, args=("--migrate",))
     syncd.wait_healthy()
+    if auth == "oauth":
+        issued = oauth_token(syncd, "okta-app", OAUTH_SECRET)
+        assert issued.status_code == 200, issued.text
+        syncd.bearer = issued.json()["access_token"]
 
     # the first full pull is overdue at start: it runs at once and alice reaches LiteLLM
     wait_for(lambda: "alice" in fake.users(), 15, "alice in LiteLLM after the first full pull")
@@ -81,6 +97,6 @@ def _check_logs(syncd: Any) -> None:
     assert runs and all("run_id" in e and "trigger" in e for e in runs)
     assert any(e.get("source") == "corp" and e["msg"] == "scheduled pull done" for e in events)
     text = syncd.logs()
-    for secret in (MASTER_KEY, SCIM_TOKEN, ADMIN_TOKEN, SYNC_PASSWORD):
+    for secret in (MASTER_KEY, SCIM_TOKEN, ADMIN_TOKEN, SYNC_PASSWORD, OAUTH_KEY, OAUTH_SECRET, syncd.bearer):
         assert secret not in text
     assert json.loads(text.splitlines()[-1])["msg"] == "syncd serve stopped"
