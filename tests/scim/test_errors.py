@@ -218,3 +218,52 @@ def test_values_of_the_wrong_json_type_are_400(
 def test_every_path_under_the_router_gets_a_scim_answer(scim_sqlite: Scim) -> None:
     assert_error(scim_sqlite.get("/Schemas/%0A0"), 404)
     assert_error(scim_sqlite.get("/No/Such%0AThing"), 404)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "QUERY", "PROPFIND", "OPTIONS", "HEAD"])
+def test_a_method_the_router_does_not_route_is_a_scim_405_from_the_router_itself(
+    scim_sqlite: Scim, method: str
+) -> None:
+    """The router alone (no door in front: tests/scim/serve_app.py) renders it, before authentication, with Allow."""
+    for path in ("/Users", "/Users/abc", "/ServiceProviderConfig", "/No/Such/Thing"):
+        answer = scim_sqlite.client.request(method, f"/scim/v2{path}")
+        assert answer.status_code == 405, (method, path, answer.text)
+        assert answer.headers["content-type"].startswith("application/scim+json")
+        assert "GET" in answer.headers["allow"] and method not in answer.headers["allow"]
+        if method != "HEAD":
+            assert answer.json() == {
+                "schemas": [ERROR],
+                "status": "405",
+                "detail": f"{method} is not allowed on SCIM endpoints",
+            }
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_every_answer_under_scim_is_a_scim_one_in_the_whole_app(tmp_path: Path, enabled: bool) -> None:
+    """syncd's app: the door's refusals, Starlette's own 404 (a path outside the router, SCIM off) and the router's
+    errors all come from syncd.scim.errors; elsewhere errors stay plain JSON."""
+    from syncd.app import create_app
+    from syncd.metrics import Metrics
+    from syncd.settings import settings_from_dict
+    from syncd.store import make_engine, upgrade
+    from syncd.store.repository import SyncStore
+
+    url = f"sqlite:///{tmp_path}/app.db"
+    scim = {"enabled": enabled, "tokens": [{"name": "okta", "token": "okta-token-0123456789abcdef0123456789"}]}
+    settings = settings_from_dict({"database": {"url": url}, "scim": scim, "server": {"rate_limit_burst": 40, "rate_limit_per_s": 0.5}})
+    engine = make_engine(url)
+    upgrade(engine)
+    app = create_app(settings, store=SyncStore(engine), engine=engine, metrics=Metrics())
+    with TestClient(app) as client:
+        assert_error(client.get("/scim"), 404)
+        assert_error(client.get("/scim/v1/Users"), 404)
+        assert_error(client.get("/scim/v2/Users?filter=%00"), 400)
+        if enabled:
+            assert_error(client.request("TRACE", "/scim/v2/Users"), 405)
+            assert_error(client.get("/scim/v2/Users"), 401)
+        else:
+            assert_error(client.get("/scim/v2/Users"), 404)
+        assert client.get("/nowhere").json() == {"detail": "Not Found"}
+        answers = [client.get("/scim/v2/Users") for _ in range(60)]
+        assert_error(answers[-1], 429)
+    engine.dispose()
