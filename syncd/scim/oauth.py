@@ -1,7 +1,8 @@
 """OAuth 2.0 client credentials for SCIM (RFC 6749 §4.4): who may get an access token, and what a token says.
 
-`ClientRegistry` checks a client's id and secret against the scrypt hashes of `scim.oauth_clients` (every hash of
-the client is tried, and an unknown client_id costs one hash too, so neither timing tells which ids exist), then
+`ClientRegistry` checks a client's id and secret against the scrypt hashes of `scim.oauth_clients` (always two scrypt
+checks, a decoy hash standing in for a missing one, so the timing tells neither which ids exist nor how many secrets
+a client has), then
 signs an access token: a JWT (RFC 9068 profile, HS256, through PyJWT) with `iss`, `aud`, `sub` (the client_id),
 `src` (its source), `sh` (which of its secret hashes was used), `iat`, `exp` and a random `jti`.
 
@@ -36,6 +37,8 @@ _TYPE = "at+jwt"
 _REQUIRED = ["exp", "iat", "aud", "iss", "sub", "src", "sh"]
 #: successful secret checks remembered (by keyed digest, never the secret) so that a client's next request is cheap
 _REMEMBERED = 256
+#: the most secret hashes a client has (two while rotating)
+_MAX_HASHES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +93,11 @@ class ClientRegistry:
                 fingerprint = self._remembered.get(remembered)
             if fingerprint is not None and fingerprint in {h.fingerprint for h in client.hashes}:
                 return client.config, fingerprint
+        # always _MAX_HASHES checks (the decoy filling in), so the time taken says nothing about the client_id
+        known = client.hashes if client is not None else ()
         matched = None
-        for candidate in client.hashes if client is not None else (self._decoy,):
-            if candidate.matches(secret) and client is not None:
+        for candidate in (*known, *(self._decoy,) * (_MAX_HASHES - len(known))):
+            if candidate.matches(secret) and candidate is not self._decoy:
                 matched = candidate.fingerprint
         if client is None or matched is None:
             return None

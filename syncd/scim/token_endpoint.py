@@ -133,6 +133,7 @@ def token_endpoint(registry: ClientRegistry, metrics: Any = None) -> Callable[[R
             async with hashing:
                 found = await run_in_threadpool(registry.authenticate, client_id, secret)
             if found is None:
+                _log.warning("token request refused: invalid client credentials", extra={"client_id": client_id[:80]})
                 raise _client_failed("the client credentials are not valid")
             issued = registry.issue(*found)
         except _Refused as refused:

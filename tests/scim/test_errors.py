@@ -250,7 +250,9 @@ def test_every_answer_under_scim_is_a_scim_one_in_the_whole_app(tmp_path: Path, 
 
     url = f"sqlite:///{tmp_path}/app.db"
     scim = {"enabled": enabled, "tokens": [{"name": "okta", "token": "okta-token-0123456789abcdef0123456789"}]}
-    settings = settings_from_dict({"database": {"url": url}, "scim": scim, "server": {"rate_limit_burst": 40, "rate_limit_per_s": 0.5}})
+    settings = settings_from_dict(
+        {"database": {"url": url}, "scim": scim, "server": {"rate_limit_burst": 40, "rate_limit_per_s": 0.5}}
+    )
     engine = make_engine(url)
     upgrade(engine)
     app = create_app(settings, store=SyncStore(engine), engine=engine, metrics=Metrics())
