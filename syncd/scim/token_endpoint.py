@@ -5,7 +5,8 @@ A request is a form (application/x-www-form-urlencoded, at most `TOKEN_MAX_BYTES
 base64, §2.3.1) or with `client_id` and `client_secret` in the form, never both. `scope` is accepted and ignored: a
 token grants its client's SCIM source, nothing more. The answer is `{"access_token", "token_type": "Bearer",
 "expires_in"}` or an RFC error (§5.2): `invalid_request` 400, `invalid_client` 401 with `WWW-Authenticate: Basic`,
-`unsupported_grant_type` 400; never cached. The secret checks (scrypt) run in the thread pool, two at a time.
+`unsupported_grant_type` 400; never cached. The secret checks (scrypt) run in the thread pool, two at a time, with at
+most `_MAX_WAITING` requests queued for them (more at once: 503 `temporarily_unavailable`, Retry-After).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ TOKEN_PATH = "/oauth/token"
 #: a token request is a few short fields: anything longer is refused without being read further
 TOKEN_MAX_BYTES = 4096
 _MAX_ID, _MAX_SECRET = 200, 1024
+#: token requests that may be in a secret check or wait for one (two run at once); more at the same time answer 503
+_MAX_WAITING = 32
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="syncd", charset="UTF-8"'}
 _log = logging.getLogger("syncd.oauth")
@@ -118,6 +121,17 @@ def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
 def token_endpoint(registry: ClientRegistry, metrics: Any = None) -> Callable[[Request], Awaitable[Response]]:
     """The ASGI endpoint of /oauth/token over `registry` (mount it for every method: a GET gets an RFC error)."""
     hashing = asyncio.Semaphore(2)  # scrypt is memory- and CPU-hard: at most two checks at once
+    waiting = [0]  # requests queued for a check: past _MAX_WAITING a flood is answered at once, not queued
+
+    async def authenticate(client_id: str, secret: str) -> tuple[Any, str] | None:
+        if waiting[0] >= _MAX_WAITING:
+            raise _Refused(503, "temporarily_unavailable", "too many token requests at once", {"Retry-After": "1"})
+        waiting[0] += 1
+        try:
+            async with hashing:
+                return await run_in_threadpool(registry.authenticate, client_id, secret)
+        finally:
+            waiting[0] -= 1
 
     async def token(request: Request) -> Response:
         try:
@@ -130,8 +144,7 @@ def token_endpoint(registry: ClientRegistry, metrics: Any = None) -> Callable[[R
             if grant != "client_credentials":
                 raise _Refused(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
             client_id, secret = _credentials(request, form)
-            async with hashing:
-                found = await run_in_threadpool(registry.authenticate, client_id, secret)
+            found = await authenticate(client_id, secret)
             if found is None:
                 _log.warning("token request refused: invalid client credentials", extra={"client_id": client_id[:80]})
                 raise _client_failed("the client credentials are not valid")

@@ -285,3 +285,31 @@ def test_hash_secret_prints_a_hash_that_matches_only_its_secret() -> None:
     assert printed != hash_secret(SECRETS[0])  # salted
     empty = subprocess.run(command, input="\n", capture_output=True, text=True, timeout=60, check=False)
     assert empty.returncode == 2 and "empty" in empty.stderr and not empty.stdout
+
+
+def test_a_flood_of_token_requests_is_answered_at_once_beyond_the_queue(tmp_path: Path) -> None:
+    """Two secret checks run at a time and 32 requests may be checked or wait for a check; the rest answer 503 at
+    once, and the endpoint serves a good client again as soon as the flood has passed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from syncd.testing import serve_in_thread
+
+    settings = _settings(tmp_path)
+    engine = make_engine(settings.database.url)
+    upgrade(engine)
+    app = create_app(settings, store=SyncStore(engine), engine=engine, metrics=Metrics())
+    with serve_in_thread(app) as base, ThreadPoolExecutor(48) as pool:
+
+        def attempt(i: int) -> httpx.Response:
+            return httpx.post(f"{base}/oauth/token", data=_form(f"guess-{i}", f"wrong-{i}"), timeout=120)
+
+        answers = list(pool.map(attempt, range(48)))
+        statuses = sorted(answer.status_code for answer in answers)
+        assert set(statuses) == {401, 503} and statuses.count(401) >= 32, statuses
+        busy = next(answer for answer in answers if answer.status_code == 503)
+        assert busy.json()["error"] == "temporarily_unavailable" and busy.headers["retry-after"] == "1"
+        good = httpx.post(f"{base}/oauth/token", data=_form("entra-app", SECRETS[0]), timeout=60)
+        assert good.status_code == 200, good.text
+    engine.dispose()
