@@ -1,9 +1,10 @@
 """SCIM 2.0 service provider (RFC 7643/7644) for Okta, Entra ID and other identity providers.
 
 `build_scim_router(settings, engine, on_write=..., metrics=...)` returns the FastAPI router the app mounts at
-/scim/v2. Each bearer token of `scim.tokens` is one source: what it writes lands in identities, groups and
-memberships under the token's name, in one transaction per request, and `on_write` is told which LiteLLM user_ids
-changed. The service provider never calls LiteLLM.
+/scim/v2. Each bearer token of `scim.tokens` is one source, and so is each source named by `scim.oauth_clients`
+(whose access tokens /oauth/token issues: syncd.scim.oauth, syncd.scim.token_endpoint): what it writes lands in
+identities, groups and memberships under the source's name, in one transaction per request, and `on_write` is told
+which LiteLLM user_ids changed. The service provider never calls LiteLLM.
 """
 
 from __future__ import annotations
