@@ -21,7 +21,7 @@ class CheckResult:
 def run_checks(settings: Any) -> list[CheckResult]:
     """Every check, in order; none raises."""
     results = [CheckResult("config", True, "valid")]
-    results += _tenant_warnings(settings)
+    results += _mapping_scopes(settings)
     results += _token_warnings(settings)
     results += _oauth_checks(settings)
     results.append(_check_database(settings))
@@ -42,24 +42,19 @@ def _check_webhook(index: int, webhook: Any) -> CheckResult:
     return CheckResult(what, True, detail)
 
 
-def _tenant_warnings(settings: Any) -> list[CheckResult]:
-    """A mapping by name without `sources:` matches a group of that name in every source: say so when a tenant
-    (a SCIM token) could create one and another source exists."""
-    from syncd.mapping import is_dn
+def _mapping_scopes(settings: Any) -> list[CheckResult]:
+    """What each mapping matches, in words: which sources' groups, by DN, CN or displayName."""
+    from syncd.mapping import describe_match
 
-    tokens = [token.name for token in settings.scim.tokens]
-    if not tokens or len(tokens) + len(settings.ldap) < 2:
-        return []
+    directories = [source.name for source in settings.ldap]
+    tenants = [token.name for token in settings.scim.tokens]
     return [
         CheckResult(
             f"mappings[{i}] ({m.group})",
-            False,
-            f"matches a group of that name in every source ({', '.join(tokens)} included): "
-            "name the sources it is for with `sources:`",
             True,
+            "matches " + describe_match(m.group, m.sources, directories=directories, tenants=tenants),
         )
         for i, m in enumerate(settings.mappings)
-        if m.sources is None and not is_dn(m.group)
     ]
 
 

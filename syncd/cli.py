@@ -114,7 +114,10 @@ def _parser() -> argparse.ArgumentParser:
         "--wait-db", type=float, default=30.0, metavar="SECONDS", help="wait this long for the database at start"
     )
 
-    check = commands.add_parser("check-config", help="validate the config, then try the database, LDAP and LiteLLM")
+    check = commands.add_parser(
+        "check-config",
+        help="validate the config, say what each mapping matches, then try the database, LDAP and LiteLLM",
+    )
     _add_common(check)
 
     imp = commands.add_parser("import", help="record people and groups from a JSON or CSV file as one source")

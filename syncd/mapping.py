@@ -19,7 +19,9 @@ Who is a person (each source owns its people):
 Which groups a mapping matches (`grants_for`): only groups of the sources it names (`sources:`, unset: every source).
 A mapping whose group is a DN (it starts with an attribute type and `=`, RFC 4514) matches LDAP groups by their DN;
 a SCIM group's displayName never matches a DN, unless the mapping names that SCIM source. Any other group name matches
-an LDAP group's CN and a SCIM group's displayName.
+an LDAP group's CN and a SCIM group's displayName. The config refuses a name without `sources:` that groups of a SCIM
+token and of another source could both carry (`ambiguous_sources`), so that no tenant can take another source's
+grants by naming a group alike; `describe_match` says in words what a mapping matches.
 
 How grants combine:
 
@@ -48,7 +50,9 @@ __all__ = [
     "Grant",
     "IdentityConflict",
     "MappingRules",
+    "ambiguous_sources",
     "combine_grants",
+    "describe_match",
     "desired_state",
     "grants_for",
     "identify_people",
@@ -79,6 +83,44 @@ _DN_START = re.compile(r"\s*(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)*)\s*=")
 def is_dn(text: str) -> bool:
     """True when a mapping's group is a DN (`cn=llm-admins,ou=groups,...`), matched against LDAP groups' DNs only."""
     return _DN_START.match(text) is not None
+
+
+def ambiguous_sources(
+    group: str, sources: Sequence[str] | None, *, directories: Sequence[str], tenants: Sequence[str]
+) -> tuple[str, ...]:
+    """The sources whose groups a mapping by name could match when it must say which (else ()).
+
+    A name without `sources:` matches a group of that name in every source. That is refused as soon as a SCIM token
+    (a tenant, who can create any group) and any other source are configured: the tenant could otherwise name a group
+    after another source's group and get its grants. A DN matches directory groups only, so it never needs saying.
+    """
+    if sources is not None or is_dn(group) or not tenants or len(directories) + len(tenants) < 2:
+        return ()
+    return (*directories, *tenants)
+
+
+def describe_match(
+    group: str, sources: Sequence[str] | None, *, directories: Sequence[str], tenants: Sequence[str]
+) -> str:
+    """What a mapping matches, in words (`syncd check-config`); `directories` are the LDAP sources' names."""
+    dn = is_dn(group)
+    if sources is None:
+        ldap = f"LDAP {', '.join(directories)}; " if directories else ""
+        if dn:
+            return f"the directory group with this DN ({ldap}imported files), never a SCIM displayName"
+        if not tenants:
+            return f"directory groups with this CN ({ldap}imported files)"
+        return f"SCIM groups of {', '.join(tenants)} with this displayName (and imported files' groups of this name)"
+    named_directories = [name for name in sources if name not in tenants]
+    named_tenants = [name for name in sources if name in tenants]
+    parts = []
+    if named_directories:
+        parts.append(f"groups of {' or '.join(named_directories)} with this {'DN' if dn else 'CN'}")
+    if named_tenants:
+        parts.append(
+            f"SCIM groups of {' or '.join(named_tenants)} with this displayName{' (a DN string)' if dn else ''}"
+        )
+    return "; ".join(parts)
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from syncd.mapping import ambiguous_sources
 from syncd.settings._base import Strict
 from syncd.settings.core import (
     DatabaseSettings,
@@ -32,6 +33,8 @@ from syncd.settings.scim import SECRETS_UNSET, ScimSettings
 
 __all__ = ["ConfigError", "Settings", "load_settings", "settings_from_dict"]
 
+#: a problem that starts with the key it is about (`mappings[0].group: ...`)
+_KEY_PATH = re.compile(r"[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: ")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -86,6 +89,26 @@ class Settings(Strict):
             unknown = sorted(set(names) - known)
             if unknown:
                 raise ValueError(f"{where}: no source is named {', '.join(map(repr, unknown))}")
+        return self
+
+    @model_validator(mode="after")
+    def _mappings_say_their_sources(self) -> Settings:
+        """A mapping by name that a tenant's group and another source's could both match must say which it means."""
+        directories = [source.name for source in self.ldap]
+        tenants = [token.name for token in self.scim.tokens]
+        problems = []
+        for i, mapping in enumerate(self.mappings):
+            found = ambiguous_sources(mapping.group, mapping.sources, directories=directories, tenants=tenants)
+            if found:
+                kinds = [f"{n} ({'SCIM' if n in tenants else 'LDAP'})" for n in found]
+                where = f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+                problems.append(
+                    f"mappings[{i}].group: {mapping.group!r} is a group name, not a DN, and a group of that name may "
+                    f"come from {where}: say which with `sources:` (e.g. sources: [{found[0]}]), or map the LDAP "
+                    "group by its DN"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))  # each line a problem of its own (see _problems)
         return self
 
     @property
@@ -152,6 +175,14 @@ def _message(error: Mapping[str, Any]) -> str:
     return message
 
 
+def _problems(error: Mapping[str, Any]) -> list[str]:
+    """One error's problems, `key.path: message` each; a whole-file check's lines name their own keys."""
+    lines = _message(error).splitlines()
+    if not error["loc"] and all(_KEY_PATH.match(line) for line in lines):
+        return lines
+    return [f"{_location(error['loc'])}: {_message(error)}"]
+
+
 def settings_from_dict(
     raw: Any, *, source: str = "<config>", env: Mapping[str, str] | None = None, secrets: bool = True
 ) -> Settings:
@@ -171,7 +202,7 @@ def settings_from_dict(
     try:
         return Settings.model_validate(data, context={SECRETS_UNSET: not secrets})
     except ValidationError as exc:
-        raise ConfigError(source, [f"{_location(e['loc'])}: {_message(e)}" for e in exc.errors()]) from None
+        raise ConfigError(source, [line for e in exc.errors() for line in _problems(e)]) from None
 
 
 def load_settings(path: str | Path, *, env: Mapping[str, str] | None = None, secrets: bool = True) -> Settings:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon import OUTPUT, base_config, ldap_source, scim_engineer, wait_for
+from _daemon import OUTPUT, base_config, ldap_source, scim_engineer, wait_for, with_directory
 from _podman import BASE_IMAGE, IMAGE, ROOT, Container, podman
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
@@ -114,7 +114,7 @@ def test_read_only_container_on_sqlite_pulls_ldap_takes_scim_and_stops_cleanly(
 ) -> None:
     group = directory.add_group("engineers", [directory.add_user("alice")])
     config = base_config("sqlite:////var/lib/syncd/syncd.db", fake.url)
-    config["ldap"] = [ldap_source(slapd, directory.base, full="1h", incremental="2s")]
+    with_directory(config, ldap_source(slapd, directory.base, full="1h", incremental="2s"))
     syncd = containers(config)
     started = syncd.run()
     wait_for(lambda: _ready(syncd), 60, "the container's /readyz to answer 200", interval=0.05)
@@ -193,7 +193,7 @@ def test_containers_on_postgres_migrate_and_a_survivor_takes_the_lead(
     group = directory.add_group("engineers", [directory.add_user("dave")])
     url = postgres.create()
     config = base_config(url, fake.url)
-    config["ldap"] = [ldap_source(slapd, directory.base, full="2s")]
+    with_directory(config, ldap_source(slapd, directory.base, full="2s"))
 
     # without --migrate, an empty database is refused at start with what to do (exit 2)
     unmigrated = containers(config, name="unmigrated")

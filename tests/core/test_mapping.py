@@ -149,7 +149,10 @@ def test_people_in_no_mapped_group_are_reported_as_unmapped() -> None:
 def test_with_merge_by_email_a_person_in_two_sources_is_one_user_and_the_higher_priority_source_wins() -> None:
     settings = {
         "identity": {"merge_by": "email"},
-        "mappings": [{"group": "ldap-llm", "models": ["a"]}, {"group": "okta-llm", "models": ["b"]}],
+        "mappings": [
+            {"group": "ldap-llm", "models": ["a"], "sources": ["corp"]},
+            {"group": "okta-llm", "models": ["b"], "sources": ["okta"]},
+        ],
         "ldap": [{"name": "corp", "url": "ldap://x", "priority": 1, "users": {"base_dn": "dc=x"}}],
         "scim": {"tokens": [{"name": "okta", "token": "t0ken", "priority": 5}]},
     }

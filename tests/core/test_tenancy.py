@@ -14,6 +14,8 @@ from syncd.plan import PlanPolicy, make_plan
 from syncd.settings import ConfigError, settings_from_dict
 
 ADMINS_DN = "cn=llm-admins,ou=groups,dc=example,dc=org"
+#: a mapping of the groups named eng in every source of `config` (a name needs `sources:` there)
+ENG = {"group": "eng", "sources": ["corp", "okta", "evil"]}
 
 
 def config(mappings: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def test_a_dn_mapping_matches_a_scim_displayname_only_where_it_names_that_scim_s
 def test_a_scim_group_named_after_a_team_admin_dn_makes_nobody_team_admin() -> None:
     from syncd.teams import plan_teams
 
-    r = rules([{"group": "llm-users", "teams": ["platform"]}])
+    r = rules([{"group": "llm-users", "teams": ["platform"], "sources": ["corp", "evil"]}])
     alice, mallory = who("corp", "alice", recorded=1), who("evil", "mallory", recorded=2)
     groups = [
         ldap_group("llm-users", alice),
@@ -78,22 +80,81 @@ def test_a_scim_group_named_after_a_team_admin_dn_makes_nobody_team_admin() -> N
     assert ADMINS_DN in state.users["alice"].groups
     assert f"{ADMINS_DN} (SCIM group of evil)" in state.users["mallory"].groups
     spec = {"alias": "platform", "admin_groups": [ADMINS_DN]}
-    teams = settings_from_dict(config([{"group": "llm-users"}], teams=[spec])).teams
+    teams = settings_from_dict(config([{"group": "llm-users", "sources": ["corp"]}], teams=[spec])).teams
     users = {u: ManagedUser(u, state.users[u].source, state.users[u].external_id, "active", {}) for u in state.users}
     result = plan_teams(state.users, teams, [], {}, users)
     roles = {c.user_id: c.role for c in result.changes if c.action == "add_member"}
     assert roles == {"alice": "admin", "mallory": "user"}
 
 
-def test_a_name_matches_an_ldap_cn_and_a_scim_displayname_unless_sources_narrow_it() -> None:
+def test_a_name_matches_the_cn_and_displayname_of_the_sources_it_names() -> None:
     alice, olga, mallory = who("corp", "alice"), who("okta", "olga"), who("evil", "mallory")
     groups = [ldap_group("eng", alice), scim_group("okta", "ENG", olga), scim_group("evil", "eng", mallory)]
     everyone = [alice, olga, mallory]
-    assert set(desired_state(everyone, groups, rules([{"group": "eng"}])).users) == {"alice", "olga", "mallory"}
+    assert set(desired_state(everyone, groups, rules([ENG])).users) == {"alice", "olga", "mallory"}
     only_corp = desired_state(everyone, groups, rules([{"group": "eng", "sources": ["corp"]}]))
     assert set(only_corp.users) == {"alice"}
     both = desired_state(everyone, groups, rules([{"group": "eng", "sources": ["corp", "okta"]}]))
     assert set(both.users) == {"alice", "olga"}
+
+
+def test_a_name_without_sources_that_a_tenant_could_also_carry_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as refused:
+        rules([{"group": "eng"}, {"group": ADMINS_DN}, {"group": "llm-admins", "role": "proxy_admin"}])
+    assert refused.value.problems == [
+        f"mappings[{i}].group: {name!r} is a group name, not a DN, and a group of that name may come from corp (LDAP), "
+        "okta (SCIM) and evil (SCIM): say which with `sources:` (e.g. sources: [corp]), or map the LDAP group by "
+        "its DN"
+        for i, name in ((0, "eng"), (2, "llm-admins"))
+    ]
+    one_token = {"scim": {"tokens": [{"name": "okta", "token": "t"}]}}
+    two_tokens = {"scim": {"tokens": [{"name": "okta", "token": "t"}, {"name": "evil", "token": "e"}]}}
+    with pytest.raises(ConfigError, match=r"come from okta \(SCIM\) and evil \(SCIM\)"):
+        settings_from_dict({**two_tokens, "mappings": [{"group": "eng"}]})
+    # unambiguous without sources: a single token, or directories only (no tenant can create groups there)
+    alone = rules_from_settings(settings_from_dict({**one_token, "mappings": [{"group": "eng"}]}))
+    olga = who("okta", "olga")
+    assert set(desired_state([olga], [scim_group("okta", "ENG", olga)], alone).users) == {"olga"}
+    two_directories = config([{"group": "eng"}])
+    two_directories["ldap"].append({"name": "emea", "url": "ldap://127.0.0.1", "users": {"base_dn": "o=emea"}})
+    del two_directories["scim"]
+    directories = rules_from_settings(settings_from_dict(two_directories))
+    alice = who("corp", "alice")
+    assert set(desired_state([alice], [ldap_group("eng", alice)], directories).users) == {"alice"}
+
+
+def test_check_config_says_what_each_mapping_matches() -> None:
+    from syncd.checks import _mapping_scopes
+
+    mappings = [
+        {"group": ADMINS_DN},
+        {"group": "eng", "sources": ["corp"]},
+        {"group": "Eng", "sources": ["okta", "corp", "evil"]},
+        {"group": ADMINS_DN, "sources": ["evil"]},
+    ]
+    lines = [(r.what, r.ok, r.detail) for r in _mapping_scopes(settings_from_dict(config(mappings)))]
+    assert lines == [
+        (
+            f"mappings[0] ({ADMINS_DN})",
+            True,
+            "matches the directory group with this DN (LDAP corp; imported files), never a SCIM displayName",
+        ),
+        ("mappings[1] (eng)", True, "matches groups of corp with this CN"),
+        (
+            "mappings[2] (Eng)",
+            True,
+            "matches groups of corp with this CN; SCIM groups of okta or evil with this displayName",
+        ),
+        (f"mappings[3] ({ADMINS_DN})", True, "matches SCIM groups of evil with this displayName (a DN string)"),
+    ]
+    alone = settings_from_dict({"scim": {"tokens": [{"name": "okta", "token": "t"}]}, "mappings": [{"group": "eng"}]})
+    assert [r.detail for r in _mapping_scopes(alone)] == [
+        "matches SCIM groups of okta with this displayName (and imported files' groups of this name)"
+    ]
+    directory = settings_from_dict({**config([{"group": "eng"}]), "scim": {}})
+    assert [r.detail for r in _mapping_scopes(directory)] == [
+        "matches directory groups with this CN (LDAP corp; imported files)"
+    ]
 
 
 def test_an_ldap_group_dn_mapping_can_be_narrowed_to_one_directory() -> None:
@@ -137,7 +198,7 @@ def test_another_sources_disabled_identity_with_the_same_email_never_suspends_th
     alice = who("corp", "alice", recorded=1)
     mallory = who("evil", "mallory", email="ALICE@example.org", recorded=2, active=False)
     state = desired_state(
-        [mallory, alice], [ldap_group("eng", alice), scim_group("evil", "eng", mallory)], rules([{"group": "eng"}])
+        [mallory, alice], [ldap_group("eng", alice), scim_group("evil", "eng", mallory)], rules([ENG])
     )
     assert state.users["alice"].active and state.users["alice"].source == "corp"
     assert state.users["mallory"].active is False  # its own (never provisioned) user, nobody else's
@@ -147,7 +208,7 @@ def test_another_sources_disabled_identity_with_the_same_email_never_suspends_th
 def test_another_sources_identity_claiming_a_user_id_is_refused() -> None:
     alice = who("corp", "alice", recorded=1)
     mallory = who("evil", "alice", email="m@evil.test", recorded=2, active=False)
-    state = desired_state([mallory, alice], [ldap_group("eng", alice)], rules([{"group": "eng"}]))
+    state = desired_state([mallory, alice], [ldap_group("eng", alice)], rules([ENG]))
     assert state.users["alice"].source == "corp" and state.users["alice"].active
     (conflict,) = state.conflicts
     assert (conflict.kind, conflict.refused, conflict.holder) == ("user_id", mallory, alice)
@@ -158,7 +219,7 @@ def test_an_active_identity_of_another_source_with_a_held_email_is_a_conflict_no
     alice = who("corp", "alice", recorded=1)
     olga = who("okta", "alice.okta", email="alice@example.org", recorded=2)
     groups = [ldap_group("eng", alice), scim_group("okta", "eng", olga)]
-    state = desired_state([olga, alice], groups, rules([{"group": "eng"}]))
+    state = desired_state([olga, alice], groups, rules([ENG]))
     assert set(state.users) == {"alice"} and state.held == {"alice.okta"}
     assert "email 'alice@example.org' of okta 'alice.okta'" in state.problems[0]
 
@@ -168,7 +229,7 @@ def test_a_second_username_with_an_existing_email_is_refused_and_suspends_nobody
     six = [who("okta", f"p{i}", recorded=i) for i in range(6)]
     dup = who("okta", "p0-again", email="P0@example.org", recorded=10)
     groups = [scim_group("okta", "eng", *six, dup)]
-    state = desired_state([dup, *six], groups, rules([{"group": "eng"}]))
+    state = desired_state([dup, *six], groups, rules([ENG]))
     assert set(state.users) == {f"p{i}" for i in range(6)}
     assert state.held == {"p0-again"} and [c.kind for c in state.conflicts] == ["email"]
     managed = {
@@ -183,7 +244,7 @@ def test_a_second_username_with_an_existing_email_is_refused_and_suspends_nobody
 def test_a_disabled_holder_does_not_keep_an_email_from_an_active_person() -> None:
     leaver = who("corp", "jsmith", email="j@example.org", recorded=1, active=False)
     rehire = who("corp", "john.smith", email="j@example.org", recorded=2)
-    state = desired_state([leaver, rehire], [ldap_group("eng", leaver, rehire)], rules([{"group": "eng"}]))
+    state = desired_state([leaver, rehire], [ldap_group("eng", leaver, rehire)], rules([ENG]))
     assert state.users["john.smith"].active and state.users["jsmith"].active is False and not state.conflicts
 
 
@@ -191,16 +252,15 @@ def test_people_without_an_email_are_keyed_by_source_and_never_merged() -> None:
     a, b = who("corp", "svc-a", email=""), who("corp", "svc-b", email="")
     c = who("okta", "svc-c", email="")
     merge = {"identity": {"merge_by": "email"}}
-    state = desired_state(
-        [a, b, c], [ldap_group("eng", a, b), scim_group("okta", "eng", c)], rules([{"group": "eng"}], **merge)
-    )
+    state = desired_state([a, b, c], [ldap_group("eng", a, b), scim_group("okta", "eng", c)], rules([ENG], **merge))
     assert set(state.users) == {"svc-a", "svc-b", "svc-c"} and not state.conflicts
     assert all(u.email == "" for u in state.users.values())
 
 
 # -- merge_by: email (opt-in) -------------------------------------------------------------------------------------
 def _merge_config(**identity: Any) -> dict[str, Any]:
-    cfg = config([{"group": "eng", "models": ["a"]}, {"group": "power", "models": ["b"]}])
+    every = ENG["sources"]
+    cfg = config([{**ENG, "models": ["a"]}, {"group": "power", "models": ["b"], "sources": every}])
     cfg["ldap"][0]["priority"] = 1
     cfg["scim"]["tokens"][0]["priority"] = 5
     cfg["identity"] = {"merge_by": "email", **identity}
@@ -261,7 +321,7 @@ _identities = st.lists(
 def test_emails_and_user_ids_have_one_holder_whatever_the_input_order(
     identities: list[Identity], shuffle: Any, merging: bool
 ) -> None:
-    r = rules([{"group": "eng"}], identity={"merge_by": "email" if merging else "none"})
+    r = rules([ENG], identity={"merge_by": "email" if merging else "none"})
     groups = [
         Group(source, f"g-{source}", "eng", None, frozenset(i.external_id for i in identities if i.source == source))
         for source in ("corp", "okta", "evil")
@@ -285,20 +345,10 @@ def test_emails_and_user_ids_have_one_holder_whatever_the_input_order(
     assert not state.held & set(state.users)
 
 
-def test_check_config_warns_about_a_name_mapping_open_to_every_tenant() -> None:
-    from syncd.checks import _tenant_warnings
-
-    mappings = [{"group": "eng"}, {"group": "admins", "sources": ["corp"]}, {"group": ADMINS_DN}]
-    (warning,) = _tenant_warnings(settings_from_dict(config(mappings)))
-    assert warning.warning and warning.what == "mappings[0] (eng)" and "okta, evil" in warning.detail
-    alone = settings_from_dict({"scim": {"tokens": [{"name": "okta", "token": "t"}]}, "mappings": mappings[:1]})
-    assert _tenant_warnings(alone) == []  # one source: nobody else to fear
-
-
 def test_the_person_whose_litellm_user_carries_an_email_keeps_it_when_another_changes_to_it() -> None:
     first = who("corp", "p0", email="p1@example.org", recorded=1)  # p0 changed their email to p1's
     second = who("corp", "p1", recorded=2)
-    groups, r = [ldap_group("eng", first, second)], rules([{"group": "eng"}])
+    groups, r = [ldap_group("eng", first, second)], rules([ENG])
     assert desired_state([first, second], groups, r).held == {"p1"}  # by recording order alone
     state = desired_state([first, second], groups, r, email_owners={"p1@example.org": "p1", "p0@example.org": "p0"})
     assert set(state.users) == {"p1"} and state.held == {"p0"}
@@ -328,9 +378,7 @@ def test_a_refused_person_keeps_the_teams_syncd_gave_them() -> None:
 def test_a_thousand_conflicts_are_listed_fifty_and_counted() -> None:
     ldap = [who("corp", f"u{i}", recorded=i) for i in range(1000)]
     okta = [who("okta", f"u{i}.okta", email=f"u{i}@example.org", recorded=2000 + i) for i in range(1000)]
-    state = desired_state(
-        ldap + okta, [ldap_group("eng", *ldap), scim_group("okta", "eng", *okta)], rules([{"group": "eng"}])
-    )
+    state = desired_state(ldap + okta, [ldap_group("eng", *ldap), scim_group("okta", "eng", *okta)], rules([ENG]))
     assert (
         len(state.conflicts) == 1000 and len(state.held) == 1000 and set(state.users) == {f"u{i}" for i in range(1000)}
     )
@@ -338,7 +386,7 @@ def test_a_thousand_conflicts_are_listed_fifty_and_counted() -> None:
 
 
 def test_a_merged_person_refused_a_user_id_names_the_user_id_in_every_conflict() -> None:
-    r = rules([{"group": "eng"}], identity={"merge_by": "email"})
+    r = rules([ENG], identity={"merge_by": "email"})
     holder = who("evil", "alice", email="m@example.org", recorded=1)
     corp, okta = who("corp", "alice", recorded=2), who("okta", "alice.okta", email="alice@example.org", recorded=3)
     state = desired_state([holder, corp, okta], [ldap_group("eng", corp)], r)
@@ -370,6 +418,10 @@ def test_a_mapping_matches_only_the_sources_and_the_kind_it_allows(
     scim = group_source != "corp"
     dn = ADMINS_DN if with_dn and not scim else None  # only directory groups have a DN
     group = Group(group_source, "g", group_name, dn, frozenset({"x"}))
+    if sources is None and not is_dn(key):
+        with pytest.raises(ConfigError, match="say which with `sources:`"):
+            rules([mapping])  # a name every tenant could carry
+        return
     matched = bool(grants_for([group], rules([mapping])))
     if sources is not None and group_source not in sources:
         assert not matched, "a mapping matched a source it does not name"

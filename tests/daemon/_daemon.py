@@ -40,6 +40,7 @@ __all__ = [
     "scim_engineer",
     "scim_user",
     "wait_for",
+    "with_directory",
 ]
 
 MASTER_KEY = "sk-daemon-test-master-key"
@@ -210,6 +211,16 @@ def oauth_token(syncd: Syncd, client_id: str, secret: str, *, basic: bool = True
     else:
         form |= {"client_id": client_id, "client_secret": secret}
     return httpx.post(f"{syncd.url}/oauth/token", data=form, headers=headers, timeout=30)
+
+
+def with_directory(config: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """`config` with the `ldap:` source `source`; its `engineers` mapping then names both the directory and the SCIM
+    token (with a tenant and another source, a mapping by name must say which sources it means)."""
+    config["ldap"] = [source]
+    for mapping in config["mappings"]:
+        if mapping["group"] == "engineers":
+            mapping["sources"] = [source["name"], "okta"]
+    return config
 
 
 def ldap_source(server: Slapd, base: str, **schedule: Any) -> dict[str, Any]:

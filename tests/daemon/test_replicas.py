@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from _daemon import base_config, ldap_source, scim_engineer, wait_for
+from _daemon import base_config, ldap_source, scim_engineer, wait_for, with_directory
 
 pytestmark = pytest.mark.postgres
 
@@ -26,7 +26,7 @@ def test_one_leader_pulls_and_a_survivor_takes_over(
 ) -> None:
     directory.add_group("engineers", [directory.add_user("dave")])
     config = base_config(postgres.create(), fake.url)
-    config["ldap"] = [ldap_source(slapd, directory.base, full="2s")]
+    with_directory(config, ldap_source(slapd, directory.base, full="2s"))
     first = launch(config, args=("--migrate",))
     first.wait_healthy()
     config["server"]["port"] += 1

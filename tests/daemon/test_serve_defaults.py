@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from _daemon import SYNC_PASSWORD, Directory, Slapd, Syncd, base_config, free_port, wait_for
+from _daemon import SYNC_PASSWORD, Directory, Slapd, Syncd, base_config, free_port, wait_for, with_directory
 
 
 def test_a_source_without_schedule_is_pulled_on_the_default_one_and_failed_tries_are_one_line(
@@ -17,16 +17,15 @@ def test_a_source_without_schedule_is_pulled_on_the_default_one_and_failed_tries
     directory.add_group("engineers", [alice])
     config = base_config(f"sqlite:///{tmp_path}/syncd.db", f"http://127.0.0.1:{free_port()}")  # LiteLLM away
     config["litellm"]["max_retries"] = 0
-    config["ldap"] = [
-        {
-            "name": "corp",
-            "url": slapd.url,
-            "bind_dn": f"cn=syncd,{directory.base.split(',', 1)[1]}",
-            "bind_password": SYNC_PASSWORD,
-            "users": {"base_dn": f"ou=people,{directory.base}"},
-            "groups": {"base_dn": f"ou=groups,{directory.base}"},
-        }
-    ]
+    source = {
+        "name": "corp",
+        "url": slapd.url,
+        "bind_dn": f"cn=syncd,{directory.base.split(',', 1)[1]}",
+        "bind_password": SYNC_PASSWORD,
+        "users": {"base_dn": f"ou=people,{directory.base}"},
+        "groups": {"base_dn": f"ou=groups,{directory.base}"},
+    }
+    with_directory(config, source)
     syncd = launch(config, args=("--migrate",))
     syncd.wait_healthy()
 

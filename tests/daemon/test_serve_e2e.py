@@ -19,6 +19,7 @@ from _daemon import (
     oauth_token,
     scim_engineer,
     wait_for,
+    with_directory,
 )
 
 from syncd.secret_hash import hash_secret
@@ -34,7 +35,7 @@ def test_scheduled_pulls_and_scim_writes_reach_litellm(
     alice = directory.add_user("alice")
     group = directory.add_group("engineers", [alice])
     config = base_config(f"sqlite:///{tmp_path}/syncd.db", fake.url)
-    config["ldap"] = [ldap_source(slapd, directory.base, full="1h", incremental="2s")]
+    with_directory(config, ldap_source(slapd, directory.base, full="1h", incremental="2s"))
     if auth == "oauth":  # the SCIM writes below use an access token of okta's OAuth client (issue 17)
         config["scim"]["oauth"] = {"signing_key": OAUTH_KEY}
         client = {"client_id": "okta-app", "source": "okta", "secret_hashes": [hash_secret(OAUTH_SECRET)]}

@@ -2,6 +2,8 @@
 the fake LiteLLM, on SQLite and PostgreSQL.
 
 - a SCIM group named after an LDAP mapping's DN grants nothing;
+- a mapping by name that a tenant's group could also carry must name its sources (serve and check-config exit 2);
+  with `sources: [corp]`, a SCIM group named like the LDAP group's CN grants nothing;
 - a second token cannot get another source's person suspended, by their email or by their user_id;
 - a duplicate email inside one source is a reported conflict (plan, explain, metric), never a suspension;
 - `identity.merge_by: email` merges two sources on purpose.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from _daemon import (
     GROUP_SCHEMA,
     MASTER_KEY,
@@ -35,7 +38,7 @@ def _config(database_url: str, fake: Any, slapd: Any, directory: Any, **extra: A
     config["ldap"] = [ldap_source(slapd, directory.base, full="1h", incremental="1h")]
     config["scim"]["tokens"].append({"name": "evil", "token": EVIL_TOKEN})
     config["mappings"] = [
-        {"group": "engineers", "role": "internal_user", "models": ["gpt-4o"]},
+        {"group": "engineers", "role": "internal_user", "models": ["gpt-4o"], "sources": ["corp", "okta", "evil"]},
         {"group": f"cn=llm-admins,ou=groups,{directory.base}", "role": "proxy_admin"},
     ]
     config["policy"] = {"unmapped_users": "deactivate"}
@@ -112,6 +115,49 @@ def test_a_scim_group_named_after_an_ldap_dn_grants_nothing(
     data = json.loads(explained.stdout)
     assert [(g["source"], g["counts"]) for g in data["groups"]] == [("evil", False)]
     assert data["grants"] == [] and data["desired"] is None
+
+
+def test_a_name_a_tenant_could_carry_must_name_its_sources_and_then_grants_only_there(
+    database_url: str, fake: Any, launch: Any, slapd: Any, directory: Any, tmp_path: Path
+) -> None:
+    alice = directory.add_user("alice")
+    directory.add_group("llm-admins", [alice])
+    config = _config(database_url, fake, slapd, directory)
+    config["mappings"].append({"group": "llm-admins", "role": "proxy_admin"})  # a CN, no sources: refused
+    ambiguous = tmp_path / "ambiguous.yaml"
+    ambiguous.write_text(yaml.safe_dump(config))
+    expected = (
+        "mappings[2].group: 'llm-admins' is a group name, not a DN, and a group of that name may come from corp "
+        "(LDAP), okta (SCIM) and evil (SCIM): say which with `sources:` (e.g. sources: [corp])"
+    )
+    for command in (("check-config",), ("serve", "--migrate")):
+        refused = _syncd(ambiguous, *command)
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr and "mappings[0]" not in refused.stderr  # engineers names its own
+    assert "llm-admins" not in fake.users() and fake.users() == {}
+
+    config["mappings"][2]["sources"] = ["corp"]
+    syncd = _start(launch, config, fake, "alice")
+    checked = _syncd(syncd.config_path, "check-config")
+    assert "ok    mappings[2] (llm-admins): matches groups of corp with this CN" in checked.stdout, checked.stdout
+    assert (
+        "ok    mappings[0] (engineers): matches groups of corp with this CN; SCIM groups of okta or evil with this "
+        "displayName"
+    ) in checked.stdout
+    runs = _runs(syncd)
+    mallory = _user(syncd, EVIL_TOKEN, "mallory", "mallory@evil.example.com")
+    assert mallory.status_code == 201, mallory.text
+    _group(syncd, EVIL_TOKEN, "LLM-Admins", [mallory.json()["id"]])  # the LDAP group's CN, in other capitals
+    wait_for(lambda: _runs(syncd) > runs, 15, "the reconcile after the SCIM writes")
+    syncd.stop()
+
+    full = _syncd(syncd.config_path, "sync", "--json")
+    assert full.returncode == 0, full.stderr[-2000:]
+    users = fake.users()
+    assert "mallory" not in users, "a SCIM group named like the LDAP group's CN must grant nothing"
+    assert users["alice"]["user_role"] == "proxy_admin"
+    explained = json.loads(_syncd(syncd.config_path, "explain", "mallory", "--offline", "--json").stdout)
+    assert [(g["source"], g["name"], g["counts"]) for g in explained["groups"]] == [("evil", "LLM-Admins", False)]
 
 
 def test_a_second_tenant_cannot_suspend_another_sources_person(
@@ -241,7 +287,6 @@ def test_a_person_changing_their_email_to_anothers_takes_it_from_nobody(
     database_url: str, fake: Any, tmp_path: Path, slapd: Any, directory: Any
 ) -> None:
     import ldap3
-    import yaml
 
     directory.add_group("engineers", [directory.add_user("p0"), directory.add_user("p1")])
     config_path = tmp_path / "sync.yaml"
