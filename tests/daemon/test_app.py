@@ -4,7 +4,10 @@ rendered in headless Chromium with a screenshot kept in the test output."""
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,10 @@ from syncd.store import make_engine, upgrade
 from syncd.store.repository import SyncStore
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FaultPlan, create_fake_litellm
+
+#: the status page's colours (syncd/status.py): the chart's marks, the page background, the text
+CHART = {"done": "32a467", "failed": "d92d20", "held": "f79009"}
+BACKGROUND, TEXT = "f6f7f9", "1d2330"
 
 
 def _snapshot(count: int) -> Snapshot:
@@ -121,15 +128,59 @@ def test_every_metric_is_named_syncd(world: dict[str, Any]) -> None:
     assert {"syncd_runs", "syncd_changes", "syncd_guard_holds", "syncd_litellm_calls", "syncd_leader"} <= names
 
 
-def _screenshot(chromium: str, url: str, png: Path, profile: Path, size: str = "1200,900") -> None:
+def _screenshot(chromium: str, url: str, png: Path, profile: Path, size: str = "1200,900") -> Counter[str]:
+    """Chromium's screenshot of `url`; how many pixels of each colour (hex RGB) it shows."""
     png.unlink(missing_ok=True)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
     flags += ["--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
     flags += [f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size}"]
     done = subprocess.run([chromium, *flags, url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert png.exists() and png.stat().st_size > 10_000
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return _colours(png.read_bytes())
+
+
+def _colours(png: bytes) -> Counter[str]:
+    """The pixels of an 8-bit, non-interlaced RGB(A) PNG, counted by colour: enough of PNG for Chromium's output."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", png[:8]
+    chunks: dict[bytes, list[bytes]] = {}
+    at = 8
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        chunks.setdefault(png[at + 4 : at + 8], []).append(png[at + 8 : at + 8 + length])
+        at += 12 + length
+    width, height, depth, kind, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    assert (depth, kind in (2, 6), interlace) == (8, True, 0), (depth, kind, interlace)
+    step = 3 if kind == 2 else 4
+    stride = width * step
+    raw = zlib.decompress(b"".join(chunks[b"IDAT"]))
+    counts: Counter[str] = Counter()
+    above = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        row = _unfilter(raw[start], bytearray(raw[start + 1 : start + 1 + stride]), above, step)
+        counts.update(row[i : i + 3].hex() for i in range(0, stride, step))
+        above = row
+    return counts
+
+
+def _unfilter(kind: int, row: bytearray, above: bytearray, step: int) -> bytearray:
+    """Undo one PNG row filter (RFC 2083, 6): 0 none, 1 sub, 2 up, 3 average, 4 Paeth."""
+    if kind == 2:
+        return bytearray((a + b) & 255 for a, b in zip(row, above, strict=True))
+    for i in range(len(row) if kind else 0):
+        left = row[i - step] if i >= step else 0
+        if kind == 1:
+            row[i] = (row[i] + left) & 255
+        elif kind == 3:
+            row[i] = (row[i] + (left + above[i]) // 2) & 255
+        else:
+            corner = above[i - step] if i >= step else 0
+            guess = left + above[i] - corner
+            near = min(
+                (abs(guess - left), 0, left), (abs(guess - above[i]), 1, above[i]), (abs(guess - corner), 2, corner)
+            )
+            row[i] = (row[i] + near[2]) & 255
+    return row
 
 
 def test_status_page_in_headless_chromium(world: dict[str, Any], tmp_path: Path, output_dir: Path) -> None:
@@ -138,9 +189,25 @@ def test_status_page_in_headless_chromium(world: dict[str, Any], tmp_path: Path,
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     app = create_app(world["settings"], **{k: world[k] for k in ("store", "engine", "metrics")})
     with serve_in_thread(app) as url:
-        _screenshot(chromium, f"{url}/", output_dir / "status-page.png", tmp_path / "profile")
+        public = _screenshot(chromium, f"{url}/", output_dir / "status-page.png", tmp_path / "profile")
         client = TestClient(app)
+        runs = client.get("/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["runs"]
         client.post("/login", data={"token": ADMIN_TOKEN})
         detailed = output_dir / "status-page-detailed.html"
         detailed.write_text(client.get("/").text)
-    _screenshot(chromium, detailed.as_uri(), output_dir / "status-page-detailed.png", tmp_path / "p", "1200,1300")
+    shown = _screenshot(
+        chromium, detailed.as_uri(), output_dir / "status-page-detailed.png", tmp_path / "p", "1200,1300"
+    )
+    # the chart: a green bar per run's done changes, red stacked for its failed ones (both above their 100-pixel
+    # legend squares, in the proportion of the runs' counts), an orange mark for the held run
+    done, failed = sum(run["done"] for run in runs), sum(run["failed"] for run in runs)
+    assert done > failed > 0 and any(run["status"] == "held" for run in runs), runs
+    green, red = public[CHART["done"]] - 100, public[CHART["failed"]] - 100
+    assert green > 5_000 and red > 500, (green, red)
+    assert abs(red / green - failed / done) < 0.1 * failed / done, (red, green, failed, done)
+    assert public[CHART["held"]] > 200
+    # the page's own background, white cards and tables, and text; signed in, the held plans, conflicts and failed
+    # changes below add text and table rows, and the chart is drawn the same
+    assert public[BACKGROUND] > 300_000 and public["ffffff"] > 100_000 and public[TEXT] > 2_000
+    assert shown[TEXT] > 1.5 * public[TEXT] and shown["ffffff"] > 1.2 * public["ffffff"]
+    assert all(shown[colour] == public[colour] for colour in CHART.values())
