@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["CALLS", "FILES", "MASTER_KEY", "NOT_REPRODUCED", "RECORDINGS", "SHARED", "Replay", "mask_times"]
+__all__ = ["CALLS", "FILES", "MASTER_KEY", "RECORDINGS", "SHARED", "Replay", "mask_times"]
 
 RECORDINGS = Path(__file__).parent / "recordings"
 SHARED = Path("/work/shared/litellm-contract")
@@ -38,8 +38,6 @@ _CALL_KEYS = {
     "chat_after_no_default_models": "sk-dARkdnbnBkYWAzcGDvkw_w",  # deact-models' key
     "chat_after_models_empty": "sk-dARkdnbnBkYWAzcGDvkw_w",
 }
-# Recorded calls the fake does not reproduce exactly, with why. Everything else must match whole.
-NOT_REPRODUCED: dict[str, str] = {}
 
 
 def _recorded_calls() -> list[tuple[str, dict[str, Any]]]:

@@ -15,6 +15,8 @@ from types import ModuleType
 import ldap3
 import pytest
 
+import syncd.sources.ldap as ldap_module
+
 from ._domain import SambaDomain, exclusive_ports, missing_programs
 
 READER_PASSWORD = "Reader-Throwaway-Passw0rd!"
@@ -109,5 +111,5 @@ def admin(samba_domain: SambaDomain) -> Iterator[ldap3.Connection]:
 
 @pytest.fixture
 def ldap_source() -> ModuleType:
-    """The module under test; the tests that need it skip until it exists."""
-    return pytest.importorskip("syncd.sources.ldap", reason="syncd/sources/ldap.py (issue 3) has not landed yet")
+    """The module under test, syncd.sources.ldap."""
+    return ldap_module
