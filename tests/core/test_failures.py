@@ -210,6 +210,7 @@ def test_explain_offline_and_db_upgrade_need_no_secret(syncd: Syncd) -> None:
     ]
     syncd.config["litellm"]["master_key"] = "${UNSET_MASTER_KEY}"
     syncd.config["scim"] = {"enabled": True, "tokens": [{"name": "okta", "token": "${UNSET_SCIM_TOKEN}"}]}
+    syncd.config["mappings"][0]["sources"] = ["corp"]  # with a tenant and a directory, a name says whose group
     offline = syncd.run("explain", "alice", "--offline", "--json")
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["user_id"] == "alice"
