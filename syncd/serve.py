@@ -59,15 +59,24 @@ class _Server(uvicorn.Server):
 
 class _GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with the bounds it lacks: a deadline for the request head (however slowly its bytes
-    trickle in, keep-alive requests included) and then for the body, and a cap on open connections per client
-    address (a connection past it is closed at once, so one client's flood of slow connections cannot take the
-    others' places). h11 rather than httptools because only h11 caps the size of the request head
-    (`max_incomplete_event_size`); with httptools a 512 MiB header was read whole."""
+    trickle in, keep-alive requests included) and then for the body, a cap on open connections per client address
+    (a connection past it is closed at once, so one client's flood of slow connections cannot take the others'
+    places), and a cap on open connections in all that makes room for a newcomer by closing the connection that has
+    waited longest for a request head (a slow or idle one), so that a flood from many addresses cannot take every
+    place either; only when every connection is busy with a request does a newcomer get 503. (uvicorn's own
+    `limit_concurrency` answers 503 to everyone once that many connections are open, slow ones included.) h11 rather
+    than httptools because only h11 caps the size of the request head (`max_incomplete_event_size`); with httptools a
+    512 MiB header was read whole."""
 
     head_timeout_s: ClassVar[float] = 10.0
     body_timeout_s: ClassVar[float] = 30.0
     per_client: ClassVar[int] = 0
+    max_open: ClassVar[int] = 1000
     open_by_client: ClassVar[Counter[str]] = Counter()
+    #: the connections waiting for a request head, the longest waiting first
+    waiting: ClassVar[dict[_GuardedH11, None]] = {}
+    #: the connections closed here whose connection_lost has not come yet (still in uvicorn's count)
+    closing: ClassVar[set[_GuardedH11]] = set()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,18 +85,36 @@ class _GuardedH11(H11Protocol):
         self._counted: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """Count the client's connections; past its cap, close this one before reading anything."""
+        """Count the client's connections; past its cap, close this one before reading anything. Past the cap of
+        all connections, close those waiting longest for a head; if none is waiting, answer this one 503."""
         super().connection_made(transport)
         host = self.client[0] if self.client else ""
         if self.per_client and self.open_by_client[host] >= self.per_client:
-            transport.close()
+            self._close()
+            return
+        if not self._make_room():
+            transport.write(_BUSY)
+            self._close()
             return
         self.open_by_client[host] += 1
         self._counted = host
         self._arm("head")
 
+    def _make_room(self) -> bool:
+        excess = len(self.connections) - len(self.closing) - self.max_open
+        while excess > 0 and self.waiting:
+            next(iter(self.waiting))._close()
+            excess -= 1
+        return excess <= 0
+
+    def _close(self) -> None:
+        self.waiting.pop(self, None)
+        self.closing.add(self)
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection (and its deadline)."""
+        self.closing.discard(self)
         self._disarm()
         if self._counted is not None:
             self.open_by_client[self._counted] -= 1
@@ -135,10 +162,13 @@ class _GuardedH11(H11Protocol):
     def _arm(self, phase: str) -> None:
         self._disarm()
         self._phase = phase
+        if phase == "head":
+            self.waiting[self] = None
         delay = self.head_timeout_s if phase == "head" else self.body_timeout_s
         self._deadline = self.loop.call_later(delay, self._expired)
 
     def _disarm(self) -> None:
+        self.waiting.pop(self, None)
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -147,7 +177,14 @@ class _GuardedH11(H11Protocol):
     def _expired(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
-            self.transport.close()
+            self._close()
+
+
+#: the answer to a connection past `server.max_connections` when every open one is busy with a request
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: 25\r\n\r\nToo many open connections"
+)
 
 
 def _protocol(server: Any) -> type[H11Protocol]:
@@ -156,7 +193,10 @@ def _protocol(server: Any) -> type[H11Protocol]:
         "head_timeout_s": server.header_timeout_s,
         "body_timeout_s": server.body_timeout_s,
         "per_client": server.max_connections_per_client,
+        "max_open": server.max_connections,
         "open_by_client": Counter(),
+        "waiting": {},
+        "closing": set(),
     }
     return type("SyncdH11Protocol", (_GuardedH11,), attributes)
 
@@ -316,7 +356,7 @@ def serve(
         timeout_graceful_shutdown=5,
         http=_protocol(limits),
         h11_max_incomplete_event_size=limits.max_header_bytes,
-        limit_concurrency=limits.max_connections,
+        limit_concurrency=None,  # the protocol caps connections (max_open), evicting slow heads first
         timeout_keep_alive=max(1, round(limits.keep_alive_s)),
     )
     server = _Server(config, on_signal=lambda sig: _stopping(sig, worker, scheduler))

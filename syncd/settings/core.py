@@ -77,7 +77,8 @@ class ServerSettings(Strict):
     body_timeout_s: float = Field(30.0, gt=0, le=3600)
     #: seconds an idle keep-alive connection is kept open
     keep_alive_s: float = Field(5.0, gt=0, le=600)
-    #: open connections in all; past it, requests answer 503 (uvicorn's limit_concurrency)
+    #: open connections in all; past it, the connection that has waited longest for a request head (slow or idle) is
+    #: closed to make room, and only when every open one is busy with a request does a newcomer get 503
     max_connections: int = Field(1000, ge=1)
     #: open connections from one client address; past it, new ones are closed at once (0: no per-client cap)
     max_connections_per_client: int = Field(64, ge=0)

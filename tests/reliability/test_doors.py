@@ -350,7 +350,7 @@ def test_a_slow_connection_flood_does_not_starve_a_normal_client(door: Door) -> 
             while time.monotonic() < deadline:
                 started = time.monotonic()
                 try:
-                    ok += http.get("/healthz").status_code == 200
+                    ok += http.get("/healthz", headers={"Connection": "close"}).status_code == 200
                 except httpx.HTTPError:
                     failed += 1
                 latencies.append(time.monotonic() - started)
@@ -374,6 +374,94 @@ def test_a_slow_connection_flood_does_not_starve_a_normal_client(door: Door) -> 
     )
     assert ok >= 0.95 * (ok + failed) and ok >= 20, (ok, failed)
     assert still_open == 0, "slow heads must be cut after the header timeout"
+
+
+def test_a_slow_connection_flood_from_many_addresses_does_not_starve_a_normal_client(tmp_path: Path) -> None:
+    """30 addresses holding 20 slow heads each: under the per-address cap, three times `max_connections` (200) in
+    all, every connection cut reopened at once. The server closes the heads that waited longest to make room (well
+    before its 10 s header timeout) instead of answering everyone 503, as uvicorn's limit_concurrency did."""
+    fake = FakeLiteLLM(tmp_path)
+    limits = {"header_timeout_s": 10, "max_connections": 200, "max_connections_per_client": 32}
+    syncd = Syncd(tmp_path, base_config(f"sqlite:///{tmp_path}/syncd.db", fake.url, **limits), args=("--migrate",))
+    try:
+        syncd.wait_healthy(60)
+        addresses = [f"127.0.3.{n}" for n in range(1, 31)]
+        flood: list[socket.socket] = []
+        opened = cut = ok = 0
+        failures: list[str] = []
+
+        def slow() -> None:
+            nonlocal opened
+            with contextlib.suppress(OSError):
+                source = (addresses[opened % len(addresses)], 0)
+                sock = socket.create_connection(("127.0.0.1", syncd.port), timeout=2, source_address=source)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                sock.setblocking(False)
+                flood.append(sock)
+                opened += 1
+
+        for _ in range(600):
+            slow()
+        transport = httpx.HTTPTransport(local_address=ADDRESSES["normal"])
+        with httpx.Client(base_url=syncd.url, transport=transport, timeout=3) as http:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    answer = http.get("/healthz", headers={"Connection": "close"})
+                    ok += answer.status_code == 200
+                    if answer.status_code != 200:
+                        failures.append(str(answer.status_code))
+                except httpx.HTTPError as exc:
+                    failures.append(type(exc).__name__)
+                for sock in [sock for sock in flood if not _still_open(sock)]:
+                    flood.remove(sock)
+                    sock.close()
+                    cut += 1
+                    slow()
+                time.sleep(0.05)
+        held = len(flood)
+        for sock in flood:
+            sock.close()
+    finally:
+        syncd.stop()
+        fake.stop()
+    figures(
+        "slow-connection-flood-many-addresses",
+        addresses=len(addresses),
+        opened=opened,
+        cut_before_the_header_timeout=cut,
+        held_at_the_end=held,
+        normal_ok=ok,
+        normal_failed=len(failures),
+        failures=sorted(set(failures)),
+    )
+    assert ok >= 0.95 * (ok + len(failures)) and ok >= 20, (ok, failures)
+    assert cut >= 100, "the server must make room by closing the longest-waiting slow heads"
+
+
+def test_past_max_connections_all_busy_a_newcomer_gets_503_and_then_a_place(tmp_path: Path) -> None:
+    """Connections in the middle of a request are never closed to make room: past `max_connections` a newcomer is
+    answered 503 at once; once one of them ends, the next newcomer is served."""
+    fake = FakeLiteLLM(tmp_path)
+    config = base_config(f"sqlite:///{tmp_path}/syncd.db", fake.url, max_connections=2)
+    syncd = Syncd(tmp_path, config, args=("--migrate",))
+    try:
+        syncd.wait_healthy(60)
+        busy = []
+        for _ in range(2):  # a head sent whole, its body still coming: busy with a request
+            sock = socket.create_connection(("127.0.0.1", syncd.port), timeout=5)
+            sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\ntoken=")
+            busy.append(sock)
+        time.sleep(0.3)
+        refused = httpx.get(f"{syncd.url}/healthz", timeout=5)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+        busy.pop().close()
+        wait_for(lambda: httpx.get(f"{syncd.url}/healthz", timeout=5).status_code == 200, 5, "a place freed")
+        for sock in busy:
+            sock.close()
+    finally:
+        syncd.stop()
+        fake.stop()
 
 
 def _still_open(sock: socket.socket) -> bool:
