@@ -14,12 +14,14 @@ Target (issue 4): p95 under 2 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,54 +80,43 @@ def measure(samples: int, latency_s: float, log: Any = print) -> dict[str, Any]:
             "scim": {"enabled": True, "tokens": [{"name": "okta", "token": TOKEN}]},
             "mappings": [{"group": "engineers", "role": "internal_user", "models": ["gpt-4o"]}],
         }
-        path = Path(folder) / "syncd.yaml"
-        path.write_text(yaml.safe_dump(config))
-        errors = (Path(folder) / "serve.log").open("wb")
-        command = [sys.executable, "-m", "syncd", "serve", "--config", str(path), "--migrate"]
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
-        base = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/scim+json"}
-        try:
-            _wait_healthy(base, process, Path(folder) / "serve.log")
-            with (
-                httpx.Client(base_url=f"{base}/scim/v2", headers=headers, timeout=30) as scim,
-                httpx.Client(base_url=fake_url, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30) as litellm,
-            ):
-                group = scim.post("/Groups", json={"schemas": [GROUP], "displayName": "engineers"})
-                assert group.status_code == 201, group.text
-                group_id = group.json()["id"]
-                created, suspended = [], []
-                ids: list[tuple[str, str]] = []
-                for n in range(samples + 1):  # the first is a warm-up
-                    email = f"push{n:04d}@example.org"
-                    body = {"schemas": [USER], "userName": email, "active": True, "emails": [{"value": email}]}
-                    user = scim.post("/Users", json=body)
-                    assert user.status_code == 201, user.text
-                    add = {"op": "add", "path": "members", "value": [{"value": user.json()["id"]}]}
-                    answer = scim.patch(f"/Groups/{group_id}", json={"schemas": [PATCH], "Operations": [add]})
-                    assert answer.status_code in (200, 204), answer.text
-                    responded = time.perf_counter()
-                    landed = _wait_landed(litellm, email, lambda _body: True)
-                    if n:
-                        created.append(landed - responded)
-                    ids.append((user.json()["id"], email))
-                for n, (scim_id, email) in enumerate(ids):
-                    op = {"op": "replace", "value": {"active": False}}
-                    answer = scim.patch(f"/Users/{scim_id}", json={"schemas": [PATCH], "Operations": [op]})
-                    assert answer.status_code == 200, answer.text
-                    responded = time.perf_counter()
+        with (
+            serve_process(config, Path(folder)) as (base, _),
+            httpx.Client(base_url=f"{base}/scim/v2", headers=headers, timeout=30) as scim,
+            httpx.Client(base_url=fake_url, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30) as litellm,
+        ):
+            group = scim.post("/Groups", json={"schemas": [GROUP], "displayName": "engineers"})
+            assert group.status_code == 201, group.text
+            group_id = group.json()["id"]
+            created, suspended = [], []
+            ids: list[tuple[str, str]] = []
+            for n in range(samples + 1):  # the first is a warm-up
+                email = f"push{n:04d}@example.org"
+                body = {"schemas": [USER], "userName": email, "active": True, "emails": [{"value": email}]}
+                user = scim.post("/Users", json=body)
+                assert user.status_code == 201, user.text
+                add = {"op": "add", "path": "members", "value": [{"value": user.json()["id"]}]}
+                answer = scim.patch(f"/Groups/{group_id}", json={"schemas": [PATCH], "Operations": [add]})
+                assert answer.status_code in (200, 204), answer.text
+                responded = time.perf_counter()
+                landed = _wait_landed(litellm, email, lambda _body: True)
+                if n:
+                    created.append(landed - responded)
+                ids.append((user.json()["id"], email))
+            for n, (scim_id, email) in enumerate(ids):
+                op = {"op": "replace", "value": {"active": False}}
+                answer = scim.patch(f"/Users/{scim_id}", json={"schemas": [PATCH], "Operations": [op]})
+                assert answer.status_code == 200, answer.text
+                responded = time.perf_counter()
 
-                    def off(body: dict[str, Any]) -> bool:
-                        return (_user_info(body).get("metadata") or {}).get("scim_active") is False
+                def off(body: dict[str, Any]) -> bool:
+                    return (_user_info(body).get("metadata") or {}).get("scim_active") is False
 
-                    landed = _wait_landed(litellm, email, off)
-                    if n:
-                        suspended.append(landed - responded)
-                log(f"  {samples} creations and {samples} suspensions pushed")
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            errors.close()
+                landed = _wait_landed(litellm, email, off)
+                if n:
+                    suspended.append(landed - responded)
+            log(f"  {samples} creations and {samples} suspensions pushed")
     return {
         "samples": samples,
         "latency_ms": latency_s * 1000,
@@ -133,6 +124,23 @@ def measure(samples: int, latency_s: float, log: Any = print) -> dict[str, Any]:
         "suspend": _stats(suspended),
         "all": _stats(created + suspended),
     }
+
+
+@contextlib.contextmanager
+def serve_process(config: dict[str, Any], folder: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`syncd serve --migrate` with this config (written into `folder`) until ready; yields its URL and process."""
+    path = folder / "syncd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with (folder / "serve.log").open("wb") as errors:
+        command = [sys.executable, "-m", "syncd", "serve", "--config", str(path), "--migrate"]
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            base = f"http://127.0.0.1:{config['server']['port']}"
+            _wait_healthy(base, process, folder / "serve.log")
+            yield base, process
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def _wait_healthy(base: str, process: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -89,6 +89,20 @@ def _start(launch: Any, config: dict[str, Any], fake: Any, *people: str) -> Any:
     return syncd
 
 
+def _mallory_in_an_evil_group(syncd: Any, fake: Any, group: str) -> dict[str, dict[str, Any]]:
+    """The evil token creates mallory in a group of that name; after its reconcile, serve stops and a full
+    `syncd sync` runs: what LiteLLM then holds."""
+    runs = _runs(syncd)
+    mallory = _user(syncd, EVIL_TOKEN, "mallory", "mallory@evil.example.com")
+    assert mallory.status_code == 201, mallory.text
+    _group(syncd, EVIL_TOKEN, group, [mallory.json()["id"]])
+    wait_for(lambda: _runs(syncd) > runs, 15, "the reconcile after the SCIM writes")
+    syncd.stop()
+    full = _syncd(syncd.config_path, "sync", "--json")
+    assert full.returncode == 0, full.stderr[-2000:]
+    return fake.users()
+
+
 def test_a_scim_group_named_after_an_ldap_dn_grants_nothing(
     database_url: str, fake: Any, launch: Any, slapd: Any, directory: Any
 ) -> None:
@@ -98,16 +112,7 @@ def test_a_scim_group_named_after_an_ldap_dn_grants_nothing(
     syncd = _start(launch, config, fake, "alice")
     assert fake.users()["alice"]["user_role"] == "proxy_admin"
 
-    runs = _runs(syncd)
-    mallory = _user(syncd, EVIL_TOKEN, "mallory", "mallory@evil.example.com")
-    assert mallory.status_code == 201, mallory.text
-    _group(syncd, EVIL_TOKEN, admins.upper(), [mallory.json()["id"]])  # cn=llm-admins,ou=groups,... in capitals
-    wait_for(lambda: _runs(syncd) > runs, 15, "the reconcile after the SCIM writes")
-    syncd.stop()
-
-    full = _syncd(syncd.config_path, "sync", "--json")
-    assert full.returncode == 0, full.stderr[-2000:]
-    users = fake.users()
+    users = _mallory_in_an_evil_group(syncd, fake, admins.upper())  # cn=llm-admins,ou=groups,... in capitals
     assert "mallory" not in users, "a DN-named SCIM group must grant nothing"
     assert users["alice"]["user_role"] == "proxy_admin" and not _suspended(users["alice"])
     explained = _syncd(syncd.config_path, "explain", "mallory", "--offline", "--json")
@@ -144,16 +149,7 @@ def test_a_name_a_tenant_could_carry_must_name_its_sources_and_then_grants_only_
         "ok    mappings[0] (engineers): matches groups of corp with this CN; SCIM groups of okta or evil with this "
         "displayName"
     ) in checked.stdout
-    runs = _runs(syncd)
-    mallory = _user(syncd, EVIL_TOKEN, "mallory", "mallory@evil.example.com")
-    assert mallory.status_code == 201, mallory.text
-    _group(syncd, EVIL_TOKEN, "LLM-Admins", [mallory.json()["id"]])  # the LDAP group's CN, in other capitals
-    wait_for(lambda: _runs(syncd) > runs, 15, "the reconcile after the SCIM writes")
-    syncd.stop()
-
-    full = _syncd(syncd.config_path, "sync", "--json")
-    assert full.returncode == 0, full.stderr[-2000:]
-    users = fake.users()
+    users = _mallory_in_an_evil_group(syncd, fake, "LLM-Admins")  # the LDAP group's CN, in other capitals
     assert "mallory" not in users, "a SCIM group named like the LDAP group's CN must grant nothing"
     assert users["alice"]["user_role"] == "proxy_admin"
     explained = json.loads(_syncd(syncd.config_path, "explain", "mallory", "--offline", "--json").stdout)
