@@ -47,7 +47,7 @@ def _mapping_scopes(settings: Any) -> list[CheckResult]:
     from syncd.mapping import describe_match
 
     directories = [source.name for source in settings.ldap]
-    tenants = [token.name for token in settings.scim.tokens]
+    tenants = settings.scim.source_names
     return [
         CheckResult(
             f"mappings[{i}] ({m.group})",

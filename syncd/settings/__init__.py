@@ -95,7 +95,7 @@ class Settings(Strict):
     def _mappings_say_their_sources(self) -> Settings:
         """A mapping by name that a tenant's group and another source's could both match must say which it means."""
         directories = [source.name for source in self.ldap]
-        tenants = [token.name for token in self.scim.tokens]
+        tenants = self.scim.source_names  # OAuth clients' sources are tenants too
         problems = []
         for i, mapping in enumerate(self.mappings):
             found = ambiguous_sources(mapping.group, mapping.sources, directories=directories, tenants=tenants)

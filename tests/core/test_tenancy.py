@@ -433,3 +433,21 @@ def test_a_mapping_matches_only_the_sources_and_the_kind_it_allows(
     )
     by_dn = dn is not None and normalise_group_key(key) == normalise_group_key(dn)
     assert matched == (allowed and (by_name or by_dn))
+
+
+def test_a_source_of_oauth_clients_only_is_a_tenant_a_mapping_by_name_must_name_sources() -> None:
+    """An OAuth client's own source (no static token) can create any group, like a token's: a plain name is refused."""
+    from syncd.secret_hash import hash_secret
+
+    raw = {
+        "ldap": [{"name": "corp", "url": "ldap://127.0.0.1", "users": {"base_dn": "dc=example,dc=org"}}],
+        "scim": {
+            "oauth": {"signing_key": "an-oauth-signing-key-for-this-test-only-0123456789"},
+            "oauth_clients": [{"client_id": "entra-app", "source": "entra", "secret_hashes": [hash_secret("s" * 40)]}],
+        },
+        "mappings": [{"group": "llm-admins", "role": "proxy_admin"}],
+    }
+    with pytest.raises(ConfigError, match=r"corp \(LDAP\) and entra \(SCIM\): say which with `sources:`"):
+        settings_from_dict(raw)
+    raw["mappings"] = [{"group": "llm-admins", "role": "proxy_admin", "sources": ["corp"]}]
+    assert rules_from_settings(settings_from_dict(raw)) is not None
