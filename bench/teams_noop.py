@@ -25,15 +25,17 @@ sys.path[:0] = [str(ROOT)]
 
 from sqlalchemy import event, insert  # noqa: E402
 
+from syncd.apply import Applier  # noqa: E402
 from syncd.litellm import LiteLLMClient  # noqa: E402
-from syncd.model import DesiredUser  # noqa: E402
-from syncd.settings import settings_from_dict  # noqa: E402
+from syncd.model import DesiredUser, ManagedTeam  # noqa: E402
+from syncd.plan import MARKER, Plan, alias_key, join, plan_teams  # noqa: E402
+from syncd.settings import (
+    Settings,
+    settings_from_dict,
+)
 from syncd.store import make_engine, upgrade  # noqa: E402
 from syncd.store.repository import SyncStore  # noqa: E402
 from syncd.store.tables import managed_users  # noqa: E402
-from syncd.store.teams import TeamStore  # noqa: E402
-from syncd.team_reconcile import TeamReconciler  # noqa: E402
-from syncd.teams import MARKER, ManagedTeam, alias_key  # noqa: E402
 from syncd.testing import serve_in_thread  # noqa: E402
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm  # noqa: E402
 
@@ -98,7 +100,7 @@ def seed_store(store: SyncStore, users: int, teams: int, per_user: int, team_ids
     for u in range(users):
         for t in teams_of(u, teams, per_user):
             members[t].add(f"u{u:06d}")
-    TeamStore(store.engine).save_teams(
+    store.save_teams(
         ManagedTeam(alias_key(team_alias(t)), team_ids[t], True, {"team_alias": team_alias(t)}, frozenset(members[t]))
         for t in range(teams)
     )
@@ -118,6 +120,14 @@ def desired_users(users: int, teams: int, per_user: int) -> dict[str, DesiredUse
         )
         for u in range(users)
     }
+
+
+def team_step(settings: Settings, store: SyncStore, client: LiteLLMClient, desired: Any, run_id: int) -> Plan:
+    """The team part of a reconcile: plan the teams (one /team/list read), then apply that plan."""
+    teams = plan_teams(desired, settings.teams, client.read_teams(), store.load_teams(), store.user_states())
+    plan = join(Plan(), teams)
+    Applier(client, store, run_id=run_id, concurrency=settings.litellm.concurrency).apply(plan)
+    return plan
 
 
 def count_store_writes(engine: Any) -> Counter[str]:
@@ -177,23 +187,22 @@ def run(url: str, teams: int, users: int, per_user: int) -> None:
         client = LiteLLMClient(
             litellm_url, MASTER, timeout_s=300, on_call=lambda endpoint, _s, secs: list_seconds.append(secs)
         )
-        reconciler = TeamReconciler(settings, store, client)
         run_id = store.start_run("bench")
         writes = count_store_writes(engine)
         fake.reset_calls()
         began = time.perf_counter()
-        report = reconciler.run(desired, None, run_id)
+        plan = team_step(settings, store, client, desired, run_id)
         noop_seconds = time.perf_counter() - began
         calls = Counter((c.method, c.path) for c in fake.calls)
         noop_store_writes = sum(writes.values())
         noop_litellm_writes = fake.write_calls()
-        assert report.plan.empty, report.plan.counts()
+        assert plan.empty, plan.team_counts()
 
         victim = "u000000"
         fake.drop_member(team_ids[teams_of(0, teams, per_user)[0]], victim)
         fake.reset_calls()
         began = time.perf_counter()
-        again = reconciler.run(desired, None, run_id)
+        again = team_step(settings, store, client, desired, run_id)
         one_seconds = time.perf_counter() - began
         client.close()
 
@@ -207,10 +216,10 @@ def run(url: str, teams: int, users: int, per_user: int) -> None:
         ("no-op: other LiteLLM calls", str(sum(calls.values()) - calls[("GET", "/team/list")])),
         ("no-op: LiteLLM write calls", str(noop_litellm_writes)),
         ("no-op: store INSERT/UPDATE/DELETE", str(noop_store_writes)),
-        ("no-op: plan changes", str(len(report.plan.changes))),
+        ("no-op: plan changes", str(len(plan.teams))),
         ("no-op: wall time of the team step (s)", f"{noop_seconds:.2f}"),
         ("  of which GET /team/list over HTTP (s)", f"{list_seconds[0]:.2f}"),
-        ("one member removed by hand: changes", ", ".join(f"{a}={n}" for a, n in again.plan.counts().items() if n)),
+        ("one member removed by hand: changes", ", ".join(f"{a}={n}" for a, n in again.team_counts().items() if n)),
         ("one member removed by hand: LiteLLM writes", str(fake.write_calls())),
         ("one member removed by hand: wall time (s)", f"{one_seconds:.2f}"),
     ]

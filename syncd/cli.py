@@ -379,18 +379,6 @@ def _report_text(report: Any, plan_text: str) -> str:
             f"{len(report.conflicts)} known conflict(s), nothing written for them"
             + (" (--fail-on-conflict: exit 1)" if report.fail_on_conflict else "")
         )
-    teams = report.teams
-    if teams is not None and teams.status != "nothing":
-        from syncd.team_plan import render_team_text
-
-        lines.append(render_team_text(teams.plan))
-        if teams.applied is not None:
-            done = ", ".join(f"{n} {a}" for a, n in sorted(teams.applied.by_action.items())) or "nothing"
-            lines.append(f"Teams applied: {done}; {teams.applied.failed} failed, {teams.applied.skipped} skipped.")
-            lines.extend(
-                f"  failed {action} {alias} {user or ''}: {error}"
-                for alias, user, action, error in teams.applied.errors
-            )
     lines.extend(f"problem: {p}" for p in report.problems if p not in report.plan.problems)
     lines.append(
         f"Run {report.run_id or '-'}: {report.status} in {report.seconds:.2f}s"
@@ -402,24 +390,14 @@ def _report_text(report: Any, plan_text: str) -> str:
 def _plan(args: argparse.Namespace) -> int:
     from syncd.plan import render_json, render_text
     from syncd.reconcile import Reconciler
-    from syncd.team_plan import render_team_json, render_team_text
-    from syncd.team_reconcile import TeamReconciler, users_brought_in
 
     settings = _settings(args)
     store = _store(settings)
     with _client(settings) as client:
         snapshots, failed = _pull(settings, store, args.source, record=False)
-        reconciler = Reconciler(settings, store, client)
-        plan, _ = reconciler.plan(snapshots=snapshots, drift_check=args.drift_check)
-        teams = TeamReconciler(settings, store, client)
-        team_plan, _ = teams.plan(
-            reconciler.desired_users, pending_users=users_brought_in(plan), held=reconciler.held_users
-        )
-    data = render_json(plan) | {"teams": render_team_json(team_plan), "failed_sources": failed}
-    text = render_text(plan)
-    if team_plan.changes or team_plan.problems:
-        text += "\n" + render_team_text(team_plan)
-    text += "".join(f"\nproblem: source {name}: pull failed" for name in failed)
+        plan, _ = Reconciler(settings, store, client).plan(snapshots=snapshots, drift_check=args.drift_check)
+    data = render_json(plan) | {"failed_sources": failed}
+    text = render_text(plan) + "".join(f"\nproblem: source {name}: pull failed" for name in failed)
     _emit(args, data, text)
     return EXIT_FAILED if failed else 0
 

@@ -11,9 +11,9 @@ from dataclasses import asdict
 from typing import Any
 
 from syncd.mapping import DesiredState, IdentityConflict, grants_for, rules_from_settings
-from syncd.model import Group, Identity
+from syncd.model import CurrentUser, Group, Identity
 from syncd.plan import PlanPolicy, bind, make_plan
-from syncd.reconcile import current_user, desired_from
+from syncd.reconcile import desired_from
 
 __all__ = ["UnknownPerson", "explain", "render_explanation"]
 
@@ -66,8 +66,8 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
     binding = bind(_only(state, name), records)
     managed = records.get(user_id) if user_id in bound or user_id not in binding.refused else None
     known = store.load_conflicts({user_id, name})
-    current_raw = client.get_users([user_id]) if client is not None else []
-    current = {u.user_id: u for u in map(current_user, current_raw) if u.user_id == user_id}
+    read = client.read_users([user_id]) if client is not None else []
+    current = {u.user_id: u for u in read if u.user_id == user_id}
     plan = make_plan(
         binding.desired,
         {user_id: managed} if managed else {},
@@ -111,7 +111,7 @@ def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str
             "blocked_keys": list(managed.blocked_keys),
             "adopted": managed.adopted,
         },
-        "litellm": None if client is None else (dict(current_raw[0]) if current else "absent"),
+        "litellm": None if client is None else (_as_read(current[user_id]) if current else "absent"),
         "next_change": [change.to_dict() for change in plan.changes],
     }
 
@@ -277,3 +277,8 @@ def render_explanation(data: dict[str, Any]) -> str:
     else:
         lines.append("next sync: nothing to change")
     return "\n".join(lines)
+
+
+def _as_read(user: CurrentUser) -> dict[str, Any]:
+    """A LiteLLM user as syncd read it."""
+    return {"user_id": user.user_id, **user.fields, "metadata": dict(user.metadata)}

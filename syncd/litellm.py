@@ -1,5 +1,9 @@
 """The LiteLLM admin API client: one method per endpoint syncd uses, typed errors, retries with backoff.
 
+`LiteLLM` is the interface the rest of syncd uses: reads answer typed data (`CurrentUser`, `CurrentTeam`,
+`CurrentKey`), parsed here and nowhere else; writes take the request bodies the plan holds. `LiteLLMClient`
+satisfies it over HTTP, against the real proxy or the fake (`syncd.testing.fake_litellm`).
+
 The only module that talks HTTP to LiteLLM. It is synchronous and thread-safe (one `httpx.Client`), so apply
 can call it from a thread pool. Every error LiteLLM answers with is normalised once, here, into a clean
 message and one of these exceptions:
@@ -29,13 +33,16 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
+
+from syncd.fields import USER_FIELDS
+from syncd.model import CurrentKey, CurrentTeam, CurrentUser
 
 __all__ = [
     "AlreadyMemberError",
@@ -43,6 +50,7 @@ __all__ = [
     "ConflictError",
     "EnterpriseFeatureError",
     "InvalidRequestError",
+    "LiteLLM",
     "LiteLLMClient",
     "LiteLLMError",
     "NotFoundError",
@@ -50,7 +58,13 @@ __all__ = [
     "RetryableError",
     "TerminalError",
     "UserPage",
+    "current_key",
+    "current_team",
+    "current_user",
 ]
+
+#: the team settings syncd reads and keeps in step on its own teams
+TEAM_FIELDS = ("team_alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit")
 
 MAX_PAGE_SIZE = 100  # LiteLLM answers 422 above this
 OnCall = Callable[[str, int | None, float], None]
@@ -185,6 +199,66 @@ class UserPage:
     total: int
     page: int
     total_pages: int
+
+
+# --- what LiteLLM answers, typed ----------------------------------------------------------------------------------
+def current_user(data: Mapping[str, Any]) -> CurrentUser:
+    """A LiteLLM /user/list or /user/info user as syncd compares it."""
+    fields = {name: data.get(name) for name in USER_FIELDS if name != "metadata"}
+    return CurrentUser(str(data["user_id"]), data.get("user_email"), fields, data.get("metadata") or {})
+
+
+def current_team(data: Mapping[str, Any]) -> CurrentTeam:
+    """A /team/list entry as the planner compares it."""
+    members = {
+        str(m["user_id"]): str(m.get("role") or "user")
+        for m in data.get("members_with_roles") or ()
+        if isinstance(m, Mapping) and m.get("user_id")
+    }
+    budgets: dict[str, float | None] = {}
+    for membership in data.get("team_memberships") or ():
+        table = membership.get("litellm_budget_table")
+        if "litellm_budget_table" not in membership or (table is None and membership.get("budget_id")):
+            continue  # the budget was not included in the answer: unknown, so never "drifted"
+        budgets[str(membership.get("user_id"))] = table.get("max_budget") if isinstance(table, Mapping) else None
+    return CurrentTeam(
+        team_id=str(data["team_id"]),
+        alias=data.get("team_alias"),
+        fields={name: data.get(name) for name in TEAM_FIELDS},
+        metadata=data.get("metadata") or {},
+        members=members,
+        member_budgets=budgets,
+    )
+
+
+def current_key(data: Mapping[str, Any]) -> CurrentKey:
+    """A /key/list key (full object) as syncd blocks and unblocks it."""
+    return CurrentKey(str(data["token"]), bool(data.get("blocked")))
+
+
+class LiteLLM(Protocol):
+    """What syncd reads from and writes to LiteLLM (`LiteLLMClient` over HTTP, to the real proxy or the fake)."""
+
+    def read_users(self, user_ids: Iterable[str]) -> list[CurrentUser]: ...
+    def read_all_users(self) -> Iterator[CurrentUser]: ...
+    def read_users_with_email(self, email: str) -> list[CurrentUser]: ...
+    def user_count(self) -> int: ...
+    def read_keys(self, user_id: str) -> list[CurrentKey]: ...
+    def read_teams(self) -> list[CurrentTeam]: ...
+    def new_user(self, payload: dict[str, Any]) -> object: ...
+    def update_user(self, payload: dict[str, Any]) -> object: ...
+    def delete_users(self, user_ids: Iterable[str]) -> None: ...
+    def block_key(self, key_or_token: str) -> object: ...
+    def unblock_key(self, key_or_token: str) -> object: ...
+    def new_team(self, payload: dict[str, Any]) -> object: ...
+    def update_team(self, payload: dict[str, Any]) -> object: ...
+    def team_member_add(
+        self, team_id: str, user_id: str, *, role: str = "user", max_budget_in_team: float | None = None
+    ) -> object: ...
+    def team_member_delete(self, team_id: str, user_id: str) -> None: ...
+    def team_member_update(
+        self, team_id: str, user_id: str, *, role: str | None = None, max_budget_in_team: float | None = None
+    ) -> object: ...
 
 
 # --- the client --------------------------------------------------------------------------------------------------
@@ -386,6 +460,22 @@ class LiteLLMClient:
                 seen.update(str(user.get("user_id")) for user in fresh)
                 yield from fresh
 
+    def read_users(self, user_ids: Iterable[str]) -> list[CurrentUser]:
+        """The users with these ids that exist (see `get_users`), typed."""
+        return [current_user(user) for user in self.get_users(user_ids)]
+
+    def read_all_users(self) -> Iterator[CurrentUser]:
+        """Every user (see `iter_all_users`), typed."""
+        return map(current_user, self.iter_all_users())
+
+    def read_users_with_email(self, email: str) -> list[CurrentUser]:
+        """The users holding this email (see `users_with_email`), typed."""
+        return [current_user(user) for user in self.users_with_email(email)]
+
+    def user_count(self) -> int:
+        """How many users LiteLLM holds (one page of /user/list)."""
+        return self.list_users(page=1, page_size=1).total
+
     def delete_users(self, user_ids: Iterable[str]) -> None:
         """POST /user/delete (users and their keys); a user already gone is not an error."""
         ids = list(dict.fromkeys(user_ids))
@@ -423,6 +513,10 @@ class LiteLLMClient:
                 return keys
             page += 1
 
+    def read_keys(self, user_id: str) -> list[CurrentKey]:
+        """Every key of a user, typed."""
+        return [current_key(key) for key in self.list_keys(user_id) if key.get("token")]
+
     def block_key(self, key_or_token: str) -> dict[str, Any]:
         """POST /key/block, by raw key or hashed token."""
         return dict(self._call("POST", "/key/block", body={"key": key_or_token}))
@@ -454,6 +548,10 @@ class LiteLLMClient:
     def list_teams(self) -> list[dict[str, Any]]:
         """GET /team/list: every team (find one by alias here: aliases are not unique in LiteLLM)."""
         return list(self._call("GET", "/team/list"))
+
+    def read_teams(self) -> list[CurrentTeam]:
+        """Every team (see `list_teams`), typed."""
+        return [current_team(team) for team in self.list_teams()]
 
     def team_member_add(
         self, team_id: str, user_id: str, *, role: str = "user", max_budget_in_team: float | None = None

@@ -13,11 +13,15 @@ from typing import Any
 __all__ = [
     "ROLES",
     "ROLE_RANK",
+    "CurrentKey",
+    "CurrentTeam",
     "CurrentUser",
     "DesiredUser",
     "FieldOrigin",
     "Group",
     "Identity",
+    "KnownConflict",
+    "ManagedTeam",
     "ManagedUser",
     "Snapshot",
     "email_problem",
@@ -161,6 +165,56 @@ class CurrentUser:
         """True when the user carries syncd's marker."""
         marker = self.metadata.get("syncd")
         return isinstance(marker, Mapping) and marker.get("managed") is True
+
+
+@dataclass(frozen=True, slots=True)
+class KnownConflict:
+    """A conflict stored by an earlier run: not retried while the desired fields keep this digest."""
+
+    user_id: str
+    source: str
+    external_id: str
+    kind: str  # user_id_taken | email_taken | bound_elsewhere | refused
+    reason: str
+    other: str | None = None
+    inputs_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentKey:
+    """A LiteLLM virtual key of a user, as /key/list shows it (`token` is the hashed key, never the secret)."""
+
+    token: str
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentTeam:
+    """A team as LiteLLM's /team/list shows it."""
+
+    team_id: str
+    alias: str | None
+    fields: Mapping[str, Any]  # team_alias, models, max_budget, budget_duration, tpm_limit, rpm_limit
+    metadata: Mapping[str, Any]
+    members: Mapping[str, str]  # user_id -> role
+    member_budgets: Mapping[str, float | None]  # user_id -> max_budget_in_team, for members whose budget was shown
+
+    @property
+    def managed(self) -> bool:
+        """True when the team carries syncd's marker."""
+        marker = self.metadata.get("syncd")
+        return isinstance(marker, Mapping) and marker.get("managed") is True
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedTeam:
+    """The store's record of a team syncd uses: its id, whether syncd manages it, and the members syncd put there."""
+
+    alias: str  # alias_key(): the record's key
+    team_id: str
+    managed: bool  # False: a team syncd only joins and leaves
+    applied: Mapping[str, Any] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()
 
 
 _LOCAL_ATOM = re.compile(r"[^\s\x00-\x1f\x7f()<>\[\]\\,;:@\"]+")

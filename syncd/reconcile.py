@@ -1,9 +1,11 @@
-"""One reconcile run: desired state from the store, LiteLLM's state where needed, plan, guard, apply.
+"""One reconcile run: desired state from the store, LiteLLM's state where needed, one plan, guard, apply.
 
 Reading LiteLLM is the expensive part (about 0.3 s per page of 100 users), so a run first plans against the store's
 record of what was applied, then reads only the users that plan would change (batched `/user/list?user_ids=`) and
 plans again against what LiteLLM really holds. A drift check instead reads every user, in parallel pages, on its
-own interval (`litellm.drift_check`), and corrects whatever was changed by hand in LiteLLM.
+own interval (`litellm.drift_check`), and corrects whatever was changed by hand in LiteLLM. The keys of the users
+about to be suspended and the teams (`/team/list`, when any team is configured, named or recorded) are read too:
+the whole plan, teams and memberships included, is computed before anything is applied, and apply runs exactly it.
 """
 
 from __future__ import annotations
@@ -16,31 +18,36 @@ from typing import Any
 
 from syncd.apply import Applier, ApplyResult, ApplyStopped
 from syncd.bulk import gc_paused
+from syncd.litellm import LiteLLM
 from syncd.mapping import DesiredState, MappingRules, desired_state, rules_from_settings
 from syncd.metrics import Metrics
-from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
+from syncd.model import CurrentUser, DesiredUser, Group, Identity, KnownConflict, ManagedUser, Snapshot
 from syncd.plan import (
-    USER_FIELDS,
+    Action,
+    AnyChange,
     Binding,
-    KnownConflict,
     Plan,
     PlanPolicy,
     Settling,
     bind,
+    block_open_keys,
     fields_digest,
+    join,
     make_plan,
+    plan_teams,
+    render_json,
     settle,
+    states_after,
+    team_groups_of,
 )
 from syncd.settings import Settings
 from syncd.store.repository import SyncStore
-from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
 
 __all__ = [
     "DRIFT_STATE",
     "ReconcileOptions",
     "Reconciler",
     "RunReport",
-    "current_user",
     "desired_from",
     "overlay",
 ]
@@ -83,8 +90,6 @@ class RunReport:
     drift_checked: bool = False
     litellm_reads: int = 0
     seconds: float = 0.0
-    #: the team step (issue 5), run after the user changes; None when the run did not get that far
-    teams: TeamReport | None = None
     #: the conflicts this run met (planned, and refused by LiteLLM while applying): nothing written for them
     conflicts: list[KnownConflict] = field(default_factory=list)
     fail_on_conflict: bool = False
@@ -99,17 +104,7 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (the plan's changes included)."""
-        from syncd.plan import render_json
-
-        applied = None
-        if self.applied is not None:
-            applied = {
-                "done": self.applied.done,
-                "failed": self.applied.failed,
-                "skipped": self.applied.skipped,
-                "by_action": self.applied.by_action,
-                "errors": [{"user_id": u, "action": a, "error": e} for u, a, e in self.applied.errors],
-            }
+        applied = self.applied.to_dict() if self.applied is not None else None
         return {
             "run_id": self.run_id,
             "status": self.status,
@@ -120,7 +115,6 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "plan": render_json(self.plan),
             "applied": applied,
-            "teams": self.teams.to_dict() if self.teams is not None else None,
             "conflicts": [
                 {"user_id": c.user_id, "source": c.source, "external_id": c.external_id, "kind": c.kind}
                 | {"reason": c.reason, "other": c.other}
@@ -141,12 +135,6 @@ class _Planned:
     stale_digests: dict[str, str]
     #: the user_ids the plan covers, the bound user_ids of renamed people included (None: everyone)
     scope: set[str] | None = None
-
-
-def current_user(data: Mapping[str, Any]) -> CurrentUser:
-    """A LiteLLM /user/list or /user/info user as syncd compares it."""
-    fields = {name: data.get(name) for name in USER_FIELDS if name != "metadata"}
-    return CurrentUser(str(data["user_id"]), data.get("user_email"), fields, data.get("metadata") or {})
 
 
 def _holders(users: Iterable[CurrentUser]) -> dict[str, tuple[str, bool]]:
@@ -238,12 +226,12 @@ class Reconciler:
         self,
         settings: Settings,
         store: SyncStore,
-        client: Any,
+        client: LiteLLM,
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         should_stop: Callable[[], bool] | None = None,
-        on_outcome: Callable[[Any, str], None] | None = None,
+        on_outcome: Callable[[AnyChange, str], None] | None = None,
     ) -> None:
         self.settings, self.store, self.client, self.metrics, self.clock = settings, store, client, metrics, clock
         #: asked before applying, before each change and before the team step; True stops the run (ApplyStopped)
@@ -253,18 +241,6 @@ class Reconciler:
         #: True while the run writes to LiteLLM (as opposed to planning, which only reads)
         self.applying = False
         self.rules = rules_from_settings(settings)
-        self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
-        self._held: Collection[str] = ()  # and the user_ids it left as they are (identity conflicts)
-
-    @property
-    def desired_users(self) -> Mapping[str, Any]:
-        """The desired users of the last plan, at their bound user_ids (what the team step works with)."""
-        return self._desired_users
-
-    @property
-    def held_users(self) -> Collection[str]:
-        """The user_ids the last plan left as they are (identity conflicts of the mapping)."""
-        return self._held
 
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
@@ -287,6 +263,7 @@ class Reconciler:
             max_deactivation_ratio=policy.max_deactivation_ratio,
             allow_mass_deactivation=allow_mass_deactivation,
             now=self.clock(),
+            suspended_leave_teams=policy.suspended_leave_teams,
         )
 
     def drift_due(self) -> bool:
@@ -329,7 +306,6 @@ class Reconciler:
         only = set(user_ids) if user_ids else None
         drift_check = drift_check and only is None
         desired = self.desired(snapshots, only)
-        self._desired_users, self._held = desired.users, desired.held
         if only is not None:  # the people loaded with them: merged with them (identity.merge_by), or sharing an email
             only |= set(desired.users) | set(desired.unmapped)
         if only is None and self.metrics is not None:  # a targeted run sees only some of the people
@@ -341,7 +317,6 @@ class Reconciler:
         settled = settling.settled
         managed, stale = self._records(only, settling)
         binding = self._bind(desired, managed, only, settled)
-        self._desired_users = binding.desired.users
         if only is not None:  # a renamed person is planned at their bound user_id
             only |= {bound for bound, name in binding.renamed.items() if name in only}
         # a drift check retries every stored conflict; otherwise one whose inputs are unchanged is not retried
@@ -357,14 +332,60 @@ class Reconciler:
             facts["email_holders"] = _holders(current.values())
             facts["unblocked"] = self._unblocked(managed, current)
         else:
-            read = [change.user_id for change in tentative.changes if change.action != "conflict"]
+            read = [change.user_id for change in tentative.changes if change.action != Action.CONFLICT]
             if not read:
-                return _Planned(tentative, 0, {}, stale, only)
-            current = {user.user_id: user for user in map(current_user, self.client.get_users(read))}
+                plan = self._whole(tentative, binding.desired, only, desired.held)
+                return _Planned(plan, 0, {}, stale, only)
+            current = {user.user_id: user for user in self.client.read_users(read)}
             facts["email_holders"] = self._email_holders(tentative)
         plan = make_plan(desired, managed, current, policy, read=read, active_managed=active, **facts)
         reads = len(current) if drift_check else len(read)
-        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale, only)
+        in_step = _in_step(tentative, plan, managed, current)
+        return _Planned(self._whole(plan, binding.desired, only, desired.held), reads, in_step, stale, only)
+
+    def _whole(self, plan: Plan, desired: DesiredState, only: set[str] | None, held: Collection[str]) -> Plan:
+        """The user plan made whole: the keys its suspensions block, then the teams and memberships."""
+        suspending = [c.user_id for c in plan.changes if c.action == Action.SUSPEND]
+        if suspending:
+            plan = block_open_keys(
+                plan, {uid: [k.token for k in self.client.read_keys(uid) if not k.blocked] for uid in suspending}
+            )
+        return join(plan, self._plan_teams(plan, desired.users, only, held))
+
+    def _plan_teams(
+        self, users: Plan, desired: Mapping[str, DesiredUser], only: set[str] | None, held: Collection[str]
+    ) -> Plan:
+        """The team part of the plan, against the users' states once the user plan is applied (one /team/list read,
+        none when no team is configured, named by a mapping, made from SCIM groups or recorded)."""
+        records = self.store.load_teams()
+        scim = self._scim_teams(desired)
+        if not (records or scim or self.settings.teams or any(u.teams for u in desired.values())):
+            return Plan()
+        return plan_teams(
+            desired,
+            self.settings.teams,
+            self.client.read_teams(),
+            records,
+            states_after(users, self.store.user_states()),
+            suspended_leave_teams=self.settings.policy.suspended_leave_teams,
+            groups_as_teams=scim,
+            team_groups=team_groups_of(self.settings.mappings),
+            only=only,
+            held=held,
+        )
+
+    def _scim_teams(self, desired: Mapping[str, DesiredUser]) -> dict[str, list[str]]:
+        """user_id -> the SCIM group names that become teams (scim.groups_as_teams), matched by user_id or email."""
+        scim = self.settings.scim
+        if not scim.groups_as_teams:
+            return {}
+        by_email = {user.email.lower(): user.user_id for user in desired.values() if user.email}
+        teams: dict[str, list[str]] = {}
+        for member in self.store.scim_team_members([token.name for token in scim.tokens]):
+            user_id = member.user_id if member.user_id in desired else by_email.get(member.email_lower)
+            if user_id is not None:
+                teams.setdefault(user_id, []).append(member.group)
+        return teams
 
     def _bind(
         self, desired: DesiredState, managed: dict[str, ManagedUser], only: set[str] | None, settled: Collection[str]
@@ -389,17 +410,16 @@ class Reconciler:
         emails = set()
         for change in tentative.changes:
             email = (change.after or {}).get("user_email")
-            new = change.action in ("create", "adopt") or any(d.field == "user_email" for d in change.diffs)
-            if email and new and change.action != "conflict":
+            new = change.action in (Action.CREATE, Action.ADOPT) or any(d.field == "user_email" for d in change.diffs)
+            if email and new and change.action != Action.CONFLICT:
                 emails.add(str(email).lower())
         if not emails:
             return {}
-        first = self.client.list_users(page=1, page_size=100)
-        if first.total <= len(emails):
-            return _holders(map(current_user, self.client.iter_all_users()))
+        if self.client.user_count() <= len(emails):
+            return _holders(self.client.read_all_users())
         found: list[CurrentUser] = []
         for email in sorted(emails):
-            found.extend(map(current_user, self.client.users_with_email(email)))
+            found.extend(self.client.read_users_with_email(email))
         return _holders(found)
 
     def _unblocked(self, managed: Mapping[str, ManagedUser], current: Mapping[str, CurrentUser]) -> dict[str, Any]:
@@ -409,8 +429,7 @@ class Reconciler:
             if record.state != "suspended" or user_id not in current or not record.blocked_keys:
                 continue
             blocked = set(record.blocked_keys)
-            keys = self.client.list_keys(user_id)
-            reopened = tuple(str(k["token"]) for k in keys if str(k.get("token")) in blocked and not k.get("blocked"))
+            reopened = tuple(k.token for k in self.client.read_keys(user_id) if k.token in blocked and not k.blocked)
             if reopened:
                 out[user_id] = reopened
         return out
@@ -430,7 +449,7 @@ class Reconciler:
         return managed, stale
 
     def _read_everyone(self) -> dict[str, CurrentUser]:
-        return {str(data["user_id"]): current_user(data) for data in self.client.iter_all_users()}
+        return {user.user_id: user for user in self.client.read_all_users()}
 
     # -- a whole run ------------------------------------------------------------------------------------------------
     def run(self, options: ReconcileOptions = ReconcileOptions(), snapshots: Iterable[Snapshot] = ()) -> RunReport:
@@ -456,8 +475,6 @@ class Reconciler:
                 self._stop_point("stopped before applying")
                 self._writing(self._apply, report, options)
                 self._store_conflicts(report, planned.scope)
-                self._stop_point("stopped before the team step")
-            self._writing(self._teams, report, options)
         except BaseException as exc:
             status = "stopped" if isinstance(exc, ApplyStopped) else "failed"
             if run_id is not None:
@@ -468,8 +485,7 @@ class Reconciler:
         if run_id is not None:
             data = report.to_dict()
             summary = {"plan": data["plan"]["summary"], "applied": data["applied"], "problems": report.problems}
-            if data["teams"] is not None:
-                summary["teams"] = {"plan": data["teams"]["plan"]["summary"], "applied": data["teams"]["applied"]}
+            summary["teams"] = {"plan": data["plan"]["teams"]["summary"]}
             self.store.finish_run(run_id, report.status, summary, error=report.plan.held)
         self._count_run(options, report.status, started)
         return report
@@ -511,7 +527,6 @@ class Reconciler:
             self.store,
             run_id=report.run_id,
             concurrency=self.settings.litellm.concurrency,
-            adopt_existing=self.settings.policy.adopt_existing,
             on_outcome=self._count_change,
             clock=self.clock,
             should_stop=self.should_stop,
@@ -522,26 +537,7 @@ class Reconciler:
         ok = report.applied.ok and not options.failed_sources
         report.status = "success" if ok else "failed"
 
-    def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
-        """The team step, after the user changes so that members exist; never when the run is held."""
-        if report.status == "held":
-            return
-        step = TeamReconciler(self.settings, self.store, self.client, on_outcome=self._count_change)
-        pending = users_brought_in(report.plan) if options.dry_run else ()
-        report.teams = step.run(
-            self._desired_users,
-            None,
-            report.run_id,
-            dry_run=options.dry_run,
-            pending_users=pending,
-            only=options.user_ids or None,
-            held=self._held,
-        )
-        report.problems.extend(report.teams.plan.problems)
-        if not report.teams.ok and report.status == "success":
-            report.status = "failed"
-
-    def _count_change(self, change: Any, status: str) -> None:
+    def _count_change(self, change: AnyChange, status: str) -> None:
         if self.metrics is not None:
             self.metrics.changes.labels(change.action, status).inc()
         if self.on_outcome is not None:

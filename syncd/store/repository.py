@@ -6,12 +6,23 @@ from sqlalchemy import Engine
 
 from syncd.store.sources import IncompleteSnapshot, RecordResult, SourceState, SourceStore
 from syncd.store.state import AuditEntry, Completion, RunRecord, StateStore
+from syncd.store.teams import ScimTeamMember, TeamRecords
 
-__all__ = ["AuditEntry", "Completion", "IncompleteSnapshot", "RecordResult", "RunRecord", "SourceState", "SyncStore"]
+__all__ = [
+    "AuditEntry",
+    "Completion",
+    "IncompleteSnapshot",
+    "RecordResult",
+    "RunRecord",
+    "ScimTeamMember",
+    "SourceState",
+    "SyncStore",
+]
 
 
-class SyncStore(SourceStore, StateStore):
-    """Sources' records (identities, groups, memberships) and syncd's own (managed users, runs, journal, audit)."""
+class SyncStore(SourceStore, StateStore, TeamRecords):
+    """Sources' records (identities, groups, memberships) and syncd's own (managed users and teams, runs, journal,
+    audit)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

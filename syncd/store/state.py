@@ -12,8 +12,8 @@ from sqlalchemy import Connection, Engine, Text, bindparam, cast, delete, func, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from syncd.model import ManagedUser
-from syncd.plan import KnownConflict, fields_digest
+from syncd.fields import fields_digest
+from syncd.model import KnownConflict, ManagedUser
 from syncd.store.db import in_chunks
 from syncd.store.tables import audit_log, changes, conflicts, managed_users, sync_runs
 

@@ -1,32 +1,23 @@
-"""The store's side of teams: the record of the teams syncd uses, team journal rows, SCIM groups as teams.
+"""The store's side of teams: the record of the teams syncd uses, and SCIM groups as teams.
 
-Team changes are journaled in the same `changes` table as user changes, keyed `team:<alias>`, and audited in
-`audit_log` under the same key; `managed_teams` keeps, per team, its id, whether syncd manages it, and the members
-syncd put there (the only members it ever removes).
+Team changes are journaled in the same `changes` table as user changes (by `StateStore.journal`, keyed
+`team:<alias>`), and audited in `audit_log` under the same key; `managed_teams` keeps, per team, its id, whether
+syncd manages it, and the members syncd put there (the only members it ever removes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 
-from syncd.model import ManagedUser
-from syncd.store.state import Completion, StateStore
+from syncd.model import ManagedTeam
 from syncd.store.tables import groups, identities, managed_teams, managed_users, memberships
-from syncd.team_plan import ManagedTeam
 
-__all__ = ["ScimTeamMember", "TeamStore", "team_key"]
-
-_KEY_LENGTH = 255
-
-
-def team_key(alias: str) -> str:
-    """The journal and audit key of a team's changes."""
-    return f"team:{alias}"[:_KEY_LENGTH]
+__all__ = ["ScimTeamMember", "TeamRecords"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +29,10 @@ class ScimTeamMember:
     group: str  # the group's displayName
 
 
-class TeamStore:
-    """Managed teams, and team changes in the journal and the audit log."""
+class TeamRecords:
+    """Managed teams, the users' states team planning needs, and SCIM groups as teams (a part of `SyncStore`)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    engine: Engine
 
     def load_teams(self) -> dict[str, ManagedTeam]:
         """Every team record by alias key."""
@@ -83,20 +73,10 @@ class TeamStore:
             "updated_at": datetime.now(UTC),
         }
 
-    def journal(self, run_id: int, planned: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Record team changes as pending (plan order), superseding team changes an earlier run left pending."""
-        keys = [team_key(str(change["alias"])) for change in planned]
-        return StateStore(self.engine).journal(run_id, planned, keys=keys, scope="team:")
-
-    def complete(self, completions: Sequence[Completion], *, run_id: int) -> None:
-        """Mark journaled team changes done/failed/skipped and write their audit entries, in one transaction."""
-        StateStore(self.engine).complete_changes(completions, run_id=run_id)
-
-    def user_states(self) -> dict[str, ManagedUser]:
-        """Every managed user with its state only (what team planning needs; `applied` left empty, so it is cheap)."""
-        columns = (managed_users.c.user_id, managed_users.c.source, managed_users.c.external_id, managed_users.c.state)
+    def user_states(self) -> dict[str, str]:
+        """Every managed user's state (what team planning needs), by user_id."""
         with self.engine.connect() as conn:
-            return {row[0]: ManagedUser(row[0], row[1], row[2], row[3], {}) for row in conn.execute(select(*columns))}
+            return {row[0]: row[1] for row in conn.execute(select(managed_users.c.user_id, managed_users.c.state))}
 
     def scim_team_members(self, sources: Collection[str]) -> list[ScimTeamMember]:
         """The present members of every present group of these SCIM sources."""

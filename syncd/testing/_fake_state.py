@@ -103,11 +103,13 @@ def budget_reset_at(duration: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Call:
-    """One request the fake answered: method, path (no query) and the status it answered with."""
+    """One request the fake answered: method, path (no query), the status it answered with, and the JSON body it
+    was sent (None without one; not compared)."""
 
     method: str
     path: str
     status: int
+    body: Any = field(default=None, compare=False)
 
 
 @dataclass

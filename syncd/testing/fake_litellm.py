@@ -293,8 +293,15 @@ async def _endpoint(request: Request) -> Response:
     if fault is not None:
         error = fake.fault_answer(fault)
         response = _json(error.status, error.body, error.headers)
-    fake.calls.append(Call(method, path, response.status_code))
+    fake.calls.append(Call(method, path, response.status_code, _json_or_none(body)))
     return response
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
 
 
 def create_fake_litellm(master_key: str = "sk-fake-master", *, faults: FaultPlan | None = None) -> Starlette:

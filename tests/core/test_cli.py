@@ -256,7 +256,9 @@ def test_plan_and_sync_show_the_team_step(cli: Cli) -> None:
     assert "Teams: 1 create_team, 1 add_member" in text and cli.fake.teams == {}
     done = cli.run("sync")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Teams applied: 1 add_member, 1 create_team; 0 failed, 0 skipped." in done.stdout
+    # sync prints the same plan, teams included, then what it applied of it
+    assert text.splitlines()[:-1] == done.stdout.splitlines()[: len(text.splitlines()) - 1]
+    assert "Applied: 1 add_member, 2 create, 1 create_team; 0 failed, 0 skipped." in done.stdout
     (team,) = cli.fake.teams.values()
     assert team["team_alias"] == "platform" and team["max_budget"] == 100
     again = cli.run("sync")

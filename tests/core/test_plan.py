@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from syncd.mapping import DesiredState
 from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
 from syncd.plan import (
+    KEY_ACTIONS,
     KnownConflict,
     Plan,
     PlanPolicy,
@@ -59,7 +60,12 @@ def current_as(user: DesiredUser, **changes: Any) -> CurrentUser:
 
 
 def actions(plan: Plan) -> dict[str, str]:
-    return {c.user_id: c.action for c in plan.changes}
+    """The user changes by user_id (the key changes that go with them left out)."""
+    return {c.user_id: c.action for c in plan.changes if c.action not in KEY_ACTIONS}
+
+
+def key_changes(plan: Plan) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+    return [(c.action, c.user_id, c.blocked_keys, c.depends_on) for c in plan.changes if c.action in KEY_ACTIONS]
 
 
 def test_a_new_person_is_created_with_every_field_and_its_origin() -> None:
@@ -124,8 +130,9 @@ def test_a_disabled_person_is_suspended_and_a_returning_one_reactivated_with_the
     assert actions(plan) == {"alice": "suspend"} and "disabled in corp" in plan.changes[0].reason
     suspended = managed_as(alice, "suspended", blocked_keys=("k1", "k2"), suspended_at=1.0)
     plan = make_plan(state(alice), {"alice": suspended})
-    (change,) = plan.changes
-    assert change.action == "reactivate" and change.blocked_keys == ("k1", "k2")
+    unblock, change = plan.changes  # the keys syncd blocked are unblocked first, then the user is reactivated
+    assert unblock.action == "unblock_keys" and unblock.blocked_keys == ("k1", "k2")
+    assert change.action == "reactivate" and change.blocked_keys == ("k1", "k2") and change.depends_on == (unblock.ref,)
 
 
 def test_someone_gone_from_the_source_is_suspended_or_deleted_by_policy() -> None:
@@ -168,7 +175,9 @@ def test_an_interrupted_suspension_is_finished_without_counting_against_the_guar
         {"alice": managed_as(alice, "suspending", blocked_keys=("k1",))},
         policy=PlanPolicy(max_deactivations=0),
     )
-    assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",) and not plan.held
+    assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",)
+    assert key_changes(plan) == [("block_keys", "alice", ("k1",), ("user:alice",))] and not plan.held
+    assert key_changes(plan) == [("block_keys", "alice", ("k1",), ("user:alice",))]
 
 
 def test_an_existing_unmanaged_user_is_a_conflict_unless_adoption_is_on() -> None:

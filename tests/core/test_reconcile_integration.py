@@ -190,13 +190,15 @@ def test_suspension_blocks_keys_and_reactivation_unblocks_only_those(world: Worl
     admin_blocked = world.fake.add_key("bob", blocked=True)
     world.record({**PEOPLE, "bob": {"groups": ["llm-users", "llm-power"], "active": False}})
     report = world.sync()
-    assert report.applied.by_action == {"suspend": 1}
+    assert report.applied.by_action == {"suspend": 1, "block_keys": 1}
+    (block,) = [c for c in report.plan.changes if c.action == "block_keys"]
+    assert block.blocked_keys == (ours,) and block.depends_on == ("user:bob",)  # planned: the key read with the plan
     assert world.fake.users["bob"]["metadata"]["scim_active"] is False
     assert all(k["blocked"] for k in world.fake.keys_of("bob"))
     assert world.store.load_managed()["bob"].blocked_keys == (ours,)
     world.record(PEOPLE)
     report = world.sync()
-    assert report.applied.by_action == {"reactivate": 1}
+    assert report.applied.by_action == {"unblock_keys": 1, "reactivate": 1}
     keys = {k["token"]: k["blocked"] for k in world.fake.keys_of("bob")}
     assert not keys[ours] and keys[world.fake.find_key(admin_blocked)["token"]] is True
     assert world.fake.users["bob"]["metadata"]["scim_active"] is True
@@ -266,8 +268,9 @@ def test_an_email_change_to_an_email_an_unmanaged_user_holds_is_a_conflict_not_a
     assert [c.kind for c in drift.conflicts] == ["email_taken"] and world.fake.write_calls() == 0
 
 
-def test_a_409_met_while_applying_is_stored_as_a_conflict(world: World) -> None:
-    """The email was free when planned and taken before the create (another writer): learnt from LiteLLM's 409."""
+def test_a_409_met_while_applying_fails_the_create_and_the_next_plan_decides(world: World) -> None:
+    """The email was free when planned and taken before the create (another writer): apply never decides what to do
+    with a LiteLLM that changed under it; the next plan reads it and plans the conflict."""
     world.record(PEOPLE)
     reconciler = Reconciler(world.settings, world.store, world.client)
     plan, _ = reconciler.plan()
@@ -276,20 +279,32 @@ def test_a_409_met_while_applying_is_stored_as_a_conflict(world: World) -> None:
     from syncd.apply import Applier
 
     result = Applier(world.client, world.store, run_id=run_id).apply(plan)
-    assert result.ok and result.by_action == {"create": 2}
-    ((conflict),) = result.conflicts
+    assert not result.ok and result.by_action == {"create": 2} and result.conflicts == []
+    [(user_id, action, error)] = result.errors
+    assert (user_id, action) == ("alice", "create") and "409" in error and "the next plan decides" in error
+    report = world.sync()
+    ((conflict),) = report.conflicts
     assert (conflict.user_id, conflict.kind, conflict.other) == ("alice", "email_taken", "racer")
+    assert [c.action for c in report.plan.changes] == ["conflict"] and report.status == "success"
 
 
 def test_a_change_litellm_refuses_with_a_4xx_is_a_conflict_not_a_failure(world: World) -> None:
     """Values the config cannot hold back (a role refused for users) still reach LiteLLM from an older plan."""
     from syncd.apply import Applier
     from syncd.model import DesiredUser
-    from syncd.plan import Change, Plan, desired_fields
+    from syncd.plan import Action, Change, Plan, desired_fields
 
     user = DesiredUser("dave", "dave@example.com", "corp", "ext-dave", True, "customer")
-    change = Change("create", "dave", "test", "corp", "ext-dave", desired_fields(user), inputs_digest="d1")
-    result = Applier(world.client, world.store, run_id=world.store.start_run("test")).apply(Plan((change,)))
+    change = Change(
+        action=Action.CREATE,
+        user_id="dave",
+        reason="test",
+        source="corp",
+        external_id="ext-dave",
+        after=desired_fields(user),
+        inputs_digest="d1",
+    )
+    result = Applier(world.client, world.store, run_id=world.store.start_run("test")).apply(Plan(changes=(change,)))
     assert result.ok and result.skipped == 1 and "dave" not in world.fake.users
     ((conflict),) = result.conflicts
     assert conflict.kind == "refused" and "422" in conflict.reason and conflict.inputs_digest == "d1"
@@ -415,7 +430,7 @@ def test_a_targeted_reconcile_changes_only_the_users_named(world: World) -> None
     assert world.fake.users["alice"]["user_role"] == "proxy_admin"
     assert world.fake.users["bob"]["metadata"]["scim_active"] is True
     report = world.sync()
-    assert [(c.user_id, c.action) for c in report.plan.changes] == [("bob", "suspend")]
+    assert [(c.user_id, c.action) for c in report.plan.changes] == [("bob", "suspend"), ("bob", "block_keys")]
 
 
 def test_a_targeted_reconcile_of_someone_gone_suspends_them(world: World) -> None:
@@ -481,7 +496,7 @@ def test_a_leavers_name_reused_by_a_new_person_is_a_conflict_and_the_keys_stay_b
     world.sync()
     key = world.fake.keys_of("bob")[0]["token"]
     world.record({k: v for k, v in PEOPLE.items() if k != "bob"})
-    assert world.sync().applied.by_action == {"suspend": 1}
+    assert world.sync().applied.by_action == {"suspend": 1, "block_keys": 1}
     newcomer = {"groups": ["llm-users"], "ext": "ext-bob-2", "email": "robert@example.com"}
     world.record({**PEOPLE, "bob": newcomer})
     world.fake.reset_calls()
@@ -516,8 +531,8 @@ def test_a_manual_unsuspension_is_undone_by_a_drift_check(world: World) -> None:
     assert world.sync().plan.empty
     first_suspended = world.store.load_managed()["bob"].suspended_at
     report = world.sync(drift_check=True)
-    assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", "bob")]
-    assert report.applied.by_action == {"suspend": 1}
+    assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", "bob"), ("block_keys", "bob")]
+    assert report.applied.by_action == {"suspend": 1, "block_keys": 1}
     assert world.fake.users["bob"]["metadata"]["scim_active"] is False and world.fake.keys[key]["blocked"] is True
     assert world.store.load_managed()["bob"].suspended_at == first_suspended  # delete_after counts from the first
     assert world.sync(drift_check=True).plan.empty

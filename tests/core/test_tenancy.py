@@ -66,7 +66,7 @@ def test_a_dn_mapping_matches_a_scim_displayname_only_where_it_names_that_scim_s
 
 
 def test_a_scim_group_named_after_a_team_admin_dn_makes_nobody_team_admin() -> None:
-    from syncd.teams import plan_teams
+    from syncd.plan import plan_teams
 
     r = rules([{"group": "llm-users", "teams": ["platform"], "sources": ["corp", "evil"]}])
     alice, mallory = who("corp", "alice", recorded=1), who("evil", "mallory", recorded=2)
@@ -81,9 +81,8 @@ def test_a_scim_group_named_after_a_team_admin_dn_makes_nobody_team_admin() -> N
     assert f"{ADMINS_DN} (SCIM group of evil)" in state.users["mallory"].groups
     spec = {"alias": "platform", "admin_groups": [ADMINS_DN]}
     teams = settings_from_dict(config([{"group": "llm-users", "sources": ["corp"]}], teams=[spec])).teams
-    users = {u: ManagedUser(u, state.users[u].source, state.users[u].external_id, "active", {}) for u in state.users}
-    result = plan_teams(state.users, teams, [], {}, users)
-    roles = {c.user_id: c.role for c in result.changes if c.action == "add_member"}
+    result = plan_teams(state.users, teams, [], {}, dict.fromkeys(state.users, "active"))
+    roles = {c.user_id: c.role for c in result.teams if c.action == "add_member"}
     assert roles == {"alice": "admin", "mallory": "user"}
 
 
@@ -356,9 +355,11 @@ def test_the_person_whose_litellm_user_carries_an_email_keeps_it_when_another_ch
 
 
 def test_a_refused_person_keeps_the_teams_syncd_gave_them() -> None:
-    from syncd.teams import MARKER, ManagedTeam, plan_teams
+    from syncd.litellm import current_team
+    from syncd.model import ManagedTeam
+    from syncd.plan import MARKER, plan_teams
 
-    current = [
+    raw = [
         {
             "team_id": "t1",
             "team_alias": "platform",
@@ -367,12 +368,13 @@ def test_a_refused_person_keeps_the_teams_syncd_gave_them() -> None:
             "team_memberships": [],
         }
     ]
+    current = [current_team(team) for team in raw]
     record = ManagedTeam("platform", "t1", True, {"team_alias": "platform"}, frozenset({"p0-again"}))
-    users = {"p0-again": ManagedUser("p0-again", "okta", "okta-p0-again", "active", {})}
+    users = {"p0-again": "active"}
     left = plan_teams({}, [], current, {"platform": record}, users)
-    assert [(c.action, c.user_id) for c in left.changes] == [("remove_member", "p0-again")]  # what held prevents
+    assert [(c.action, c.user_id) for c in left.teams] == [("remove_member", "p0-again")]  # what held prevents
     kept = plan_teams({}, [], current, {"platform": record}, users, held={"p0-again"})
-    assert kept.changes == ()
+    assert kept.teams == ()
 
 
 def test_a_thousand_conflicts_are_listed_fifty_and_counted() -> None:

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
+from syncd.apply import ApplyResult
 from syncd.litellm import LiteLLMClient
 from syncd.model import Group, Identity, Snapshot
-from syncd.reconcile import ReconcileOptions, Reconciler
+from syncd.plan import Plan, TeamChange
+from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
 from syncd.settings import Settings, settings_from_dict
 from syncd.store import make_engine, upgrade
 from syncd.store.repository import SyncStore
-from syncd.store.teams import TeamStore
-from syncd.team_reconcile import TeamReconciler, TeamReport, users_brought_in
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
@@ -43,6 +43,40 @@ PEOPLE = {
 }
 
 
+class TeamPart:
+    """The team part of one plan, read as the team tests read it."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.whole = plan
+        self.changes: tuple[TeamChange, ...] = plan.teams
+        self.problems = plan.problems
+        self.unchanged = plan.teams_unchanged
+        self.waiting = plan.teams_waiting
+
+    def counts(self) -> dict[str, int]:
+        return self.whole.team_counts()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+class TeamRun:
+    """A run's report with its plan's team part (`plan`) and the team changes' outcomes (`applied`)."""
+
+    def __init__(self, report: RunReport) -> None:
+        self.report, self.status = report, report.status
+        self.plan = TeamPart(report.plan)
+        self.applied: ApplyResult | None = None
+        if report.applied is not None:
+            teams = {str(c.action) for c in report.plan.teams}
+            by_action = {a: n for a, n in report.applied.by_action.items() if a in teams}
+            errors = [e for e in report.applied.errors if e[0].startswith("team ")]
+            self.applied = ApplyResult(
+                done=sum(by_action.values()), failed=len(errors), by_action=by_action, errors=errors
+            )
+
+
 class TeamWorld:
     """A store, a fake LiteLLM and a client wired as `syncd sync` wires them, with the team step after users."""
 
@@ -51,7 +85,7 @@ class TeamWorld:
         engine = make_engine(database_url)
         upgrade(engine)
         self.store = SyncStore(engine)
-        self.teams = TeamStore(engine)
+        self.teams = self.store
         self.client: Any = LiteLLMClient(litellm_url, MASTER, max_retries=2, backoff_base_s=0.01)
         self.settings = self.configure()
 
@@ -86,21 +120,11 @@ class TeamWorld:
         ]
         self.store.record_snapshot(Snapshot(source, identities, groups))
 
-    def sync(self, **options: Any) -> TeamReport:
-        """One reconcile: users (the Reconciler), then teams; answers the team step's report."""
+    def sync(self, **options: Any) -> TeamRun:
+        """One reconcile, as `syncd sync` runs it; answers its team part."""
         options.setdefault("drift_check", False)
-        reconciler = Reconciler(self.settings, self.store, self.client)
-        report = reconciler.run(ReconcileOptions(**options))
-        if hasattr(report, "teams"):  # the Reconciler runs the team step itself
-            assert isinstance(report.teams, TeamReport), report.status
-            return report.teams
-        assert report.status != "held", report.plan.held
-        desired = reconciler.desired().users
-        dry = bool(options.get("dry_run"))
-        pending = users_brought_in(report.plan) if dry else ()
-        return TeamReconciler(self.settings, self.store, self.client).run(
-            desired, None, report.run_id, dry_run=dry, pending_users=pending
-        )
+        self.report = Reconciler(self.settings, self.store, self.client).run(ReconcileOptions(**options))
+        return TeamRun(self.report)
 
     def team(self, alias: str) -> dict[str, Any]:
         """The one fake team with this alias."""

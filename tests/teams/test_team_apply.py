@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
+from syncd.apply import Applier, ApplyResult
+from syncd.plan import MARKER, Plan, team_id_for
 from syncd.reconcile import Reconciler
 from syncd.store.tables import managed_teams
-from syncd.team_apply import TeamApplier, TeamApplyResult
-from syncd.team_plan import TeamPlan
-from syncd.team_reconcile import TeamReconciler
-from syncd.teams import MARKER, team_id_for
 
 from .conftest import PEOPLE, TeamWorld
 
 
-def _plan(world: TeamWorld) -> TeamPlan:
-    desired = Reconciler(world.settings, world.store, world.client).desired().users
-    plan, _ = TeamReconciler(world.settings, world.store, world.client).plan(desired)
+def _plan(world: TeamWorld) -> Plan:
+    plan, _ = Reconciler(world.settings, world.store, world.client).plan()
     return plan
 
 
-def _apply(world: TeamWorld, plan: TeamPlan) -> TeamApplyResult:
+def _apply(world: TeamWorld, plan: Plan) -> ApplyResult:
     run_id = world.store.start_run("test")
-    return TeamApplier(world.client, world.teams, run_id=run_id, concurrency=4).apply(plan)
+    return Applier(world.client, world.store, run_id=run_id, concurrency=4).apply(plan)
 
 
 def _users_only(world: TeamWorld) -> None:
@@ -33,28 +30,32 @@ def _users_only(world: TeamWorld) -> None:
         conn.execute(managed_teams.delete())
 
 
-def test_a_team_id_taken_after_planning_falls_back_to_one_litellm_chooses(world: TeamWorld) -> None:
+def test_a_team_id_taken_after_planning_fails_its_create_and_the_next_plan_picks_another(world: TeamWorld) -> None:
     _users_only(world)
     plan = _plan(world)
     world.fake.add_team(team_id_for("research"), team_alias="someone else's")
     result = _apply(world, plan)
-    assert result.ok and result.by_action == {"create_team": 2, "add_member": 4}
-    research = world.team("research")
-    assert research["team_id"] != team_id_for("research") and world.members("research") == {"bob"}
-    assert world.teams.load_teams()["research"].team_id == research["team_id"]
+    assert not result.ok and result.by_action == {"create_team": 1, "add_member": 3}
+    [(what, action, error)] = result.errors
+    assert (what, action) == ("team research", "create_team") and "already exists" in error
+    assert result.skipped == 1  # bob's membership of research waited for the create
+    assert "research" not in world.teams.load_teams()
+    report = world.sync()
+    assert report.status == "success" and world.members("research") == {"bob"}
+    assert world.team("research")["team_id"] == team_id_for("research", 1)
     assert world.team("someone else's")["members_with_roles"] == [
         {"user_id": "default_user_id", "user_email": None, "role": "admin"}
     ]
-    created = next(e for e in world.store.audit_entries(key="team:research") if e["action"] == "create_team")
-    assert "is taken: LiteLLM chose one" in created["reason"] and created["after"]["team_id"] == research["team_id"]
 
 
-def test_a_team_an_interrupted_run_created_is_taken_as_created(world: TeamWorld) -> None:
+def test_a_team_created_between_plan_and_apply_is_adopted_by_the_next_plan(world: TeamWorld) -> None:
     _users_only(world)
     plan = _plan(world)
     world.fake.add_team(team_id_for("research"), team_alias="research", metadata={"syncd": dict(MARKER)})
-    result = _apply(world, plan)
-    assert result.ok and len(world.fake.teams) == 2 and world.members("research") == {"bob"}
+    assert not _apply(world, plan).ok
+    report = world.sync()
+    assert report.status == "success" and report.plan.counts()["adopt_team"] == 1
+    assert len(world.fake.teams) == 2 and world.members("research") == {"bob"}
 
 
 def test_a_member_added_between_plan_and_apply_is_done_and_recorded(world: TeamWorld) -> None:
@@ -71,11 +72,12 @@ def test_a_member_added_between_plan_and_apply_is_done_and_recorded(world: TeamW
 
 
 def test_a_member_gone_between_plan_and_apply_is_removed_already(world: TeamWorld) -> None:
+    world.configure(policy={"unmapped_users": "ignore"})
     world.record(PEOPLE)
     world.sync()
     world.record({**PEOPLE, "alice": {"groups": []}})  # unmapped: her user stays, her team goes
     plan = _plan(world)
-    assert [(c.action, c.user_id) for c in plan.changes] == [("remove_member", "alice")]
+    assert [(c.action, c.user_id) for c in plan.teams] == [("remove_member", "alice")]
     world.fake.drop_member(world.team("platform")["team_id"], "alice")
     result = _apply(world, plan)
     assert result.ok and "alice" not in world.teams.load_teams()["platform"].members
@@ -91,7 +93,7 @@ def test_a_team_deleted_between_plan_and_apply_fails_its_changes_clearly(world: 
     world.fake.remove_team(world.team("research")["team_id"])
     result = _apply(world, plan)
     assert not result.ok
-    assert [(a, u, c) for a, u, c, _ in result.errors] == [("research", "dave", "add_member")]
-    assert "404" in result.errors[0][3] and "Team doesn't exist" in result.errors[0][3]
+    assert [(what, action) for what, action, _ in result.errors] == [("team research dave", "add_member")]
+    assert "404" in result.errors[0][2] and "Team doesn't exist" in result.errors[0][2]
     report = world.sync()
     assert report.status == "success" and world.members("research") == {"bob", "dave"}

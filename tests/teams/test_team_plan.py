@@ -9,17 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncd.model import DesiredUser, ManagedUser
-from syncd.teams import (
-    MARKER,
-    ManagedTeam,
-    TeamPlan,
-    plan_teams,
-    render_team_json,
-    render_team_text,
-    team_groups_of,
-    team_id_for,
-)
+from syncd.litellm import current_team
+from syncd.model import DesiredUser, ManagedTeam, ManagedUser
+from syncd.plan import MARKER, Plan, TeamChange, plan_teams, render_json, render_text, team_groups_of, team_id_for
 
 
 @dataclass
@@ -59,17 +51,35 @@ def team(team_id: str, alias: str, *members: str, ours: bool = True, **fields: A
     }
 
 
+class TeamPlan:
+    """The team part of a plan, as these tests read it."""
+
+    def __init__(self, whole: Plan) -> None:
+        self.whole = whole
+        self.changes: tuple[TeamChange, ...] = whole.teams
+        self.records = whole.team_records
+        self.problems, self.unchanged, self.waiting = whole.problems, whole.teams_unchanged, whole.teams_waiting
+        self.empty = not whole.teams
+
+    def counts(self) -> dict[str, int]:
+        return self.whole.team_counts()
+
+
 def plan(
     desired: Sequence[DesiredUser],
     specs: Sequence[Spec] = (),
     current: Sequence[dict[str, Any]] = (),
     records: Sequence[ManagedTeam] = (),
     users: dict[str, ManagedUser] | None = None,
+    pending_users: Sequence[str] = (),
     **options: Any,
 ) -> TeamPlan:
+    """The team plan, the users in `pending_users` being created by the same plan (so active once it is applied)."""
     wanted = {u.user_id: u for u in desired}
     users = managed(*wanted) if users is None else users
-    return plan_teams(wanted, specs, current, {r.alias: r for r in records}, users, **options)
+    states = {uid: m.state for uid, m in users.items()} | dict.fromkeys(pending_users, "active")
+    teams = [current_team(t) for t in current]
+    return TeamPlan(plan_teams(wanted, specs, teams, {r.alias: r for r in records}, states, **options))
 
 
 def actions(team_plan: TeamPlan) -> list[tuple[str, str, str | None]]:
@@ -141,7 +151,7 @@ def test_members_syncd_did_not_add_are_never_removed() -> None:
 def test_two_foreign_teams_with_one_alias_are_a_conflict_and_left_alone() -> None:
     current = [team("t1", "platform", ours=False), team("t2", "platform", ours=False)]
     result = plan([user("alice", "platform")], [], current)
-    assert actions(result) == [("conflict", "platform", None)]
+    assert actions(result) == [("team_conflict", "platform", None)]
 
 
 def test_of_two_teams_with_one_alias_syncd_takes_its_own() -> None:
@@ -250,10 +260,11 @@ def test_the_reason_names_the_group_that_gave_the_team() -> None:
 
 def test_the_plan_renders_for_people_and_scripts() -> None:
     result = plan([user("alice", "platform")], [Spec("platform", max_budget=5.0)])
-    text = render_team_text(result)
-    assert text.splitlines()[0] == "Teams: 1 create_team, 1 add_member (0 teams unchanged)."
+    text = render_text(result.whole)
+    assert text.splitlines()[0] == "Plan: no changes (0 unchanged)."
+    assert text.splitlines()[1] == "Teams: 1 create_team, 1 add_member (0 teams unchanged)."
     assert "    max_budget: 5.0" in text and "+ add_member platform alice" in text
-    data = render_team_json(result)
+    data = render_json(result.whole)["teams"]
     assert data["summary"]["create_team"] == 1 and data["changes"][1]["user_id"] == "alice"
 
 
@@ -308,12 +319,16 @@ def test_applying_a_plan_converges_in_one_step(rounds: list[Any], hand_made: boo
     records: dict[str, ManagedTeam] = {}
     for memberships, states, leave in rounds:
         desired = {u: user(u, *teams) for u, teams in memberships.items()}
-        users = {u: ManagedUser(u, "corp", u, states.get(u, "active"), {}) for u in _USERS}
+        users = {u: states.get(u, "active") for u in _USERS}
         specs = [Spec("red", max_budget=5.0, team_member_budget=None)]
-        first = plan_teams(desired, specs, current, records, users, suspended_leave_teams=leave)
-        _simulate(first, current, records)
-        again = plan_teams(desired, specs, current, records, users, suspended_leave_teams=leave)
-        assert again.empty, [c.action for c in again.changes]
+        first = plan_teams(
+            desired, specs, [current_team(t) for t in current], records, users, suspended_leave_teams=leave
+        )
+        _simulate(TeamPlan(first), current, records)
+        again = plan_teams(
+            desired, specs, [current_team(t) for t in current], records, users, suspended_leave_teams=leave
+        )
+        assert not again.teams, [c.action for c in again.teams]
         for key, record in records.items():
             live = next(t for t in current if t["team_id"] == record.team_id)
             assert record.members <= {m["user_id"] for m in live["members_with_roles"]}, key

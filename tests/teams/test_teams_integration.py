@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from syncd.apply import ADMIN_NEEDS_ENTERPRISE
 from syncd.model import Group, Identity, Snapshot
-from syncd.team_apply import ADMIN_NEEDS_ENTERPRISE
-from syncd.teams import MARKER
+from syncd.plan import MARKER
 
 from .conftest import PEOPLE, TeamWorld
 
@@ -46,7 +46,7 @@ def test_without_teams_configured_litellm_is_not_read(world: TeamWorld) -> None:
     world.sync()
     world.fake.reset_calls()
     report = world.sync()
-    assert report.status == "nothing" and world.fake.calls == []
+    assert report.status == "success" and report.plan.empty and world.fake.calls == []
 
 
 def test_settings_changed_by_hand_are_corrected_field_by_field(world: TeamWorld) -> None:
@@ -147,8 +147,8 @@ def test_team_admins_need_enterprise_unless_the_fallback_is_allowed(world: TeamW
     world.record(PEOPLE)
     report = world.sync()
     assert report.status == "failed" and report.applied is not None
-    [(alias, user, action, error)] = report.applied.errors
-    assert (alias, user, action, error) == ("platform", "carol", "add_member", ADMIN_NEEDS_ENTERPRISE)
+    [(what, action, error)] = report.applied.errors
+    assert (what, action, error) == ("team platform carol", "add_member", ADMIN_NEEDS_ENTERPRISE)
     assert world.members("platform") == {"alice", "bob"} and "carol" not in world.teams.load_teams()["platform"].members
     world.configure(teams=[{**platform, "admin_fallback_to_user": True}])
     report = world.sync()
@@ -212,7 +212,7 @@ def test_a_team_deleted_by_hand_is_created_again_with_its_members(world: TeamWor
 
 
 def test_a_team_id_taken_by_another_team_gets_the_next_one(world: TeamWorld) -> None:
-    from syncd.teams import team_id_for
+    from syncd.plan import team_id_for
 
     world.fake.add_team(team_id_for("research"), team_alias="something else")
     world.record(PEOPLE)
@@ -279,14 +279,16 @@ def test_an_interrupted_team_apply_resumes_without_duplicates(world: TeamWorld, 
 def test_a_crash_after_creating_a_team_adopts_it_instead_of_creating_another(world: TeamWorld) -> None:
     world.record(PEOPLE)
     real = world.client
-    world.client = _CrashingClient(real, 1)  # the first team is created, the second dies: nothing is recorded
+    world.client = _CrashingClient(real, 1)  # the first team is created, the second dies
     with pytest.raises(_Crash):
         world.sync()
     world.client = real
-    assert len(world.fake.teams) == 1 and world.teams.load_teams() == {}
+    # the team created is recorded as soon as LiteLLM answers, with the members about to be added
+    (team,) = world.fake.teams.values()
+    assert set(world.teams.load_teams()) == {team["team_alias"]}
     report = world.sync()
     assert report.status == "success" and len(world.fake.teams) == 2
-    assert report.plan.counts()["adopt_team"] == 1
+    assert report.plan.counts()["create_team"] == 1 and report.plan.counts()["adopt_team"] == 0
     assert world.members("platform") == {"alice", "bob", "carol"}
 
 

@@ -1,62 +1,32 @@
-"""The plan: desired users against what syncd last applied and what LiteLLM holds. Purely computational.
+"""The user part of the plan: desired users against what syncd last applied and what LiteLLM holds.
 
-`make_plan(desired, managed, current, policy)` returns an immutable `Plan`: a list of `Change`s, each naming its
-action, the user, the field-level differences with the origin of every new value, and why. Apply executes exactly
-these changes and nothing else. `render_text` and `render_json` print a plan as it is.
-
-Comparison base, per user: LiteLLM's own state where it was read (`current`, the users about to change or every
-managed user on a drift check), else the store's record of what was last applied.
+Purely computational. Comparison base, per user: LiteLLM's own state where it was read (`current`, the users about
+to change or every managed user on a drift check), else the store's record of what was last applied.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from syncd.mapping import DesiredState
-from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
-
-__all__ = [
-    "ACTIONS",
-    "USER_FIELDS",
-    "Binding",
-    "Change",
-    "FieldDiff",
-    "KnownConflict",
-    "Plan",
-    "PlanPolicy",
-    "Settling",
-    "bind",
-    "desired_fields",
-    "fields_digest",
-    "make_plan",
-    "marker",
-    "render_json",
-    "render_text",
-    "settle",
-    "settled_users",
-    "short_value",
-]
-
-#: the LiteLLM user fields syncd keeps in step (auto_create_key is sent on creation only)
-USER_FIELDS = (
-    "user_email",
-    "user_role",
-    "models",
-    "tpm_limit",
-    "rpm_limit",
-    "max_budget",
-    "budget_duration",
-    "user_alias",
-    "metadata",
+from syncd.fields import (
+    USER_FIELDS,
+    combine_digest,
+    desired_fields,
+    fields_digest,
+    plain,
+    same_field,
+    shared_part,
 )
-ACTIONS = ("create", "adopt", "update", "reactivate", "suspend", "delete", "conflict")
-_DEACTIVATIONS = ("suspend", "delete")
-_INPUTS = ("create", "adopt", "update", "reactivate", "conflict")
+from syncd.mapping import DesiredState
+from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, KnownConflict, ManagedUser
+from syncd.plan._changes import DEACTIVATIONS, Action, Change, FieldDiff, Plan, PlanPolicy
+
+__all__ = ["Binding", "Settling", "bind", "block_open_keys", "make_plan", "settle", "settled_users", "with_key_changes"]
+
+_INPUTS = (Action.CREATE, Action.ADOPT, Action.UPDATE, Action.REACTIVATE, Action.CONFLICT)
 _ORIGIN_OF = {
     "user_role": "role",
     "models": "models",
@@ -65,124 +35,6 @@ _ORIGIN_OF = {
     "max_budget": "max_budget",
     "budget_duration": "budget_duration",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class PlanPolicy:
-    """The policy knobs the plan needs, as plain data."""
-
-    adopt_existing: bool = False
-    deactivation: str = "suspend"  # suspend | delete
-    delete_after_s: float | None = None
-    unmapped_users: str = "deactivate"  # deactivate | ignore
-    max_deactivations: int = 50
-    max_deactivation_ratio: float = 0.10
-    allow_mass_deactivation: bool = False
-    now: float = 0.0  # unix time, for delete_after
-
-
-@dataclass(frozen=True, slots=True)
-class FieldDiff:
-    """One field that changes: its value before, after, and where the new value came from."""
-
-    field: str
-    before: Any
-    after: Any
-    origin: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One planned change to one LiteLLM user."""
-
-    action: str
-    user_id: str
-    reason: str
-    source: str | None = None
-    external_id: str | None = None
-    #: the full desired LiteLLM fields (create, adopt, update, reactivate), including metadata
-    after: Mapping[str, Any] | None = None
-    diffs: tuple[FieldDiff, ...] = ()
-    #: the fields as last applied (store) or read (LiteLLM) before this change
-    before: Mapping[str, Any] | None = None
-    #: create only: whether LiteLLM should generate a key
-    auto_create_key: bool = False
-    #: resume a suspension that was interrupted: the keys syncd had already chosen to block
-    blocked_keys: tuple[str, ...] = ()
-    adopted: bool = False
-    #: False for a deactivation that takes no access away (finishing a suspension, deleting a suspended user)
-    guarded: bool = True
-    #: a conflict's kind (user_id_taken, email_taken, bound_elsewhere, refused) and the other party, if any
-    conflict_kind: str | None = None
-    other: str | None = None
-    #: the binding, when the source now names the person otherwise: "user_id kept as x; the directory now says y"
-    note: str | None = None
-    #: `fields_digest` of the person's desired fields (writes and conflicts): a stored conflict waits for it to change
-    inputs_digest: str | None = None
-    #: a suspension re-applied (drift check): when the user was first suspended, which delete_after counts from
-    suspended_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The change as JSON-ready data (shallow copies: the plan is immutable, its values plain)."""
-        data = {name: getattr(self, name) for name in _CHANGE_FIELDS}
-        data["after"] = None if self.after is None else dict(self.after)
-        data["before"] = None if self.before is None else dict(self.before)
-        data["blocked_keys"] = list(self.blocked_keys)
-        data["diffs"] = [
-            {"field": d.field, "before": d.before, "after": d.after, "origin": d.origin} for d in self.diffs
-        ]
-        return data
-
-
-_CHANGE_FIELDS = tuple(f.name for f in fields(Change))
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The changes of one reconcile, and why it is held if it is."""
-
-    changes: tuple[Change, ...] = ()
-    held: str | None = None
-    problems: tuple[str, ...] = ()
-    unchanged: int = 0
-    unmapped_ignored: int = 0
-    #: people the source names otherwise than their bound user_id: (bound user_id, what the source says now)
-    renamed: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def conflicts(self) -> tuple[Change, ...]:
-        """The planned conflicts (nothing is written for them)."""
-        return tuple(c for c in self.changes if c.action == "conflict")
-
-    def counts(self) -> dict[str, int]:
-        """How many changes of each action."""
-        counts = dict.fromkeys(ACTIONS, 0)
-        for change in self.changes:
-            counts[change.action] = counts.get(change.action, 0) + 1
-        return counts
-
-    @property
-    def deactivations(self) -> int:
-        """Suspensions and deletions of users that are active now (what the guard counts)."""
-        return sum(1 for c in self.changes if c.action in _DEACTIVATIONS and c.guarded)
-
-    @property
-    def empty(self) -> bool:
-        """True when there is nothing to do."""
-        return not self.changes
-
-
-@dataclass(frozen=True, slots=True)
-class KnownConflict:
-    """A conflict stored by an earlier run: not retried while the desired fields keep this digest."""
-
-    user_id: str
-    source: str
-    external_id: str
-    kind: str  # user_id_taken | email_taken | bound_elsewhere | refused
-    reason: str
-    other: str | None = None
-    inputs_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,92 +113,14 @@ def _bound_elsewhere(want: DesiredUser, have: ManagedUser) -> Change:
         f"stay blocked). If this is on purpose, release it: syncd release {have.user_id}"
     )
     return Change(
-        "conflict",
-        have.user_id,
-        reason,
-        want.source,
-        want.external_id,
+        action=Action.CONFLICT,
+        user_id=have.user_id,
+        reason=reason,
+        source=want.source,
+        external_id=want.external_id,
         conflict_kind="bound_elsewhere",
         other=f"{have.source}:{have.external_id}",
     )
-
-
-def marker(source: str, external_id: str) -> dict[str, Any]:
-    """syncd's mark on the LiteLLM users it manages (metadata.syncd)."""
-    return {"managed": True, "source": source, "external_id": external_id}
-
-
-def desired_fields(user: DesiredUser) -> dict[str, Any]:
-    """The LiteLLM fields a desired user should have, metadata (marker, scim_active) included."""
-    metadata = {**user.metadata, "syncd": marker(user.source, user.external_id), "scim_active": True}
-    return {
-        "user_email": user.email or None,
-        "user_role": user.role,
-        "models": list(user.models),
-        "tpm_limit": user.tpm_limit,
-        "rpm_limit": user.rpm_limit,
-        "max_budget": user.max_budget,
-        "budget_duration": user.budget_duration,
-        "user_alias": user.user_alias,
-        "metadata": metadata,
-    }
-
-
-def _same(name: str, want: Any, have: Any) -> bool:
-    if name == "models":
-        return sorted(want or []) == sorted(have or [])
-    if name == "max_budget" and want is not None and have is not None:
-        return math.isclose(float(want), float(have), rel_tol=1e-9, abs_tol=1e-9)
-    if name == "user_email":
-        return (want or "").lower() == (have or "").lower()
-    if name == "metadata":
-        have = have or {}
-        return all(have.get(key) == value for key, value in (want or {}).items())
-    return bool(want == have)
-
-
-def _plain(value: Any) -> Any:
-    """A value in a form whose repr does not depend on key order (mappings as sorted pairs, lists as tuples)."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((key, _plain(item)) for key, item in value.items())) if value else ()
-    if isinstance(value, list | tuple):
-        return tuple(map(_plain, value))
-    return value
-
-
-def fields_digest(fields: Mapping[str, Any]) -> str:
-    """A digest of LiteLLM user fields in the form `_same` compares them (e-mail in lower case, models sorted).
-
-    Two sets of fields with the same digest differ in no field, so a managed user whose applied fields have the
-    desired fields' digest has nothing to plan (`settled_users`); different digests only mean: compare in full.
-    """
-    metadata = fields.get("metadata") or {}
-    return _digest(_shared_part(fields), _own_part(fields.get("user_email"), fields.get("user_alias"), metadata))
-
-
-def _shared_part(fields: Mapping[str, Any]) -> str:
-    """What people with the same grants share: every field but the e-mail, the alias and syncd's marker."""
-    budget = fields.get("max_budget")
-    metadata = fields.get("metadata") or {}
-    return repr(
-        (
-            fields.get("user_role"),
-            sorted(fields.get("models") or ()),
-            fields.get("tpm_limit"),
-            fields.get("rpm_limit"),
-            None if budget is None else float(budget),
-            fields.get("budget_duration"),
-            _plain({key: value for key, value in metadata.items() if key != "syncd"}),
-        )
-    )
-
-
-def _own_part(email: str | None, alias: str | None, metadata: Mapping[str, Any]) -> str:
-    return repr(((email or "").lower(), alias, _plain(metadata.get("syncd"))))
-
-
-def _digest(shared: str, own: str) -> str:
-    return hashlib.blake2b(f"{shared}\n{own}".encode(), digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)
@@ -377,13 +151,13 @@ def settle(desired: DesiredState, records: Iterable[tuple[str, str, str | None]]
         want = users.get(user_id)
         if enabled and want is not None and want.active and state == "active" and digest is not None:
             w = want
-            key = (w.role, w.models, w.tpm_limit, w.rpm_limit, w.max_budget, w.budget_duration, _plain(w.metadata))
+            key = (w.role, w.models, w.tpm_limit, w.rpm_limit, w.max_budget, w.budget_duration, plain(w.metadata))
             part = shared.get(key)
             if part is None:
-                part = shared[key] = _shared_part(desired_fields(want))
+                part = shared[key] = shared_part(desired_fields(want))
             # _own_part of desired_fields(want), written out: _plain of the marker is its items in key order (hot)
             own = (("external_id", w.external_id), ("managed", True), ("source", w.source))
-            if digest == _digest(part, repr(((w.email or "").lower(), w.user_alias, own))):
+            if digest == combine_digest(part, repr(((w.email or "").lower(), w.user_alias, own))):
                 out.settled.add(w.user_id)
                 continue
         out.others[user_id] = (state, digest)
@@ -402,7 +176,7 @@ def _diffs(
     for name in USER_FIELDS:
         if name == "models" and not want.get("models"):
             continue  # LiteLLM's /user/update ignores models: []; an empty grant leaves models as they are
-        if not _same(name, want.get(name), have.get(name)):
+        if not same_field(name, want.get(name), have.get(name)):
             origin = origins.get(_ORIGIN_OF.get(name, ""))
             label = f"{origin.kind} {origin.name}" if origin else None
             diffs.append(FieldDiff(name, have.get(name), want.get(name), label))
@@ -476,12 +250,12 @@ class _Planner:
         if want.user_id in self.read and current is None:
             self._add(
                 Change(
-                    "create",
-                    want.user_id,
-                    "managed but missing in LiteLLM: created again",
-                    want.source,
-                    want.external_id,
-                    fields,
+                    action=Action.CREATE,
+                    user_id=want.user_id,
+                    reason="managed but missing in LiteLLM: created again",
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
                     auto_create_key=want.auto_create_keys,
                 )
             )
@@ -492,14 +266,14 @@ class _Planner:
         if have.state in ("suspended", "suspending"):
             self._add(
                 Change(
-                    "reactivate",
-                    want.user_id,
-                    f"active again in {want.source}",
-                    want.source,
-                    want.external_id,
-                    fields,
-                    diffs,
-                    base,
+                    action=Action.REACTIVATE,
+                    user_id=want.user_id,
+                    reason=f"active again in {want.source}",
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=diffs,
+                    before=base,
                     blocked_keys=have.blocked_keys,
                     adopted=have.adopted,
                 )
@@ -512,14 +286,14 @@ class _Planner:
             )
             self._add(
                 Change(
-                    "update",
-                    want.user_id,
-                    why,
-                    want.source,
-                    want.external_id,
-                    fields,
-                    diffs,
-                    base,
+                    action=Action.UPDATE,
+                    user_id=want.user_id,
+                    reason=why,
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=diffs,
+                    before=base,
                     adopted=have.adopted,
                 )
             )
@@ -531,13 +305,13 @@ class _Planner:
             groups = ", ".join(want.groups) or "defaults"
             self._add(
                 Change(
-                    "create",
-                    want.user_id,
-                    f"in {want.source}, member of {groups}",
-                    want.source,
-                    want.external_id,
-                    fields,
-                    _diffs(fields, {}, want.origins),
+                    action=Action.CREATE,
+                    user_id=want.user_id,
+                    reason=f"in {want.source}, member of {groups}",
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=_diffs(fields, {}, want.origins),
                     auto_create_key=want.auto_create_keys,
                 )
             )
@@ -548,43 +322,43 @@ class _Planner:
         if current.managed:
             self._add(
                 Change(
-                    "adopt",
-                    want.user_id,
-                    "already in LiteLLM with syncd's marker",
-                    want.source,
-                    want.external_id,
-                    fields,
-                    diffs,
-                    base,
+                    action=Action.ADOPT,
+                    user_id=want.user_id,
+                    reason="already in LiteLLM with syncd's marker",
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=diffs,
+                    before=base,
                     adopted=False,
                 )
             )
         elif self.policy.adopt_existing:
             self._add(
                 Change(
-                    "adopt",
-                    want.user_id,
-                    "existing LiteLLM user taken over (adopt_existing)",
-                    want.source,
-                    want.external_id,
-                    fields,
-                    diffs,
-                    base,
+                    action=Action.ADOPT,
+                    user_id=want.user_id,
+                    reason="existing LiteLLM user taken over (adopt_existing)",
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=diffs,
+                    before=base,
                     adopted=True,
                 )
             )
         else:
             self._add(
                 Change(
-                    "conflict",
-                    want.user_id,
-                    "a LiteLLM user syncd does not manage holds this user_id; "
+                    action=Action.CONFLICT,
+                    user_id=want.user_id,
+                    reason="a LiteLLM user syncd does not manage holds this user_id; "
                     "not touched (set policy.adopt_existing to take it over)",
-                    want.source,
-                    want.external_id,
-                    fields,
-                    diffs,
-                    base,
+                    source=want.source,
+                    external_id=want.external_id,
+                    after=fields,
+                    diffs=diffs,
+                    before=base,
                     conflict_kind="user_id_taken",
                     other=want.user_id,
                 )
@@ -593,12 +367,14 @@ class _Planner:
     @staticmethod
     def _known(known: KnownConflict, want: DesiredUser, fields: dict[str, Any]) -> Change:
         return Change(
-            "conflict",
-            want.user_id,
-            f"{known.reason} (a known conflict: retried when the source changes this person, or on a drift check)",
-            want.source,
-            want.external_id,
-            fields,
+            action=Action.CONFLICT,
+            user_id=want.user_id,
+            reason=(
+                f"{known.reason} (a known conflict: retried when the source changes this person, or on a drift check)"
+            ),
+            source=want.source,
+            external_id=want.external_id,
+            after=fields,
             conflict_kind=known.kind,
             other=known.other,
         )
@@ -615,15 +391,15 @@ class _Planner:
             return None
         whose = "another person syncd manages" if holder[1] else "a LiteLLM user syncd does not manage"
         return Change(
-            "conflict",
-            change.user_id,
-            f"the email {email} is held by LiteLLM user {holder[0]}, {whose}; not written "
+            action=Action.CONFLICT,
+            user_id=change.user_id,
+            reason=f"the email {email} is held by LiteLLM user {holder[0]}, {whose}; not written "
             "(LiteLLM allows one user per email)",
-            change.source,
-            change.external_id,
-            change.after,
-            change.diffs,
-            change.before,
+            source=change.source,
+            external_id=change.external_id,
+            after=change.after,
+            diffs=change.diffs,
+            before=change.before,
             conflict_kind="email_taken",
             other=holder[0],
             # a holder syncd manages may give the email up in this very run (two people swapping): retried next run
@@ -643,24 +419,26 @@ class _Planner:
         if reason is None:
             self.unmapped_ignored += 1
         elif have.state == "suspending":
-            self._add(self._deactivation("suspend", have, f"{reason} (finishing an interrupted suspension)", False))
+            self._add(
+                self._deactivation(Action.SUSPEND, have, f"{reason} (finishing an interrupted suspension)", False)
+            )
         elif have.state == "suspended":
             if not self._suspend_again(have, reason):
                 self._maybe_delete_later(have, reason)
         elif self.policy.deactivation == "delete":
-            self._add(self._deactivation("delete", have, f"{reason} (policy.deactivation: delete)", True))
+            self._add(self._deactivation(Action.DELETE, have, f"{reason} (policy.deactivation: delete)", True))
         else:
-            self._add(self._deactivation("suspend", have, reason, True))
+            self._add(self._deactivation(Action.SUSPEND, have, reason, True))
 
-    def _deactivation(self, action: str, have: ManagedUser, reason: str, guarded: bool) -> Change:
+    def _deactivation(self, action: Action, have: ManagedUser, reason: str, guarded: bool) -> Change:
         current = self.current.get(have.user_id)
         before = dict(current.fields, metadata=current.metadata) if current is not None else dict(have.applied)
         return Change(
-            action,
-            have.user_id,
-            reason,
-            have.source,
-            have.external_id,
+            action=action,
+            user_id=have.user_id,
+            reason=reason,
+            source=have.source,
+            external_id=have.external_id,
             before=before,
             blocked_keys=have.blocked_keys,
             adopted=have.adopted,
@@ -689,7 +467,7 @@ class _Planner:
         if unblocked:
             what = ", ".join(filter(None, [what, f"{len(unblocked)} key(s) syncd blocked are unblocked"]))
         why = f"{reason}; suspended, but LiteLLM shows {what} (changed by hand): suspended again"
-        self._add(self._deactivation("suspend", have, why, False))
+        self._add(self._deactivation(Action.SUSPEND, have, why, False))
         return True
 
     def _maybe_delete_later(self, have: ManagedUser, reason: str) -> None:
@@ -697,12 +475,12 @@ class _Planner:
         if after is None or have.suspended_at is None or self.policy.now - have.suspended_at < after:
             return
         why = f"{reason}; suspended for more than {after / 86400:g} days (policy.delete_after)"
-        self._add(self._deactivation("delete", have, why, False))
+        self._add(self._deactivation(Action.DELETE, have, why, False))
 
     def _inputs(self, want: DesiredUser) -> str:
         """The digest of what a conflict of this person depends on: their desired fields and adopt_existing."""
         digest = fields_digest(desired_fields(want))
-        return digest if not self.policy.adopt_existing else _digest(digest, "adopt_existing")
+        return digest if not self.policy.adopt_existing else combine_digest(digest, "adopt_existing")
 
     def _add(self, change: Change) -> None:
         want = self.desired.users.get(change.user_id)
@@ -719,7 +497,7 @@ class _Planner:
 def _guard(
     plan_changes: list[Change], managed: Mapping[str, ManagedUser], policy: PlanPolicy, active: int | None = None
 ) -> str | None:
-    deactivations = sum(1 for c in plan_changes if c.action in _DEACTIVATIONS and c.guarded)
+    deactivations = sum(1 for c in plan_changes if c.action in DEACTIVATIONS and c.guarded)
     if deactivations == 0 or policy.allow_mass_deactivation:
         return None
     if active is None:
@@ -766,6 +544,7 @@ def make_plan(
     `email_holders` maps lower-cased emails to the LiteLLM user holding them (user_id, managed by syncd): a create
     or an email change to an email someone else holds is a conflict. `unblocked` lists, per suspended user, the
     keys syncd blocked that LiteLLM shows unblocked (drift check): such a user is suspended again.
+    Suspensions block the keys syncd blocked before (an interrupted one); `block_open_keys` adds those LiteLLM shows.
     """
     if binding is not None:
         desired = binding.desired
@@ -783,68 +562,46 @@ def make_plan(
     if only is not None:
         renamed = tuple((bound, name) for bound, name in renamed if bound in only or name in only)
     return Plan(
-        tuple(planner.changes), held, tuple(desired.problems), planner.unchanged, planner.unmapped_ignored, renamed
+        changes=with_key_changes(planner.changes),
+        held=held,
+        problems=tuple(desired.problems),
+        unchanged=planner.unchanged,
+        unmapped_ignored=planner.unmapped_ignored,
+        renamed=renamed,
     )
 
 
-# -- rendering ------------------------------------------------------------------------------------------------------
-_SYMBOL = {
-    "create": "+",
-    "adopt": "&",
-    "update": "~",
-    "reactivate": "^",
-    "suspend": "-",
-    "delete": "x",
-    "conflict": "!",
-}
-
-
-def short_value(value: Any) -> str:
-    """A field value as the text renderings print it (lists bracketed, mappings as JSON, None as null)."""
-    if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=str)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return "null" if value is None else str(value)
-
-
-def render_text(plan: Plan) -> str:
-    """The plan for people: a summary line, then each change with its fields and their origins."""
-    counts = plan.counts()
-    summary = ", ".join(f"{counts[a]} {a}" for a in ACTIONS if counts[a]) or "no changes"
-    lines = [f"Plan: {summary} ({plan.unchanged} unchanged)."]
-    if plan.held:
-        lines.append(f"HELD: {plan.held}")
-    for problem in plan.problems:
-        lines.append(f"warning: {problem}")
-    changing = {change.user_id for change in plan.changes}
-    for bound, name in plan.renamed:
-        if bound not in changing:
-            lines.append(f"= {bound}: user_id kept as {bound}; the source now says {name} (nothing to change)")
+def block_open_keys(plan: Plan, open_keys: Mapping[str, Iterable[str]]) -> Plan:
+    """The plan with each suspension blocking the keys LiteLLM shows open for the user too (`open_keys`: user_id ->
+    tokens of unblocked keys, read for the users the plan suspends), after those syncd blocked before."""
+    changes = []
     for change in plan.changes:
-        lines.append(f"{_SYMBOL[change.action]} {change.action} {change.user_id}: {change.reason}")
-        for diff in change.diffs:
-            if diff.field == "metadata":
-                continue
-            arrow = (
-                short_value(diff.after)
-                if change.action == "create"
-                else f"{short_value(diff.before)} -> {short_value(diff.after)}"
-            )
-            origin = f"   ({diff.origin})" if diff.origin else ""
-            lines.append(f"    {diff.field}: {arrow}{origin}")
-    return "\n".join(lines)
+        if change.action in (Action.BLOCK_KEYS, Action.UNBLOCK_KEYS):
+            continue
+        if change.action == Action.SUSPEND and open_keys.get(change.user_id):
+            keys = tuple(dict.fromkeys((*change.blocked_keys, *open_keys[change.user_id])))
+            change = replace(change, blocked_keys=keys)
+        changes.append(replace(change, depends_on=()))
+    return replace(plan, changes=with_key_changes(changes))
 
 
-def render_json(plan: Plan) -> dict[str, Any]:
-    """The plan for scripts."""
-    return {
-        "summary": plan.counts(),
-        "unchanged": plan.unchanged,
-        "unmapped_ignored": plan.unmapped_ignored,
-        "held": plan.held,
-        "problems": list(plan.problems),
-        "renamed": [{"user_id": bound, "source_says": name} for bound, name in plan.renamed],
-        "conflicts": len(plan.conflicts),
-        "changes": [change.to_dict() for change in plan.changes],
-    }
+def with_key_changes(changes: Iterable[Change]) -> tuple[Change, ...]:
+    """The user changes with their key changes: a suspension's block_keys after it, a reactivation's unblock_keys
+    before it (its user update waits for them)."""
+    out: list[Change] = []
+    for change in changes:
+        if not change.blocked_keys or change.action not in (Action.SUSPEND, Action.REACTIVATE):
+            out.append(change)
+            continue
+        block = change.action == Action.SUSPEND
+        keys = replace(
+            change,
+            action=Action.BLOCK_KEYS if block else Action.UNBLOCK_KEYS,
+            reason=f"{len(change.blocked_keys)} key(s) {'blocked: suspended' if block else 'unblocked: reactivated'}",
+            after=None,
+            diffs=(),
+            guarded=False,
+            depends_on=(change.ref,) if block else (),
+        )
+        out.extend((change, keys) if block else (keys, replace(change, depends_on=(keys.ref,))))
+    return tuple(out)

@@ -1,59 +1,83 @@
-"""Groups to LiteLLM teams: a purely computational module with no side effects.
+"""The team part of the plan: groups to LiteLLM teams and memberships. Purely computational.
 
 `plan_teams(...)` compares the teams the config and the mapping ask for (the `teams:` section, each desired user's
 `teams`, and with `scim.groups_as_teams` every SCIM group) with LiteLLM's `/team/list` and the store's record of what
-syncd did, and returns an immutable `TeamPlan`: create team, adopt team, update team, add member, update member,
-remove member, forget member, each with its reason. The rules:
+syncd did, and returns the team changes of a `Plan`: create team, adopt team, update team, add member, update
+member, remove member, forget member, each with its reason. The rules:
 
 - a team is found by alias (case-insensitive); one carrying `metadata.syncd.managed` is syncd's and its settings are
   kept in step; any other is joined and left, never changed or deleted;
-- syncd removes only the members it put in a team (the record), and adds only users that exist in LiteLLM;
+- syncd removes only the members it put in a team (the record), and adds only users that exist in LiteLLM or that
+  the same plan creates (such a membership depends on that create);
 - a suspended user keeps the memberships syncd gave them unless `suspended_leave_teams`.
 """
 
+from __future__ import annotations
+
+import hashlib
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from syncd.mapping import normalise_group_key
-from syncd.model import DesiredUser, ManagedUser
-from syncd.plan import FieldDiff
-from syncd.team_plan import (
-    MARKER,
-    SETTING_FIELDS,
-    TEAM_ACTIONS,
-    TEAM_LEVEL,
-    CurrentTeam,
-    ManagedTeam,
-    TeamChange,
-    TeamPlan,
-    TeamSpec,
-    alias_key,
-    current_team,
-    render_team_json,
-    render_team_text,
-    team_id_for,
-)
+from syncd.model import CurrentTeam, DesiredUser, ManagedTeam
+from syncd.plan._changes import Action, FieldDiff, Plan, TeamChange
 
 __all__ = [
     "MARKER",
     "SETTING_FIELDS",
-    "TEAM_ACTIONS",
-    "TEAM_LEVEL",
-    "CurrentTeam",
-    "ManagedTeam",
-    "TeamChange",
-    "TeamPlan",
     "TeamSpec",
     "alias_key",
-    "current_team",
+    "join",
     "plan_teams",
-    "render_team_json",
-    "render_team_text",
+    "states_after",
     "team_groups_of",
     "team_id_for",
 ]
+
+#: syncd's mark on the LiteLLM teams it manages (metadata.syncd)
+MARKER: Mapping[str, Any] = {"managed": True}
+#: the team settings syncd keeps in step on its own teams
+SETTING_FIELDS = ("models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit")
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class TeamSpec(Protocol):
+    """What the planner reads of a `teams:` entry (syncd.settings.TeamSettings satisfies it)."""
+
+    @property
+    def alias(self) -> str: ...
+    @property
+    def models(self) -> Sequence[str] | None: ...
+    @property
+    def max_budget(self) -> float | None: ...
+    @property
+    def budget_duration(self) -> str | None: ...
+    @property
+    def tpm_limit(self) -> int | None: ...
+    @property
+    def rpm_limit(self) -> int | None: ...
+    @property
+    def team_member_budget(self) -> float | None: ...
+    @property
+    def admin_groups(self) -> Sequence[str]: ...
+    @property
+    def admin_fallback_to_user(self) -> bool: ...
+
+
+def alias_key(alias: str) -> str:
+    """A team alias in the form used for matching and as the record key."""
+    return alias.strip().casefold()
+
+
+def team_id_for(alias: str, attempt: int = 0) -> str:
+    """The team_id syncd gives a team it creates: readable, deterministic, with a suffix after a collision."""
+    slug = _SLUG.sub("-", alias.strip().lower()).strip("-")[:48] or "team"
+    digest = hashlib.sha256(alias_key(alias).encode()).hexdigest()[:8]
+    return f"syncd-{slug}-{digest}" + (f"-{attempt}" if attempt else "")
+
 
 _SUSPENDED = ("suspended", "suspending")
 _MAPPING, _SCIM = "mapping", "scim"  # how a user came to be wanted in a team
@@ -84,17 +108,16 @@ class _TeamPlanner:
         desired: Mapping[str, DesiredUser],
         current: Sequence[CurrentTeam],
         managed_teams: Mapping[str, ManagedTeam],
-        managed_users: Mapping[str, ManagedUser],
+        user_states: Mapping[str, str],
         *,
         suspended_leave_teams: bool,
-        pending_users: Collection[str],
         team_groups: Mapping[str, Collection[str]],
         only: Collection[str] | None,
         held: frozenset[str] = frozenset(),
     ) -> None:
-        self.desired, self.managed_teams, self.managed_users = desired, managed_teams, managed_users
+        self.desired, self.managed_teams, self.states = desired, managed_teams, user_states
         self.team_groups = team_groups
-        self.leave, self.pending, self.only = suspended_leave_teams, pending_users, only
+        self.leave, self.only = suspended_leave_teams, only
         self.held = held
         self.by_id = {team.team_id: team for team in current}
         self.by_alias: dict[str, list[CurrentTeam]] = {}
@@ -159,12 +182,14 @@ class _TeamPlanner:
         if len(candidates) > 1:
             self._add(
                 TeamChange(
-                    "conflict",
-                    wanted.alias,
-                    key,
-                    None,
-                    f"{len(candidates)} LiteLLM teams are named {wanted.alias!r} and none carries syncd's marker; "
-                    "not touched (rename all but one)",
+                    action=Action.TEAM_CONFLICT,
+                    alias=wanted.alias,
+                    key=key,
+                    team_id=None,
+                    reason=(
+                        f"{len(candidates)} LiteLLM teams are named {wanted.alias!r} and none carries syncd's "
+                        "marker; not touched (rename all but one)"
+                    ),
                     managed=False,
                 )
             )
@@ -192,9 +217,19 @@ class _TeamPlanner:
                 if record.managed
                 else f"{why}; the team joined before is gone"
             )
-        self._add(TeamChange("create_team", wanted.alias, key, team_id, why, diffs=diffs, payload=payload))
+        self._add(
+            TeamChange(
+                action=Action.CREATE_TEAM,
+                alias=wanted.alias,
+                key=key,
+                team_id=team_id,
+                reason=why,
+                diffs=diffs,
+                payload=payload,
+            )
+        )
         for user_id in sorted(joiners):
-            self._add_member(key, wanted, team_id, user_id, True, self._why_join(wanted, user_id))
+            self._add_member(key, wanted, team_id, user_id, True, self._why_join(wanted, user_id), f"team:{key}")
         self.records[key] = ManagedTeam(key, team_id, True, self._applied(wanted, True), frozenset())
 
     def _adopt(self, key: str, wanted: _Wanted, team: CurrentTeam, managed: bool) -> None:
@@ -203,7 +238,11 @@ class _TeamPlanner:
             if managed
             else "found by alias, not created by syncd: members join and leave, the team is never changed"
         )
-        self._add(TeamChange("adopt_team", wanted.alias, key, team.team_id, why, managed=managed))
+        self._add(
+            TeamChange(
+                action=Action.ADOPT_TEAM, alias=wanted.alias, key=key, team_id=team.team_id, reason=why, managed=managed
+            )
+        )
 
     def _settings(self, key: str, wanted: _Wanted, team: CurrentTeam) -> None:
         want: dict[str, Any] = {"team_alias": wanted.alias}
@@ -222,7 +261,14 @@ class _TeamPlanner:
             before = {name: team.fields.get(name) for name in want}
             self._add(
                 TeamChange(
-                    "update_team", wanted.alias, key, team.team_id, why, diffs=diffs, payload=payload, before=before
+                    action=Action.UPDATE_TEAM,
+                    alias=wanted.alias,
+                    key=key,
+                    team_id=team.team_id,
+                    reason=why,
+                    diffs=diffs,
+                    payload=payload,
+                    before=before,
                 )
             )
 
@@ -237,20 +283,22 @@ class _TeamPlanner:
         for user_id in sorted(recorded):
             present = user_id in team.members
             if user_id not in joiners and not self._held(user_id):
-                action = "remove_member" if present else "forget_member"
+                # LiteLLM's /user/delete takes the user out of every team: nothing to send for a user deleted
+                gone = self.states.get(user_id, "deleted") == "deleted"
+                action = Action.REMOVE_MEMBER if present and not gone else Action.FORGET_MEMBER
                 self._member_change(action, key, wanted, team.team_id, user_id, managed, self._why_leave(user_id))
             elif not present and user_id not in joiners:
                 self._member_change(
-                    "forget_member", key, wanted, team.team_id, user_id, managed, "no longer a member in LiteLLM"
+                    Action.FORGET_MEMBER, key, wanted, team.team_id, user_id, managed, "no longer a member in LiteLLM"
                 )
             elif present and budget is not None and not self._same_budget(budget, team, user_id):
                 self._add(
                     TeamChange(
-                        "update_member",
-                        wanted.alias,
-                        key,
-                        team.team_id,
-                        "per-member budget (team_member_budget) drifted: corrected",
+                        action=Action.UPDATE_MEMBER,
+                        alias=wanted.alias,
+                        key=key,
+                        team_id=team.team_id,
+                        reason="per-member budget (team_member_budget) drifted: corrected",
                         user_id=user_id,
                         max_budget_in_team=budget,
                         managed=managed,
@@ -268,17 +316,15 @@ class _TeamPlanner:
         for user_id in wanted.members:
             if self._suspended(user_id):
                 continue
-            user = self.managed_users.get(user_id)
-            if (user is not None and user.state == "active") or user_id in self.pending:
+            if self.states.get(user_id) == "active":
                 joiners.add(user_id)
             else:
                 self.waiting += 1  # not created in LiteLLM (yet): joining would make LiteLLM create a bare user
         return joiners
 
     def _suspended(self, user_id: str) -> bool:
-        user = self.managed_users.get(user_id)
         desired = self.desired.get(user_id)
-        return (user is not None and user.state in _SUSPENDED) or (desired is not None and not desired.active)
+        return self.states.get(user_id) in _SUSPENDED or (desired is not None and not desired.active)
 
     def _held(self, user_id: str) -> bool:
         """A suspended member keeps the teams syncd gave them unless policy.suspended_leave_teams."""
@@ -289,10 +335,9 @@ class _TeamPlanner:
         return self._suspended(user_id) and not self.leave
 
     def _why_leave(self, user_id: str) -> str:
-        user = self.managed_users.get(user_id)
         if self._suspended(user_id):
             return "suspended (policy.suspended_leave_teams)"
-        if user is None or user.state == "deleted":
+        if self.states.get(user_id, "deleted") == "deleted":
             return "user deleted from LiteLLM"
         if user_id in self.desired:
             return "no longer in a group that gives this team"
@@ -303,22 +348,25 @@ class _TeamPlanner:
             return f"member of SCIM group {wanted.alias!r} (scim.groups_as_teams)"
         return _why_member(self.desired[user_id], wanted.alias, self.team_groups)
 
-    def _add_member(self, key: str, wanted: _Wanted, team_id: str, user_id: str, managed: bool, why: str) -> None:
+    def _add_member(
+        self, key: str, wanted: _Wanted, team_id: str, user_id: str, managed: bool, why: str, *after: str
+    ) -> None:
         spec = wanted.spec
         admin = spec is not None and self._is_admin(spec, user_id)
         budget = spec.team_member_budget if spec is not None and managed else None
         self._add(
             TeamChange(
-                "add_member",
-                wanted.alias,
-                key,
-                team_id,
-                why,
+                action=Action.ADD_MEMBER,
+                alias=wanted.alias,
+                key=key,
+                team_id=team_id,
+                reason=why,
                 user_id=user_id,
                 role="admin" if admin else "user",
                 max_budget_in_team=budget,
                 admin_fallback=bool(spec is not None and spec.admin_fallback_to_user),
                 managed=managed,
+                depends_on=after,
             )
         )
 
@@ -328,9 +376,19 @@ class _TeamPlanner:
         return bool(admin_groups and user and admin_groups & {normalise_group_key(g) for g in user.groups})
 
     def _member_change(
-        self, action: str, key: str, wanted: _Wanted, team_id: str, user_id: str, managed: bool, why: str
+        self, action: Action, key: str, wanted: _Wanted, team_id: str, user_id: str, managed: bool, why: str
     ) -> None:
-        self._add(TeamChange(action, wanted.alias, key, team_id, why, user_id=user_id, managed=managed))
+        self._add(
+            TeamChange(
+                action=action,
+                alias=wanted.alias,
+                key=key,
+                team_id=team_id,
+                reason=why,
+                user_id=user_id,
+                managed=managed,
+            )
+        )
 
     def _add(self, change: TeamChange) -> None:
         self.changes.append(change)
@@ -398,33 +456,32 @@ def _want(wanted: dict[str, _Wanted], alias: str) -> _Wanted:
 def plan_teams(
     desired_users: Mapping[str, DesiredUser],
     team_settings: Sequence[TeamSpec],
-    current_teams: Iterable[Mapping[str, Any]],
+    current_teams: Iterable[CurrentTeam],
     managed_teams: Mapping[str, ManagedTeam],
-    managed_users: Mapping[str, ManagedUser],
+    user_states: Mapping[str, str],
     *,
     suspended_leave_teams: bool = False,
     groups_as_teams: Mapping[str, Sequence[str]] | None = None,
-    pending_users: Collection[str] = (),
     team_groups: Mapping[str, Collection[str]] | None = None,
     only: Collection[str] | None = None,
     held: Collection[str] = (),
-) -> TeamPlan:
-    """Plan the team changes that bring LiteLLM's teams to what the config and the groups say.
+) -> Plan:
+    """Plan the team changes that bring LiteLLM's teams to what the config and the groups say (a `Plan` of teams
+    only: `join` it to the user plan).
 
-    `current_teams` is LiteLLM's /team/list; `managed_users` the store's users after this run's user changes (only
-    users that exist in LiteLLM join a team); `pending_users` users about to be created (a dry run's preview);
-    `groups_as_teams` maps a user_id to the SCIM group names that become teams (`scim.groups_as_teams`);
-    `team_groups` (see `team_groups_of`) names, in each reason, the group that gave a membership; with `only`
-    (a run for some users, `desired_users` holding just them) no one else's membership changes; the memberships of
-    `held` users (refused for an identity conflict, `DesiredState.held`) stand too.
+    `current_teams` is LiteLLM's /team/list; `user_states` each user's state once the user plan is applied (see
+    `states_after`: only users active in LiteLLM join a team); `groups_as_teams` maps a user_id to the SCIM group
+    names that become teams (`scim.groups_as_teams`); `team_groups` (see `team_groups_of`) names, in each reason,
+    the group that gave a membership; with `only` (a run for some users, `desired_users` holding just them) no one
+    else's membership changes; the memberships of `held` users (refused for an identity conflict,
+    `DesiredState.held`) stand too.
     """
     planner = _TeamPlanner(
         desired_users,
-        [current_team(team) for team in current_teams],
+        list(current_teams),
         managed_teams,
-        managed_users,
+        user_states,
         suspended_leave_teams=suspended_leave_teams,
-        pending_users=set(pending_users),
         team_groups=team_groups or {},
         only=set(only) if only is not None else None,
         held=frozenset(held),
@@ -432,6 +489,65 @@ def plan_teams(
     wanted = _wanted_teams(desired_users, team_settings, groups_as_teams or {}, managed_teams)
     for key in sorted(wanted):
         planner.plan_team(key, wanted[key])
-    return TeamPlan(
-        tuple(planner.changes), planner.records, tuple(planner.problems), planner.unchanged, planner.waiting
+    return Plan(
+        teams=tuple(planner.changes),
+        team_records=planner.records,
+        problems=tuple(planner.problems),
+        teams_unchanged=planner.unchanged,
+        teams_waiting=planner.waiting,
+    )
+
+
+#: the state a user change leaves its user in
+_STATE_AFTER = {
+    Action.CREATE: "active",
+    Action.ADOPT: "active",
+    Action.UPDATE: "active",
+    Action.REACTIVATE: "active",
+    Action.SUSPEND: "suspended",
+    Action.DELETE: "deleted",
+}
+
+
+def states_after(user_plan: Plan, states: Mapping[str, str]) -> dict[str, str]:
+    """Each user's state once the user plan is applied: the recorded states (user_id -> state) with its changes."""
+    after = dict(states)
+    for change in user_plan.changes:
+        state = _STATE_AFTER.get(change.action)
+        if state is not None:
+            after[change.user_id] = state
+    return after
+
+
+#: the user changes a membership of the user waits for: the user exists in LiteLLM after them (a member can be
+#: added), or is gone with every membership (forgotten)
+_MEMBERSHIP_AFTER = {
+    Action.CREATE: Action.ADD_MEMBER,
+    Action.ADOPT: Action.ADD_MEMBER,
+    Action.REACTIVATE: Action.ADD_MEMBER,
+    Action.DELETE: Action.FORGET_MEMBER,
+}
+
+
+def join(users: Plan, teams: Plan) -> Plan:
+    """One plan of the user plan and the team plan: a membership of a user the user plan creates, adopts,
+    reactivates or deletes depends on that change."""
+    waits = {
+        (change.user_id, _MEMBERSHIP_AFTER[change.action]): change.ref
+        for change in users.changes
+        if change.action in _MEMBERSHIP_AFTER
+    }
+    linked = []
+    for change in teams.teams:
+        ref = waits.get((change.user_id or "", change.action))
+        if ref is not None:
+            change = replace(change, depends_on=(*change.depends_on, ref))
+        linked.append(change)
+    return replace(
+        users,
+        teams=tuple(linked),
+        team_records=teams.team_records,
+        problems=users.problems + teams.problems,
+        teams_unchanged=teams.teams_unchanged,
+        teams_waiting=teams.teams_waiting,
     )
