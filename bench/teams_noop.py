@@ -29,10 +29,7 @@ from syncd.apply import Applier  # noqa: E402
 from syncd.litellm import LiteLLMClient  # noqa: E402
 from syncd.model import DesiredUser, ManagedTeam  # noqa: E402
 from syncd.plan import MARKER, Plan, alias_key, join, plan_teams  # noqa: E402
-from syncd.settings import (
-    Settings,
-    settings_from_dict,
-)
+from syncd.settings import Settings, settings_from_dict  # noqa: E402
 from syncd.store import make_engine, upgrade  # noqa: E402
 from syncd.store.repository import SyncStore  # noqa: E402
 from syncd.store.tables import managed_users  # noqa: E402
