@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from syncd.desired import desired_from
+from syncd.litellm import LiteLLM
 from syncd.mapping import DesiredState, IdentityConflict, grants_for, rules_from_settings
 from syncd.model import CurrentUser, Group, Identity
 from syncd.plan import PlanPolicy, bind, make_plan
-from syncd.reconcile import desired_from
+from syncd.settings import Settings
+from syncd.store.repository import SyncStore
 
 __all__ = ["UnknownPerson", "explain", "render_explanation"]
 
@@ -42,7 +45,7 @@ def _person(state: DesiredState, identities: list[Identity], hits: list[Identity
     return hits[:1]
 
 
-def explain(settings: Any, store: Any, client: Any | None, who: str) -> dict[str, Any]:
+def explain(settings: Settings, store: SyncStore, client: LiteLLM | None, who: str) -> dict[str, Any]:
     """Everything about one person, as JSON-ready data (client None: LiteLLM is not read)."""
     identities, groups = store.load_people()
     hits = _hits(identities, who)
@@ -171,7 +174,7 @@ def _conflict(conflict: IdentityConflict) -> dict[str, Any]:
     }
 
 
-def _path(store: Any, person: list[Identity], group: Group, groups: list[Group]) -> list[str]:
+def _path(store: SyncStore, person: list[Identity], group: Group, groups: list[Group]) -> list[str]:
     """The nested groups through which the person is in `group`, outermost first ([] for a direct member)."""
     identity = next((i for i in person if i.source == group.source and i.external_id in group.members), None)
     if identity is None:

@@ -147,10 +147,11 @@ def _message_of(body: Any) -> str | None:
 def _unwrap(value: Any) -> str:
     """A message that may be a dict, or a Python-repr'd dict ("{'error': '...'}"), as plain text."""
     if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        text: str = value
         try:
-            value = ast.literal_eval(value)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            return value
+            return text
     if isinstance(value, dict):
         for name in ("error", "message", "msg", "detail"):
             if name in value:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from syncd.store.repository import DRIFT_STATE, SyncStore
+
 __all__ = ["collect_status", "render_page"]
 
 _RUNS = 30
@@ -64,10 +66,8 @@ def _source(state: Any, *, detailed: bool) -> dict[str, Any]:
     return data
 
 
-def collect_status(store: Any, *, detailed: bool, replica: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def collect_status(store: SyncStore, *, detailed: bool, replica: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The daemon's state for /status and the page; `detailed` adds user ids and error texts."""
-    from syncd.reconcile import DRIFT_STATE
-
     runs = [_run(record, detailed=detailed) for record in store.recent_runs(_RUNS)]
     states = store.source_states()
     drift = next((state for state in states if state.source == DRIFT_STATE), None)

@@ -20,12 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.apply import ApplyStopped
+from syncd.litellm import LiteLLM
 from syncd.logs import bind_log_context, debug_enabled, log_context, one_line
 from syncd.metrics import Metrics
 from syncd.notify import Notifier
 from syncd.plan import Change
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
 from syncd.run_events import RunWatch
+from syncd.settings import Settings
 from syncd.store.repository import SyncStore
 
 __all__ = ["ReconcileWorker", "ShutdownRequested"]
@@ -91,9 +93,9 @@ class ReconcileWorker:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         store: SyncStore,
-        client: Any,
+        client: LiteLLM,
         *,
         metrics: Metrics | None = None,
         is_leader: Callable[[], bool] = lambda: True,

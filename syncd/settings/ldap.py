@@ -48,19 +48,16 @@ class LdapScheduleSettings(Strict):
     def _cron_or_interval(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from syncd.durations import parse_interval
+        from syncd.durations import cron_problem, parse_interval
 
         try:
             parse_interval(value)
             return value
         except ValueError:
             pass
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(value)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is neither a cron string nor an interval ({exc})") from None
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} is neither a cron string nor an interval ({problem})")
         return value
 
 

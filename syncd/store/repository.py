@@ -9,6 +9,7 @@ from syncd.store.state import AuditEntry, Completion, RunRecord, StateStore
 from syncd.store.teams import ScimTeamMember, TeamRecords
 
 __all__ = [
+    "DRIFT_STATE",
     "AuditEntry",
     "Completion",
     "IncompleteSnapshot",
@@ -18,6 +19,10 @@ __all__ = [
     "SourceState",
     "SyncStore",
 ]
+
+
+#: the source_state row that remembers the last drift check of LiteLLM
+DRIFT_STATE = "litellm-drift-check"
 
 
 class SyncStore(SourceStore, StateStore, TeamRecords):
