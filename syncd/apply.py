@@ -10,9 +10,10 @@ what to do with an existing user or team was decided by the plan; a write LiteLL
 changed since the plan read it, so the change fails and the next plan decides. A crash or an outage leaves the
 store saying exactly what was applied, and the next reconcile converges from there.
 
-A suspension records the keys it is about to block (state `suspending`) before its block_keys change blocks them,
-so an interrupted suspension resumes with the same keys, and a reactivation unblocks exactly those. A team's
-record lists a member before member_add is sent, so an interruption never loses who syncd added.
+A suspension leaves its user `suspending` until its block_keys change has blocked the user's keys: that change reads
+the keys LiteLLM shows unblocked when it runs (a key made after the plan is blocked too) and records them before
+blocking them, so an interrupted suspension resumes with the same keys, and a reactivation unblocks exactly those.
+A team's record lists a member before member_add is sent, so an interruption never loses who syncd added.
 """
 
 from __future__ import annotations
@@ -218,17 +219,22 @@ class Applier:
     def _suspend(self, change: Change) -> _Outcome:
         applied = _suspended_fields(change)
         self.client.update_user({"user_id": change.user_id, "metadata": applied["metadata"]})
-        after = {"metadata": applied["metadata"], "blocked_keys": list(change.blocked_keys)}
-        if change.blocked_keys:  # the keys are recorded before its block_keys change blocks them
-            record = self._managed(change, applied, "suspending", adopted=change.adopted, blocked=change.blocked_keys)
-            return _Outcome("done", record, after=after)
-        return _Outcome("done", self._suspended(change, applied), after=after)
+        # suspending until its block_keys change is done: an interruption now resumes with the keys recorded
+        record = self._managed(change, applied, "suspending", adopted=change.adopted, blocked=change.blocked_keys)
+        return _Outcome("done", record, after={"metadata": applied["metadata"]})
 
     def _block_keys(self, change: Change) -> _Outcome:
-        for key in change.blocked_keys:
+        """Block the keys syncd blocked before and every key LiteLLM shows unblocked now, recorded before blocked."""
+        shown = [key.token for key in self.client.read_keys(change.user_id) if not key.blocked]
+        keys = tuple(dict.fromkeys((*change.blocked_keys, *shown)))
+        applied = _suspended_fields(change)
+        if keys != change.blocked_keys:
+            blocking = self._managed(change, applied, "suspending", adopted=change.adopted, blocked=keys)
+            self.store.save_managed(blocking)
+        for key in keys:
             self._ignore_missing(self.client.block_key, key)
-        record = self._suspended(change, _suspended_fields(change))
-        return _Outcome("done", record, after={"blocked_keys": list(change.blocked_keys)})
+        record = self._suspended(replace(change, blocked_keys=keys), applied)
+        return _Outcome("done", record, after={"blocked_keys": list(keys)})
 
     def _unblock_keys(self, change: Change) -> _Outcome:
         for key in change.blocked_keys:

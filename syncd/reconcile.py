@@ -31,7 +31,6 @@ from syncd.plan import (
     PlanPolicy,
     Settling,
     bind,
-    block_open_keys,
     fields_digest,
     join,
     make_plan,
@@ -297,12 +296,7 @@ class Reconciler:
         return _Planned(self._whole(plan, binding.desired, only, desired.held), reads, in_step, stale, only)
 
     def _whole(self, plan: Plan, desired: DesiredState, only: set[str] | None, held: Collection[str]) -> Plan:
-        """The user plan made whole: the keys its suspensions block, then the teams and memberships."""
-        suspending = [c.user_id for c in plan.changes if c.action == Action.SUSPEND]
-        if suspending:
-            plan = block_open_keys(
-                plan, {uid: [k.token for k in self.client.read_keys(uid) if not k.blocked] for uid in suspending}
-            )
+        """The user plan made whole with the teams and memberships."""
         return join(plan, self._plan_teams(plan, desired.users, only, held))
 
     def _plan_teams(

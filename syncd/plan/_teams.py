@@ -505,6 +505,7 @@ _STATE_AFTER = {
     Action.UPDATE: "active",
     Action.REACTIVATE: "active",
     Action.SUSPEND: "suspended",
+    Action.BLOCK_KEYS: "suspended",
     Action.DELETE: "deleted",
 }
 

@@ -24,7 +24,7 @@ from syncd.mapping import DesiredState
 from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, KnownConflict, ManagedUser
 from syncd.plan._changes import DEACTIVATIONS, Action, Change, FieldDiff, Plan, PlanPolicy
 
-__all__ = ["Binding", "Settling", "bind", "block_open_keys", "make_plan", "settle", "settled_users", "with_key_changes"]
+__all__ = ["Binding", "Settling", "bind", "make_plan", "settle", "settled_users", "with_key_changes"]
 
 _INPUTS = (Action.CREATE, Action.ADOPT, Action.UPDATE, Action.REACTIVATE, Action.CONFLICT)
 _ORIGIN_OF = {
@@ -418,10 +418,9 @@ class _Planner:
         reason = self._why_gone(user_id, want, have)
         if reason is None:
             self.unmapped_ignored += 1
-        elif have.state == "suspending":
-            self._add(
-                self._deactivation(Action.SUSPEND, have, f"{reason} (finishing an interrupted suspension)", False)
-            )
+        elif have.state == "suspending":  # LiteLLM was told already (scim_active false): only the keys are left
+            why = f"{reason} (finishing an interrupted suspension: the user's keys)"
+            self._add(self._deactivation(Action.BLOCK_KEYS, have, why, False))
         elif have.state == "suspended":
             if not self._suspend_again(have, reason):
                 self._maybe_delete_later(have, reason)
@@ -544,7 +543,6 @@ def make_plan(
     `email_holders` maps lower-cased emails to the LiteLLM user holding them (user_id, managed by syncd): a create
     or an email change to an email someone else holds is a conflict. `unblocked` lists, per suspended user, the
     keys syncd blocked that LiteLLM shows unblocked (drift check): such a user is suspended again.
-    Suspensions block the keys syncd blocked before (an interrupted one); `block_open_keys` adds those LiteLLM shows.
     """
     if binding is not None:
         desired = binding.desired
@@ -571,37 +569,20 @@ def make_plan(
     )
 
 
-def block_open_keys(plan: Plan, open_keys: Mapping[str, Iterable[str]]) -> Plan:
-    """The plan with each suspension blocking the keys LiteLLM shows open for the user too (`open_keys`: user_id ->
-    tokens of unblocked keys, read for the users the plan suspends), after those syncd blocked before."""
-    changes = []
-    for change in plan.changes:
-        if change.action in (Action.BLOCK_KEYS, Action.UNBLOCK_KEYS):
-            continue
-        if change.action == Action.SUSPEND and open_keys.get(change.user_id):
-            keys = tuple(dict.fromkeys((*change.blocked_keys, *open_keys[change.user_id])))
-            change = replace(change, blocked_keys=keys)
-        changes.append(replace(change, depends_on=()))
-    return replace(plan, changes=with_key_changes(changes))
-
-
 def with_key_changes(changes: Iterable[Change]) -> tuple[Change, ...]:
-    """The user changes with their key changes: a suspension's block_keys after it, a reactivation's unblock_keys
-    before it (its user update waits for them)."""
+    """The user changes with their key changes: each suspension's block_keys after it (the keys syncd blocked before,
+    an interrupted suspension's, and every key LiteLLM shows unblocked when it runs), each reactivation's
+    unblock_keys before it (exactly the keys syncd blocked; its user update waits for them)."""
     out: list[Change] = []
     for change in changes:
-        if not change.blocked_keys or change.action not in (Action.SUSPEND, Action.REACTIVATE):
+        if change.action == Action.SUSPEND:
+            why = "the user's keys blocked: suspended (those LiteLLM shows unblocked, and any syncd blocked before)"
+            keys = replace(change, action=Action.BLOCK_KEYS, reason=why, guarded=False, depends_on=(change.ref,))
+            out.extend((change, keys))
+        elif change.action == Action.REACTIVATE and change.blocked_keys:
+            why = f"{len(change.blocked_keys)} key(s) syncd blocked unblocked: reactivated"
+            keys = replace(change, action=Action.UNBLOCK_KEYS, reason=why, after=None, diffs=())
+            out.extend((keys, replace(change, depends_on=(keys.ref,))))
+        else:
             out.append(change)
-            continue
-        block = change.action == Action.SUSPEND
-        keys = replace(
-            change,
-            action=Action.BLOCK_KEYS if block else Action.UNBLOCK_KEYS,
-            reason=f"{len(change.blocked_keys)} key(s) {'blocked: suspended' if block else 'unblocked: reactivated'}",
-            after=None,
-            diffs=(),
-            guarded=False,
-            depends_on=(change.ref,) if block else (),
-        )
-        out.extend((change, keys) if block else (keys, replace(change, depends_on=(keys.ref,))))
     return tuple(out)

@@ -182,9 +182,9 @@ def test_an_interrupted_suspension_is_finished_without_counting_against_the_guar
         {"alice": managed_as(alice, "suspending", blocked_keys=("k1",))},
         policy=PlanPolicy(max_deactivations=0),
     )
-    assert actions(plan) == {"alice": "suspend"} and plan.changes[0].blocked_keys == ("k1",)
-    assert key_changes(plan) == [("block_keys", "alice", ("k1",), ("user:alice",))] and not plan.held
-    assert key_changes(plan) == [("block_keys", "alice", ("k1",), ("user:alice",))]
+    # LiteLLM was told already (scim_active false): only the keys are left to block, the ones recorded first
+    assert actions(plan) == {} and key_changes(plan) == [("block_keys", "alice", ("k1",), ())]
+    assert plan.deactivations == 0 and not plan.held
 
 
 def test_an_existing_unmanaged_user_is_a_conflict_unless_adoption_is_on() -> None:
@@ -232,7 +232,8 @@ def test_render_text_and_json_show_actions_fields_and_origins() -> None:
         {"bob": managed_as(want("bob")), "carol": managed_as(want("carol"))},
     )
     text = render_text(plan)
-    assert "Plan: 1 create, 1 update, 1 suspend (0 unchanged)." in text
+    assert "Plan: 1 create, 1 update, 1 suspend, 1 block_keys (0 unchanged)." in text
+    assert "# block_keys carol: the user's keys blocked: suspended" in text
     assert "~ update bob: desired fields changed" in text and "max_budget: 10.0 -> 50.0   (mapping llm)" in text
     assert "- suspend carol: no longer in corp" in text
     data = json.loads(json.dumps(render_json(plan)))
@@ -467,6 +468,7 @@ def test_a_new_person_with_an_active_users_user_id_is_a_conflict_and_the_other_l
     plan = make_plan(desired, records, binding=bind(desired, records))
     # the holder is gone from the source (suspended as a leaver); the newcomer does not get the user_id
     assert sorted((c.action, c.external_id) for c in plan.changes) == [
+        ("block_keys", "ext-jsmith"),
         ("conflict", "ext-other"),
         ("suspend", "ext-jsmith"),
     ]

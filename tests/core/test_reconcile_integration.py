@@ -192,7 +192,7 @@ def test_suspension_blocks_keys_and_reactivation_unblocks_only_those(world: Worl
     report = world.sync()
     assert report.applied.by_action == {"suspend": 1, "block_keys": 1}
     (block,) = [c for c in report.plan.changes if c.action == "block_keys"]
-    assert block.blocked_keys == (ours,) and block.depends_on == ("user:bob",)  # planned: the key read with the plan
+    assert block.depends_on == ("user:bob",)  # after the suspension: the keys LiteLLM shows unblocked then
     assert world.fake.users["bob"]["metadata"]["scim_active"] is False
     assert all(k["blocked"] for k in world.fake.keys_of("bob"))
     assert world.store.load_managed()["bob"].blocked_keys == (ours,)
@@ -208,7 +208,7 @@ def test_people_gone_from_the_source_are_suspended_and_deleted_by_policy(world: 
     world.record(PEOPLE)
     world.sync()
     world.record({k: v for k, v in PEOPLE.items() if k != "alice"})
-    assert world.sync().applied.by_action == {"suspend": 1}
+    assert world.sync().applied.by_action == {"suspend": 1, "block_keys": 1}
     world.configure(policy={"deactivation": "delete"})
     world.record({k: v for k, v in PEOPLE.items() if k not in ("alice", "carol")})
     assert world.sync().applied.by_action == {"delete": 1}
@@ -330,7 +330,7 @@ def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
     assert report.status == "held" and report.exit_code == 3 and "10 deactivations" in (report.plan.held or "")
     assert world.fake.write_calls() == 0
     report = world.sync(allow_mass_deactivation=True)
-    assert report.applied.by_action == {"suspend": 10}
+    assert report.applied.by_action == {"suspend": 10, "block_keys": 10}
 
 
 class _Crash(BaseException):  # like a signal: not a per-user failure
@@ -438,7 +438,7 @@ def test_a_targeted_reconcile_of_someone_gone_suspends_them(world: World) -> Non
     world.sync()
     world.record({k: v for k, v in PEOPLE.items() if k != "carol"})
     report = world.sync(user_ids=("carol", "alice"))
-    assert [(c.user_id, c.action) for c in report.plan.changes] == [("carol", "suspend")]
+    assert [(c.user_id, c.action) for c in report.plan.changes] == [("carol", "suspend"), ("carol", "block_keys")]
     identities, groups = world.store.load_people(["alice"])
     assert [i.user_id for i in identities] == ["alice"] and {g.name for g in groups} == {"llm-users"}
     assert all(g.members == frozenset({"ext-alice"}) for g in groups)
@@ -543,7 +543,10 @@ def test_a_managed_person_leaving_every_mapped_group_is_suspended_by_default(wor
     world.sync()
     world.record({**PEOPLE, "alice": {"groups": ["marketing"]}})
     report = world.sync()
-    assert report.applied.by_action == {"suspend": 1} and "policy.unmapped_users" in report.plan.changes[0].reason
+    assert (
+        report.applied.by_action == {"suspend": 1, "block_keys": 1}
+        and "policy.unmapped_users" in report.plan.changes[0].reason
+    )
     assert world.fake.users["alice"]["metadata"]["scim_active"] is False
     assert "dave" not in world.fake.users  # never provisioned: still ignored
     world.record(PEOPLE)

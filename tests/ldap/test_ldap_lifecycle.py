@@ -93,7 +93,7 @@ def test_a_leavers_uid_reused_by_a_new_person_is_a_conflict_and_their_keys_stay_
     directory.sync()
     (key,) = directory.fake.keys_of("bob")
     directory.tree.delete(bob)
-    assert directory.sync().applied.by_action == {"suspend": 1}
+    assert directory.sync().applied.by_action == {"suspend": 1, "block_keys": 1}
     directory.person("bob", mail="robert@example.org")  # another entry, another entryUUID
     directory.fake.reset_calls()
     report = directory.sync()
@@ -121,7 +121,7 @@ def test_one_oversized_entry_among_many_is_skipped_and_a_leaver_is_still_suspend
     huge = directory.person("huge", cn="x" * 600)
     directory.person("longmail", mail="m" * 330 + "@example.org")
     report = directory.sync()
-    assert report.exit_code == 0 and report.applied.by_action == {"suspend": 1}, report.to_dict()
+    assert report.exit_code == 0 and report.applied.by_action == {"suspend": 1, "block_keys": 1}, report.to_dict()
     assert directory.fake.users["p00"]["metadata"]["scim_active"] is False
     assert directory.last_counters["skipped_unstorable"] == 2
     assert "huge" not in directory.fake.users and len(directory.fake.users) == 30

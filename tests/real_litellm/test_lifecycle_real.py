@@ -16,7 +16,7 @@ import pytest
 from syncd.apply import Applier
 from syncd.litellm import LiteLLMClient
 from syncd.model import DesiredUser, Group, Identity, Snapshot
-from syncd.plan import Change, Plan, desired_fields
+from syncd.plan import Action, Change, Plan, desired_fields
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
 from syncd.settings import settings_from_dict
 from syncd.store import make_engine, upgrade
@@ -113,7 +113,7 @@ def test_a_leavers_name_reused_by_a_new_person_is_a_conflict_and_the_keys_stay_b
     world.record({"bob": {}, "other": {}})
     world.sync()
     world.record({"other": {}})
-    assert world.sync().applied.by_action == {"suspend": 1}
+    assert world.sync().applied.by_action == {"suspend": 1, "block_keys": 1}  # the key LiteLLM created with bob
     world.record({"bob": {"ext": "ext-bob-2", "email": world.email("robert")}, "other": {}})
     report = world.sync()
     assert report.exit_code == 0 and world.writes() == 0
@@ -146,8 +146,16 @@ def test_an_email_held_by_an_unmanaged_user_is_a_conflict_on_create_and_on_updat
 
 def test_a_change_the_real_proxy_refuses_is_a_conflict_not_a_failure(world: RealWorld) -> None:
     user = DesiredUser(world.uid("dave"), world.email("dave"), "corp", "ext-dave", True, "customer")
-    change = Change("create", user.user_id, "test", "corp", "ext-dave", desired_fields(user), inputs_digest="d")
-    result = Applier(world.client, world.store, run_id=world.store.start_run("test")).apply(Plan((change,)))
+    change = Change(
+        action=Action.CREATE,
+        user_id=user.user_id,
+        reason="test",
+        source="corp",
+        external_id="ext-dave",
+        after=desired_fields(user),
+        inputs_digest="d",
+    )
+    result = Applier(world.client, world.store, run_id=world.store.start_run("test")).apply(Plan(changes=(change,)))
     assert result.ok and result.skipped == 1
     ((conflict),) = result.conflicts
     assert conflict.kind == "refused" and "422" in conflict.reason
@@ -182,7 +190,7 @@ def test_a_manual_unsuspension_is_undone_by_a_drift_check(world: RealWorld) -> N
     world.client.unblock_key(key["token"])
     assert world.sync().plan.empty
     report = world.sync(drift_check=True)
-    assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", uid)]
+    assert [(c.action, c.user_id) for c in report.plan.changes] == [("suspend", uid), ("block_keys", uid)]
     assert world.user(uid)["metadata"]["scim_active"] is False
     assert all(k.get("blocked") is True for k in world.keys(uid))
 
@@ -192,5 +200,5 @@ def test_a_managed_person_leaving_every_mapped_group_is_suspended_by_default(wor
     world.sync()
     world.record({"fay": {"groups": []}, "gil": {}})
     report = world.sync()
-    assert report.applied.by_action == {"suspend": 1}
+    assert report.applied.by_action == {"suspend": 1, "block_keys": 1}
     assert world.user(world.uid("fay"))["metadata"]["scim_active"] is False

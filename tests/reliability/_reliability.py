@@ -160,10 +160,14 @@ class World:
         raise AssertionError(f"not converged after {runs} runs")
 
     def audit_counts(self, after_run: int) -> Counter[str]:
-        """Done changes per user recorded by runs after `after_run`."""
-        query = select(audit_log.c.key, func.count()).where(audit_log.c.run_id > after_run).group_by(audit_log.c.key)
+        """Done changes per user and action (a suspension and its block_keys are two) recorded after `after_run`."""
+        query = (
+            select(audit_log.c.key, audit_log.c.action, func.count())
+            .where(audit_log.c.run_id > after_run)
+            .group_by(audit_log.c.key, audit_log.c.action)
+        )
         with self.store.engine.connect() as conn:
-            return Counter({key: count for key, count in conn.execute(query)})
+            return Counter({f"{key} {action}": count for key, action, count in conn.execute(query)})
 
     def failed_keys(self, after_run: int) -> set[str]:
         """Users with a change journaled as failed by runs after `after_run`."""

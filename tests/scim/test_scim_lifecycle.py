@@ -99,7 +99,7 @@ def test_a_leavers_username_reused_by_a_new_scim_user_is_a_conflict_and_the_keys
     pushed.sync()
     (key,) = pushed.fake.keys_of("bob")
     assert pushed.scim.delete(f"/Users/{bob}").status_code == 204
-    assert pushed.sync().applied.by_action == {"suspend": 1}
+    assert pushed.sync().applied.by_action == {"suspend": 1, "block_keys": 1}
     newcomer = pushed.user("bob", "robert@example.com")  # another SCIM id
     pushed.add_member(newcomer)
     pushed.fake.reset_calls()

@@ -15,8 +15,9 @@ from .conftest import PEOPLE, TEAMS, TeamWorld
 Sent = tuple[str, str, str | None]  # (path, user_id or key, team_id)
 
 
-def sent_by(change: AnyChange) -> list[Sent]:
-    """The write calls one planned change stands for (none for what only the store records)."""
+def sent_by(change: AnyChange, open_keys: dict[str, list[str]]) -> list[Sent]:
+    """The write calls one planned change stands for (none for what only the store records); a block_keys change
+    blocks the keys syncd blocked before and those LiteLLM shows unblocked when it runs (`open_keys`)."""
     if isinstance(change, Change):
         user = {
             Action.CREATE: "/user/new",
@@ -28,8 +29,12 @@ def sent_by(change: AnyChange) -> list[Sent]:
         }
         if change.action in user:
             return [(user[change.action], change.user_id, None)]
-        path = {Action.BLOCK_KEYS: "/key/block", Action.UNBLOCK_KEYS: "/key/unblock"}.get(change.action)
-        return [(path, key, None) for key in change.blocked_keys] if path else []
+        if change.action == Action.BLOCK_KEYS:
+            keys = dict.fromkeys([*change.blocked_keys, *open_keys.get(change.user_id, [])])
+            return [("/key/block", key, None) for key in keys]
+        if change.action == Action.UNBLOCK_KEYS:
+            return [("/key/unblock", key, None) for key in change.blocked_keys]
+        return []
     team = {Action.CREATE_TEAM: "/team/new", Action.UPDATE_TEAM: "/team/update"}
     member = {
         Action.ADD_MEMBER: "/team/member_add",
@@ -61,13 +66,16 @@ def received(call: Call) -> Sent:
 def planned_then_synced(world: TeamWorld) -> Plan:
     """Plan (as `syncd plan`), sync (as `syncd sync`), and check that both are one plan and the calls are its own."""
     plan, _ = Reconciler(world.settings, world.store, world.client).plan()
+    open_keys = {u: [k["token"] for k in world.fake.keys_of(u) if not k["blocked"]] for u in world.fake.users}
     world.fake.reset_calls()
     report = world.sync()
     assert report.status == "success", report.report.to_dict()
     assert render_json(report.report.plan) == render_json(plan)
     writes = [call for call in world.fake.calls if call.method != "GET"]
     assert all(call.status == 200 for call in writes), writes
-    assert Counter(received(call) for call in writes) == Counter(sent for c in plan.steps for sent in sent_by(c))
+    assert Counter(received(call) for call in writes) == Counter(
+        sent for c in plan.steps for sent in sent_by(c, open_keys)
+    )
     return plan
 
 
