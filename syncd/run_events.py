@@ -99,10 +99,11 @@ def conflict_event(report: Any, trigger: str, new: list[Any]) -> Event:
 
 def failed_event(report: Any, trigger: str) -> Event:
     """The run failed: changes LiteLLM refused or could not take, a source that could not be pulled."""
-    applied, teams = report.applied, report.teams
+    applied = report.applied
     errors = list(applied.errors) if applied is not None else []
-    failed = applied.failed if applied is not None else 0
-    team_failed = teams.applied.failed if teams is not None and teams.applied is not None else 0
+    # one plan, one applier: a team or membership change names its team ("team ALIAS [user_id]")
+    team_failed = sum(1 for what, _action, _error in errors if what.startswith("team "))
+    failed = (applied.failed if applied is not None else 0) - team_failed
     problems = [_short(p) for p in report.problems[:_LISTED]]
     listed = [{"user_id": u, "action": a, "error": _short(e)} for u, a, e in errors[:_LISTED]]
     parts = []
