@@ -319,32 +319,23 @@ class _Planner:
         base = dict(current.fields, metadata=current.metadata)
         fields["metadata"] = self._keep_foreign_metadata(fields["metadata"], current)
         diffs = _diffs(fields, base, want.origins)
-        if current.managed:
-            self._add(
-                Change(
-                    action=Action.ADOPT,
-                    user_id=want.user_id,
-                    reason="already in LiteLLM with syncd's marker",
-                    source=want.source,
-                    external_id=want.external_id,
-                    after=fields,
-                    diffs=diffs,
-                    before=base,
-                    adopted=False,
-                )
+        if current.managed or self.policy.adopt_existing:
+            why = (
+                "already in LiteLLM with syncd's marker"
+                if current.managed
+                else "existing LiteLLM user taken over (adopt_existing)"
             )
-        elif self.policy.adopt_existing:
             self._add(
                 Change(
                     action=Action.ADOPT,
                     user_id=want.user_id,
-                    reason="existing LiteLLM user taken over (adopt_existing)",
+                    reason=why,
                     source=want.source,
                     external_id=want.external_id,
                     after=fields,
                     diffs=diffs,
                     before=base,
-                    adopted=True,
+                    adopted=not current.managed,
                 )
             )
         else:
