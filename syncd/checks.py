@@ -108,10 +108,10 @@ def _check_litellm(settings: Any) -> CheckResult:
         return CheckResult("litellm", False, "litellm.master_key is not set")
     try:
         with LiteLLMClient.from_settings(settings.litellm, max_retries=0) as client:
-            page = client.list_users(page=1, page_size=1)
+            users = client.user_count()
     except Exception as exc:
         return CheckResult("litellm", False, f"{settings.litellm.url}: {_line(exc)}")
-    return CheckResult("litellm", True, f"{settings.litellm.url}: key accepted, {page.total} users")
+    return CheckResult("litellm", True, f"{settings.litellm.url}: key accepted, {users} users")
 
 
 def _check_ldap(source: Any) -> CheckResult:
