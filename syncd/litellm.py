@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -581,6 +581,10 @@ class LiteLLMClient:
     def delete_teams(self, team_ids: Sequence[str]) -> None:
         """POST /team/delete."""
         self._call("POST", "/team/delete", body={"team_ids": list(team_ids)})
+
+
+if TYPE_CHECKING:  # mypy checks that the client satisfies the interface the rest of syncd is typed with
+    _SATISFIES: type[LiteLLM] = LiteLLMClient
 
 
 def _query_string(query: dict[str, Any] | None) -> str:
