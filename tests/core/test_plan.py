@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from syncd.apply import Applier
-from syncd.litellm import LiteLLMClient
 from syncd.mapping import DesiredState
 from syncd.model import CurrentUser, DesiredUser, FieldOrigin, Identity, ManagedUser
 from syncd.plan import (
@@ -29,10 +26,6 @@ from syncd.plan import (
     render_text,
     settled_users,
 )
-from syncd.store import make_engine, upgrade
-from syncd.store.repository import SyncStore
-from syncd.testing import serve_in_thread
-from syncd.testing.fake_litellm import FakeLiteLLM, create_fake_litellm
 
 
 def want(uid: str, *, active: bool = True, **kw: Any) -> DesiredUser:
@@ -241,48 +234,6 @@ def test_render_text_and_json_show_actions_fields_and_origins() -> None:
 
 
 # -- properties ---------------------------------------------------------------------------------------------------
-class Proxy:
-    """The fake LiteLLM over real HTTP, a store and a client: what the real applier runs against."""
-
-    master = "sk-plan-property"
-
-    def __init__(self, url: str, app: Any, database: str) -> None:
-        self.app, self.client = app, LiteLLMClient(url, self.master, max_retries=0)
-        engine = make_engine(database)
-        upgrade(engine)
-        self.store = SyncStore(engine)
-
-    @property
-    def fake(self) -> FakeLiteLLM:
-        return cast(FakeLiteLLM, self.app.state.fake)
-
-    def reset(self, managed: Mapping[str, ManagedUser], foreign: Iterable[str]) -> None:
-        """An empty LiteLLM and store, then the managed users in both and the foreign users in LiteLLM."""
-        self.app.state.fake = FakeLiteLLM(self.master)
-        self.store.forget_all()
-        for user in managed.values():
-            self.fake.add_user(user.user_id, **user.applied)
-            self.store.save_managed(user)
-        for user_id in foreign:
-            self.fake.add_user(user_id)
-
-    def apply(self, plan: Plan) -> dict[str, ManagedUser]:
-        """Apply the plan with the real applier; answer the store's records after it."""
-        result = Applier(self.client, self.store, run_id=self.store.start_run("test"), concurrency=4).apply(plan)
-        assert result.ok, result.errors
-        return self.store.load_managed()
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    app = create_fake_litellm(Proxy.master)
-    with serve_in_thread(app) as url:
-        world = Proxy(url, app, f"sqlite:///{tmp_path_factory.mktemp('plan')}/store.db")
-        yield world
-        world.client.close()
-        world.store.engine.dispose()
-
-
 _ids = st.sampled_from([f"u{i}" for i in range(8)])
 _desired = st.builds(
     lambda uid, active, budget, models, role: want(uid, active=active, max_budget=budget, models=models, role=role),
@@ -299,20 +250,22 @@ _desired = st.builds(
     st.lists(_desired, unique_by=lambda u: u.user_id), st.lists(_desired, unique_by=lambda u: u.user_id), st.sets(_ids)
 )
 def test_applying_a_plan_then_planning_again_changes_nothing(
-    proxy: Proxy, desired: list[DesiredUser], previously: list[DesiredUser], unmanaged: set[str]
+    litellm_proxy: Any, desired: list[DesiredUser], previously: list[DesiredUser], unmanaged: set[str]
 ) -> None:
     """The real applier runs the plan against the fake LiteLLM: planning again finds nothing left to do, LiteLLM
     holds what was desired, and users syncd does not manage are never touched."""
     managed = {u.user_id: managed_as(u) for u in previously if u.active}
     policy = PlanPolicy(allow_mass_deactivation=True)
     foreign = {uid: CurrentUser(uid, None, {}, {}) for uid in unmanaged if uid not in managed}
+    proxy = litellm_proxy
     proxy.reset(managed, foreign)
     untouched = {uid: dict(proxy.fake.users[uid]) for uid in foreign}
     first = make_plan(state(*desired), managed, foreign, policy)
     for change in first.changes:  # never touching a user syncd does not manage
         if change.user_id in foreign:
             assert change.action == "conflict"
-    after = proxy.apply(first)
+    proxy.apply(first)
+    after = proxy.store.load_managed()
     second = make_plan(state(*desired), after, foreign, policy)
     assert [c for c in second.changes if c.action != "conflict"] == []
     assert {uid: proxy.fake.users[uid] for uid in foreign} == untouched

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncd.litellm import current_team
 from syncd.model import DesiredUser, ManagedTeam, ManagedUser
-from syncd.plan import MARKER, Plan, TeamChange, plan_teams, render_json, render_text, team_groups_of, team_id_for
+from syncd.plan import (
+    MARKER,
+    Plan,
+    TeamChange,
+    join,
+    plan_teams,
+    render_json,
+    render_text,
+    team_groups_of,
+    team_id_for,
+)
 
 
 @dataclass
@@ -268,40 +278,19 @@ def test_the_plan_renders_for_people_and_scripts() -> None:
     assert data["summary"]["create_team"] == 1 and data["changes"][1]["user_id"] == "alice"
 
 
-# -- property: applying a plan (as LiteLLM would) leaves nothing to do ---------------------------------------------
-def _simulate(team_plan: TeamPlan, current: list[dict[str, Any]], records: dict[str, ManagedTeam]) -> None:
-    by_id = {t["team_id"]: t for t in current}
-    members = {key: set(r.members) for key, r in team_plan.records.items()}
-    for change in team_plan.changes:
-        if change.action == "create_team":
-            by_id[change.team_id] = team(
-                change.team_id,
-                change.alias,
-                **{  # type: ignore[index]
-                    k: v for k, v in (change.payload or {}).items() if k not in ("team_id", "team_alias", "metadata")
-                },
-            )
-            current.append(by_id[change.team_id])  # type: ignore[index]
-        elif change.action == "update_team":
-            by_id[change.team_id].update(change.payload or {})  # type: ignore[index]
-        elif change.action == "add_member":
-            by_id[change.team_id]["members_with_roles"].append({"user_id": change.user_id})  # type: ignore[index]
-            members[change.key].add(change.user_id)  # type: ignore[arg-type]
-        elif change.action == "remove_member":
-            rows = by_id[change.team_id]["members_with_roles"]  # type: ignore[index]
-            rows[:] = [m for m in rows if m["user_id"] != change.user_id]
-            members[change.key].discard(change.user_id)  # type: ignore[arg-type]
-        elif change.action == "forget_member":
-            members[change.key].discard(change.user_id)  # type: ignore[arg-type]
-    for key, record in team_plan.records.items():
-        records[key] = replace(record, members=frozenset(members[key]))
-
-
+# -- property: applying a plan with the real applier leaves nothing to do --------------------------------------------
 _USERS = ["u0", "u1", "u2", "u3", "u4"]
 _TEAMS = ["red", "Blue", "green"]
 
 
-@settings(max_examples=150, deadline=None)
+def _planned(proxy: Any, desired: dict[str, DesiredUser], users: dict[str, str], leave: bool) -> Plan:
+    """The team plan against what the fake LiteLLM and the store hold now."""
+    specs = [Spec("red", max_budget=5.0, team_member_budget=None)]
+    teams = proxy.client.read_teams()
+    return plan_teams(desired, specs, teams, proxy.store.load_teams(), users, suspended_leave_teams=leave)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rounds=st.lists(
         st.tuples(
@@ -314,25 +303,25 @@ _TEAMS = ["red", "Blue", "green"]
     ),
     hand_made=st.booleans(),
 )
-def test_applying_a_plan_converges_in_one_step(rounds: list[Any], hand_made: bool) -> None:
-    current: list[dict[str, Any]] = [team("h1", "green", "u3", ours=False)] if hand_made else []
-    records: dict[str, ManagedTeam] = {}
+def test_applying_a_plan_converges_in_one_step(litellm_proxy: Any, rounds: list[Any], hand_made: bool) -> None:
+    """Each round's team plan, applied by the real applier to the fake LiteLLM, leaves nothing to plan; syncd's
+    record never names a member LiteLLM lacks; a team syncd did not create is never changed."""
+    proxy = litellm_proxy
+    proxy.reset()
+    for user_id in _USERS:
+        proxy.fake.add_user(user_id, user_email=f"{user_id}@example.com")
+    if hand_made:
+        proxy.fake.add_member(proxy.fake.add_team("h1", team_alias="green"), proxy.fake.users["u3"], "user")
     for memberships, states, leave in rounds:
         desired = {u: user(u, *teams) for u, teams in memberships.items()}
         users = {u: states.get(u, "active") for u in _USERS}
-        specs = [Spec("red", max_budget=5.0, team_member_budget=None)]
-        first = plan_teams(
-            desired, specs, [current_team(t) for t in current], records, users, suspended_leave_teams=leave
-        )
-        _simulate(TeamPlan(first), current, records)
-        again = plan_teams(
-            desired, specs, [current_team(t) for t in current], records, users, suspended_leave_teams=leave
-        )
-        assert not again.teams, [c.action for c in again.teams]
-        for key, record in records.items():
-            live = next(t for t in current if t["team_id"] == record.team_id)
-            assert record.members <= {m["user_id"] for m in live["members_with_roles"]}, key
-    assert not any(t["team_id"] == "h1" and t.get("max_budget") for t in current)
+        proxy.apply(join(Plan(), _planned(proxy, desired, users, leave)))
+        again = _planned(proxy, desired, users, leave)
+        assert not again.teams, [(c.action, c.alias, c.user_id) for c in again.teams]
+        live = {t.team_id: t for t in proxy.client.read_teams()}
+        for key, record in proxy.store.load_teams().items():
+            assert record.members <= set(live[record.team_id].members), key
+    assert not (hand_made and proxy.fake.teams["h1"].get("max_budget"))
 
 
 def test_a_run_for_some_users_changes_no_one_elses_memberships() -> None:
