@@ -4,8 +4,9 @@
 
 Seeds the fake LiteLLM (served over real HTTP) with the users, syncd's teams (marker, settings, per-member budgets)
 and their memberships, and the store with the matching managed users and team records, as a previous run would have
-left them. Then plans the teams (`plan_teams`, the team part of the one plan) and applies that plan once: it must read
-`/team/list` once and write nothing, to LiteLLM or to the store. Then one membership is removed by hand in LiteLLM and the step runs again: exactly one write.
+left them. Then plans the teams (`plan_teams`, the team part of the one plan) and applies that plan once: it must
+read `/team/list` once and write nothing, to LiteLLM or to the store. Then one membership is removed by hand in
+LiteLLM and the step runs again: exactly one write.
 Prints a table of the call counts and wall times.
 """
 
