@@ -262,6 +262,11 @@ def _operand(attribute: Attribute, op: str, value: Any) -> str | float | bool | 
         return float(value)
     if not isinstance(value, str):
         raise InvalidFilterException(detail=f"{attribute.name} is a {kind}: compare it to a string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")  # a JSON escape such as \ud800 decodes to a lone surrogate no store can hold
+        except UnicodeEncodeError:
+            raise InvalidFilterException(detail=f"the value for {attribute.name} is not valid Unicode") from None
     if kind == "dateTime":
         if op in _SUBSTRING:
             raise InvalidFilterException(detail=f"{attribute.name} is a dateTime: {op} does not apply")
