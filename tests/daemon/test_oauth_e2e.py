@@ -43,6 +43,15 @@ def _config(tmp_path: Path, fake: Any, secret_hashes: list[str], **oauth: Any) -
     clients = [{"client_id": "entra-app", "source": "entra", "secret_hashes": secret_hashes}]
     config["scim"]["oauth_clients"] = clients
     config["mappings"] = [{"group": "engineers", "role": "internal_user", "models": ["gpt-4o"]}]
+    return _named(config)
+
+
+def _named(config: dict[str, Any]) -> dict[str, Any]:
+    """The mapping names every SCIM source of `config` (with two tenants a mapping by name must say which it means)."""
+    sources = [t["name"] for t in config["scim"]["tokens"]]
+    sources += sorted({c["source"] for c in config["scim"]["oauth_clients"]} - set(sources))
+    for mapping in config["mappings"]:
+        mapping["sources"] = sources
     return config
 
 
@@ -82,7 +91,7 @@ def _engineer(syncd: Any, token: str, name: str, email: str | None = None, *, ac
 def _restart(syncd: Any, launch: Any, config: dict[str, Any]) -> Any:
     assert syncd.stop() == 0
     config["server"]["port"] = syncd.port
-    started = launch(config)
+    started = launch(_named(config))
     started.wait_healthy()
     return started
 
