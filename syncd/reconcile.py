@@ -16,6 +16,8 @@ from typing import Any
 
 from syncd.apply import Applier, ApplyResult, ApplyStopped
 from syncd.bulk import gc_paused
+from syncd.guard import Verdict
+from syncd.holding import Holding, RunGuard
 from syncd.mapping import DesiredState, MappingRules, desired_state, rules_from_settings
 from syncd.metrics import Metrics
 from syncd.model import CurrentUser, Group, Identity, ManagedUser, Snapshot
@@ -88,6 +90,8 @@ class RunReport:
     #: the conflicts this run met (planned, and refused by LiteLLM while applying): nothing written for them
     conflicts: list[KnownConflict] = field(default_factory=list)
     fail_on_conflict: bool = False
+    #: what the deactivation guard held (or which approved plan it applied); None when the run applied nothing
+    holding: Holding | None = None
 
     @property
     def exit_code(self) -> int:
@@ -121,6 +125,7 @@ class RunReport:
             "plan": render_json(self.plan),
             "applied": applied,
             "teams": self.teams.to_dict() if self.teams is not None else None,
+            "held_plan": self.holding.to_dict() if self.holding is not None else None,
             "conflicts": [
                 {"user_id": c.user_id, "source": c.source, "external_id": c.external_id, "kind": c.kind}
                 | {"reason": c.reason, "other": c.other}
@@ -141,6 +146,8 @@ class _Planned:
     stale_digests: dict[str, str]
     #: the user_ids the plan covers, the bound user_ids of renamed people included (None: everyone)
     scope: set[str] | None = None
+    #: the deactivation guard's verdict (see syncd.guard); None: nothing for it to weigh
+    verdict: Verdict | None = None
 
 
 def current_user(data: Mapping[str, Any]) -> CurrentUser:
@@ -255,6 +262,8 @@ class Reconciler:
         self.rules = rules_from_settings(settings)
         self._desired_users: Mapping[str, Any] = {}  # the last plan's desired users, for the team step
         self._held: Collection[str] = ()  # and the user_ids it left as they are (identity conflicts)
+        self._guard = RunGuard(store, settings.policy, clock)  # made again for each run
+        self._verdict: Verdict | None = None
 
     @property
     def desired_users(self) -> Mapping[str, Any]:
@@ -364,7 +373,9 @@ class Reconciler:
             facts["email_holders"] = self._email_holders(tentative)
         plan = make_plan(desired, managed, current, policy, read=read, active_managed=active, **facts)
         reads = len(current) if drift_check else len(read)
-        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale, only)
+        verdict = self._guard.judge(plan, active, allow=allow_mass_deactivation)  # per run and over the window
+        plan = replace(plan, held=verdict.reason)
+        return _Planned(plan, reads, _in_step(tentative, plan, managed, current), stale, only, verdict)
 
     def _bind(
         self, desired: DesiredState, managed: dict[str, ManagedUser], only: set[str] | None, settled: Collection[str]
@@ -439,9 +450,10 @@ class Reconciler:
         drift = self.drift_due() if options.drift_check is None else options.drift_check
         drift = drift and not options.user_ids
         run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
+        self._guard = RunGuard(self.store, self.settings.policy, self.clock)
         try:
             planned = self._plan(snapshots, drift, options.allow_mass_deactivation, options.user_ids or None)
-            plan = planned.plan
+            plan, self._verdict = planned.plan, planned.verdict
             report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=planned.reads)
             report.fail_on_conflict = options.fail_on_conflict
             report.conflicts = [_known(change) for change in plan.conflicts]
@@ -476,8 +488,6 @@ class Reconciler:
 
     def _store_conflicts(self, report: RunReport, scope: set[str] | None) -> None:
         """Keep the conflicts this run met (planned and refused) as the store's: not retried as they are."""
-        if report.status == "held":
-            return
         if report.applied is not None:
             report.conflicts.extend(report.applied.conflicts)
         self.store.replace_conflicts(report.conflicts, user_ids=scope)
@@ -498,14 +508,15 @@ class Reconciler:
             self.applying = False
 
     def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
-        plan = report.plan
-        if plan.held:
-            report.status = "held"
-            log.error("run held by the deactivation guard: %s", plan.held)
+        """Apply the plan but the deactivations the guard holds (syncd.holding); those are kept as a held plan."""
+        assert report.run_id is not None
+        verdict = self._verdict or Verdict(report.plan)
+        holding = self._guard.settle(report.plan, verdict, report.run_id, targeted=bool(options.user_ids))
+        report.holding = holding
+        if holding.held:
+            log.error("%d deactivation(s) held by the deactivation guard: %s", len(holding.held), holding.reason)
             if self.metrics is not None:
                 self.metrics.guard_holds.inc()
-            return
-        assert report.run_id is not None
         applier = Applier(
             self.client,
             self.store,
@@ -516,16 +527,25 @@ class Reconciler:
             clock=self.clock,
             should_stop=self.should_stop,
         )
-        report.applied = applier.apply(plan)
+        completed = False
+        try:
+            report.applied = applier.apply(holding.plan)
+            completed = True
+        finally:
+            self._guard.finish(report.run_id, completed=completed)
         if report.drift_checked:
             self.store.mark_success(DRIFT_STATE)
         ok = report.applied.ok and not options.failed_sources
-        report.status = "success" if ok else "failed"
+        report.status = ("held" if holding.held else "success") if ok else "failed"
 
     def _teams(self, report: RunReport, options: ReconcileOptions) -> None:
-        """The team step, after the user changes so that members exist; never when the run is held."""
-        if report.status == "held":
-            return
+        """The team step, after the user changes so that members exist; the memberships of people whose
+        deactivation is held stand."""
+        held = set(self._held)
+        if report.holding is not None:
+            held |= {change.user_id for change in report.holding.held}
+        elif self._verdict is not None:  # a dry run: what the guard would hold
+            held |= {change.user_id for change in self._verdict.held}
         step = TeamReconciler(self.settings, self.store, self.client, on_outcome=self._count_change)
         pending = users_brought_in(report.plan) if options.dry_run else ()
         report.teams = step.run(
@@ -535,13 +555,14 @@ class Reconciler:
             dry_run=options.dry_run,
             pending_users=pending,
             only=options.user_ids or None,
-            held=self._held,
+            held=held,
         )
         report.problems.extend(report.teams.plan.problems)
         if not report.teams.ok and report.status == "success":
             report.status = "failed"
 
     def _count_change(self, change: Any, status: str) -> None:
+        self._guard.note(change, status)
         if self.metrics is not None:
             self.metrics.changes.labels(change.action, status).inc()
         if self.on_outcome is not None:

@@ -207,8 +207,13 @@ def test_people_gone_from_the_source_are_suspended_and_deleted_by_policy(world: 
     world.sync()
     world.record({k: v for k, v in PEOPLE.items() if k != "alice"})
     assert world.sync().applied.by_action == {"suspend": 1}
+    # the second leaver within the hour is over the guard's window (1 of 3 active users): an approval lets it go
     world.configure(policy={"deactivation": "delete"})
     world.record({k: v for k, v in PEOPLE.items() if k not in ("alice", "carol")})
+    held = world.sync()
+    assert held.status == "held" and held.holding is not None and held.applied.by_action == {}
+    assert held.holding.plan_id is not None and "in the last 1h" in (held.holding.reason or "")
+    world.store.decide_held_plan(held.holding.plan_id, "approved", by="test")
     assert world.sync().applied.by_action == {"delete": 1}
     assert "carol" not in world.fake.users and "alice" in world.fake.users
 
