@@ -117,7 +117,7 @@ class RunGuard:
     def finish(self, run_id: int | None, *, completed: bool) -> None:
         """Record the deactivations done; close the approved plan as applied once its changes were all tried (one
         that failed is planned again by the next run, and weighed by the guard as any other)."""
-        self.store.record_deactivations(self._done, run_id=run_id)
+        self.store.record_deactivations(self._done, run_id=run_id, at=self.clock())
         self._done = []
         holding = self._holding
         if holding is not None and holding.approved_id is not None and completed:

@@ -196,11 +196,11 @@ class HeldStore:
         return found
 
     # -- deactivation history ------------------------------------------------------------------------------------
-    def record_deactivations(self, done: Sequence[tuple[str, str, bool]], *, run_id: int | None) -> None:
-        """Record applied deactivations: (user_id, action, counted by the guard)."""
+    def record_deactivations(self, done: Sequence[tuple[str, str, bool]], *, run_id: int | None, at: float) -> None:
+        """Record deactivations applied at unix time `at`: (user_id, action, counted by the guard)."""
         if not done:
             return
-        now = _now()
+        now = datetime.fromtimestamp(at, UTC)
         rows = [
             {"at": now, "user_id": user_id, "action": action, "run_id": run_id, "counted": counted}
             for user_id, action, counted in done
