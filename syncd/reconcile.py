@@ -513,6 +513,7 @@ class Reconciler:
         verdict = self._verdict or Verdict(report.plan)
         holding = self._guard.settle(report.plan, verdict, report.run_id, targeted=bool(options.user_ids))
         report.holding = holding
+        report.plan = replace(report.plan, held=holding.reason if holding.held else None)  # why, all said
         if holding.held:
             log.error("%d deactivation(s) held by the deactivation guard: %s", len(holding.held), holding.reason)
             if self.metrics is not None:
