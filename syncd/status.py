@@ -308,6 +308,10 @@ def render_page(data: Mapping[str, Any]) -> str:
         f'<h1>syncd</h1><div class="muted">status at {_esc(data["generated_at"])}'
         f"{' (details shown)' if detailed else ''}</div>",
         _cards(data),
+    ]
+    if detailed:  # first: what waits for a decision
+        parts += ["<h2>Held plans</h2>", _held_plans(data.get("held_plans") or [], data.get("csrf"))]
+    parts += [
         "<h2>Changes per run</h2>",
         _chart(data["runs"]),
         "<h2>Last runs</h2>",
@@ -316,14 +320,13 @@ def render_page(data: Mapping[str, Any]) -> str:
         _sources_table(data["sources"], detailed=detailed),
     ]
     if detailed:
-        parts += ["<h2>Held plans</h2>", _held_plans(data.get("held_plans") or [], data.get("csrf"))]
         parts += ["<h2>Known conflicts</h2>", _conflicts_table(data.get("conflict_rows") or [])]
         parts += ["<h2>Failed changes (latest)</h2>", _failed_table(data.get("failed_changes") or [])]
     elif data.get("admin_login", True):
         parts.append(_login_form())
     else:
         parts.append('<p class="muted">Set server.admin_token to see user ids and error texts here.</p>')
-    footer = "Approve or reject held plans above; everything else is read-only" if detailed else "Read-only"
+    footer = "Held plans are approved or rejected above; the rest is read-only" if detailed else "Read-only"
     parts.append(f'<p class="muted">{footer}. JSON: GET /status with the admin token.</p>')
     parts.append("</body></html>")
     return "".join(parts)
