@@ -325,6 +325,9 @@ class ReconcileWorker:
             return
         try:
             self.metrics.pending_changes.set(self.store.journal_counts().get("pending", 0))
+            statuses = [plan.status for plan in self.store.held_plans()]
+            for status in ("held", "approved", "rejected"):
+                self.metrics.held_plans.labels(status).set(statuses.count(status))
             if self.last_report is not None and self.last_report.run_id is not None:
                 failed = self.store.journal_counts(self.last_report.run_id).get("failed", 0)
                 self.metrics.failed_changes.set(failed)

@@ -310,7 +310,7 @@ def test_a_user_created_before_a_crash_is_taken_back_not_duplicated(world: World
     assert world.fake.write_calls("/user/new") == 0
 
 
-def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
+def test_the_guard_holds_the_deactivations_with_exit_3(world: World) -> None:
     people = {f"u{i}": {"groups": ["llm-users"]} for i in range(30)}
     world.record(people)
     world.sync()
@@ -318,7 +318,7 @@ def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
     world.fake.reset_calls()
     report = world.sync()
     assert report.status == "held" and report.exit_code == 3 and "10 deactivations" in (report.plan.held or "")
-    assert world.fake.write_calls() == 0
+    assert world.fake.write_calls() == 0  # nothing else to do: nothing written
     report = world.sync(allow_mass_deactivation=True)
     assert report.applied.by_action == {"suspend": 10}
 
