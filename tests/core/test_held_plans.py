@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_reconcile_integration import MASTER, World
+from test_reconcile_integration import World, running_world
 
 from syncd.reconcile import ReconcileOptions, Reconciler, RunReport
-from syncd.testing import serve_in_thread
-from syncd.testing.fake_litellm import create_fake_litellm
 
 
 class Clocked(World):
@@ -34,12 +32,8 @@ class Clocked(World):
 
 @pytest.fixture
 def world(database_url: str) -> Iterator[Clocked]:
-    app = create_fake_litellm(MASTER)
-    with serve_in_thread(app) as url:
-        w = Clocked(database_url, url, app.state.fake)
+    with running_world(database_url, Clocked) as w:
         yield w
-        w.client.close()
-        w.store.engine.dispose()
 
 
 def people(count: int, *, start: int = 0) -> dict[str, dict[str, Any]]:
@@ -88,13 +82,18 @@ def test_paced_deletions_are_held_by_the_window(world: Clocked) -> None:
     assert world.store.held_plans() == []
 
 
-def test_an_approved_plan_is_applied_exactly_and_audited(world: Clocked) -> None:
+def _twenty_leave(world: Clocked) -> int:
+    """30 people, then 20 of them leave: the id of the plan that holds their deactivations."""
     world.record(people(30))
     world.sync()
     world.record(people(30, start=20))
-    held = world.sync()
-    assert held.holding is not None and held.holding.plan_id is not None
-    plan_id = held.holding.plan_id
+    held = world.sync().holding
+    assert held is not None and held.plan_id is not None and len(held.held) == 20
+    return held.plan_id
+
+
+def test_an_approved_plan_is_applied_exactly_and_audited(world: Clocked) -> None:
+    plan_id = _twenty_leave(world)
     world.store.decide_held_plan(plan_id, "approved", by="cli:ops", note="reorg: team 1 moved out")
     report = world.sync(trigger="approve")
     assert report.status == "success" and report.holding is not None and report.holding.approved_id == plan_id
@@ -111,18 +110,14 @@ def test_an_approved_plan_is_applied_exactly_and_audited(world: Clocked) -> None
 
 
 def test_a_plan_whose_source_changed_before_approval_is_replanned(world: Clocked) -> None:
-    world.record(people(30))
-    world.sync()
-    world.record(people(30, start=20))
-    first = world.sync().holding
-    assert first is not None and first.plan_id is not None
-    world.store.decide_held_plan(first.plan_id, "approved", by="admin (status page)")
+    first = _twenty_leave(world)
+    world.store.decide_held_plan(first, "approved", by="admin (status page)")
     world.record(people(30, start=21))  # one more left after the plan was held
     report = world.sync(trigger="approve")
     assert report.status == "held" and world.suspended() == set()
-    assert report.holding is not None and report.holding.new and report.holding.plan_id != first.plan_id
-    assert len(report.holding.held) == 21 and first.plan_id in report.holding.superseded
-    old = world.store.held_plan(first.plan_id)
+    assert report.holding is not None and report.holding.new and report.holding.plan_id != first
+    assert len(report.holding.held) == 21 and first in report.holding.superseded
+    old = world.store.held_plan(first)
     assert old is not None and old.status == "superseded"
 
 

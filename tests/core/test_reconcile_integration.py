@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -92,14 +93,21 @@ class World:
         return Reconciler(self.settings, self.store, self.client).run(ReconcileOptions(**options))
 
 
-@pytest.fixture
-def world(database_url: str) -> Iterator[World]:
+@contextmanager
+def running_world(database_url: str, kind: type[World] = World) -> Iterator[Any]:
+    """A world of `kind` with its fake LiteLLM served on a local port; closed after."""
     app = create_fake_litellm(MASTER)
     with serve_in_thread(app) as url:
-        w = World(database_url, url, app.state.fake)
+        w = kind(database_url, url, app.state.fake)
         yield w
         w.client.close()
         w.store.engine.dispose()
+
+
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    with running_world(database_url) as w:
+        yield w
 
 
 PEOPLE = {
