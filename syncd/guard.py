@@ -102,7 +102,7 @@ def guarded(plan: Plan) -> tuple[Change, ...]:
 
 def held_digest(changes: Iterable[Change]) -> str:
     """The inputs digest of held deactivations: who, how and why, in a stable order."""
-    rows = sorted(tuple(str(getattr(c, name) or "") for name in _DIGESTED) for c in changes)
+    rows = sorted(map(_key, changes))
     return hashlib.blake2b(json.dumps(rows).encode(), digest_size=16).hexdigest()
 
 
@@ -193,7 +193,8 @@ def decide(verdict: Verdict, stored: Sequence[HeldPlanView]) -> Decision:
 
     - An approved plan with the digest of the deactivations planned now: its stored changes apply, exactly.
     - A rejected plan with that digest: they stay held, whatever the guard says (until the source changes them).
-    - Held by the guard: kept under the pending plan with that digest, or under a new one.
+    - Held by the guard, or planning again a deactivation of a rejected plan (the source changed, but not for that
+      person: someone must look again): kept under the pending plan with that digest, or under a new one.
     - Every other open plan is superseded: its inputs changed, or the guard no longer holds them.
     """
     same = [p for p in stored if p.status in OPEN and p.digest == verdict.digest and verdict.digest is not None]
@@ -205,14 +206,27 @@ def decide(verdict: Verdict, stored: Sequence[HeldPlanView]) -> Decision:
         rest = tuple(p.id for p in same if p is not approved)
         return Decision(extra=approved.changes, plan_id=approved.id, superseded=others + rest)
     if rejected is not None:
-        reason = f"held plan {rejected.id} was rejected; its deactivations wait until the source changes them"
+        why = f"held plan {rejected.id} was rejected; its deactivations wait until the source changes them"
         rest = tuple(p.id for p in same if p is not rejected)
-        return Decision(held=verdict.deactivations, plan_id=rejected.id, reason=reason, superseded=others + rest)
-    if not verdict.held:
-        return Decision(superseded=others + tuple(p.id for p in same))
+        return Decision(held=verdict.deactivations, plan_id=rejected.id, reason=why, superseded=others + rest)
+    held, reason = verdict.held, verdict.reason
+    if not held:
+        refused = {_key(c) for p in stored if p.status == "rejected" for c in p.changes}
+        again = [c for c in verdict.deactivations if _key(c) in refused]
+        if not again:
+            return Decision(superseded=others + tuple(p.id for p in same))
+        held = verdict.deactivations
+        reason = (
+            f"{len(again)} of these {len(held)} deactivations were in a rejected held plan: the source changed, but "
+            "not for them; they wait for a decision"
+        )
     plan_id = pending.id if pending is not None else None
     rest = tuple(p.id for p in same if p is not pending)
-    return Decision(held=verdict.held, plan_id=plan_id, reason=verdict.reason, superseded=others + rest)
+    return Decision(held=held, plan_id=plan_id, reason=reason, superseded=others + rest)
+
+
+def _key(change: Change) -> tuple[str, ...]:
+    return tuple(str(getattr(change, name) or "") for name in _DIGESTED)
 
 
 def decide_targeted(verdict: Verdict, *, open_plans: bool) -> Decision:

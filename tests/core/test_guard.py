@@ -130,8 +130,18 @@ def test_a_rejected_plan_stays_held_until_the_source_changes() -> None:
     rejected = HeldPlanView(3, "rejected", window_open.digest or "")
     decision = decide(window_open, [rejected])
     assert decision.plan_id == 3 and len(decision.held) == 5 and "rejected" in (decision.reason or "")
-    changed = judge(plan(*deactivations[:4]), recent=[], active=100, limits=LIMITS, now=NOW)
-    decision = decide(changed, [rejected])
+
+
+def test_a_rejected_plan_whose_source_changed_for_others_is_held_for_a_new_decision() -> None:
+    deactivations = [suspend(f"u{i}") for i in range(5)]
+    first = judge(plan(*deactivations), recent=[], active=100, limits=LIMITS, now=NOW)
+    rejected = HeldPlanView(3, "rejected", first.digest or "", tuple(deactivations))
+    back = judge(plan(*deactivations[:4]), recent=[], active=100, limits=LIMITS, now=NOW)  # u4 came back
+    decision = decide(back, [rejected])
+    assert decision.plan_id is None and len(decision.held) == 4 and decision.superseded == (3,)
+    assert "4 of these 4 deactivations were in a rejected held plan" in (decision.reason or "")
+    fixed = judge(plan(suspend("someone-else")), recent=[], active=100, limits=LIMITS, now=NOW)  # all came back
+    decision = decide(fixed, [rejected])
     assert not decision.held and decision.superseded == (3,)
 
 

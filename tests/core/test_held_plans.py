@@ -137,8 +137,13 @@ def test_a_rejected_plan_stays_held_until_the_source_changes(world: Clocked) -> 
         and report.holding.plan_id == held.plan_id
         and "rejected" in str(report.holding.reason)
     )
-    world.record(people(30, start=4))  # the source changes: u004 is back
+    world.record(people(30, start=4))  # the source changes, but only for u004: the four others need a new look
     report = world.sync()
-    assert report.status == "success" and world.suspended() == {f"u{i:03}" for i in range(4)}
+    assert report.status == "held" and world.suspended() == set()
+    assert report.holding is not None and report.holding.new and len(report.holding.held) == 4
     rejected = world.store.held_plan(held.plan_id)
     assert rejected is not None and rejected.status == "superseded"
+    world.store.decide_held_plan(report.holding.plan_id or 0, "rejected", by="cli:ops")
+    world.record(people(30))  # the export is fixed: everyone is back, nothing is held any more
+    report = world.sync()
+    assert report.status == "success" and world.suspended() == set() and world.store.held_plans() == []
