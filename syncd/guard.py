@@ -83,8 +83,8 @@ class HeldPlanView:
 class Decision:
     """What a run does with its guarded deactivations."""
 
-    #: the changes to apply on top of `Verdict.applies` (an approved plan's stored changes, exactly)
-    extra: tuple[Change, ...] = ()
+    #: the approved plan applied now: its deactivations are those planned now (the same digest), applied as planned
+    approved: bool = False
     #: the deactivations that stay held (empty: none)
     held: tuple[Change, ...] = ()
     #: the stored plan that holds them or is applied now; None with `held`: store a new held plan
@@ -150,9 +150,9 @@ def judge(
     return Verdict(_without(clear, deactivations), deactivations, reason, deactivations, digest, retry_at)
 
 
-def _without(plan: Plan, changes: Iterable[Change], extra: tuple[Change, ...] = ()) -> Plan:
+def _without(plan: Plan, changes: Iterable[Change]) -> Plan:
     ids = {id(c) for c in changes}
-    return replace(plan, held=None, changes=tuple(c for c in plan.changes if id(c) not in ids) + extra)
+    return replace(plan, held=None, changes=tuple(c for c in plan.changes if id(c) not in ids))
 
 
 def _per_run(limits: GuardLimits, count: int, active: int) -> str | None:
@@ -191,7 +191,7 @@ def _over_window(
 def decide(verdict: Verdict, stored: Sequence[HeldPlanView]) -> Decision:
     """What a run of everyone does with its deactivations, given the open held plans (statuses in OPEN).
 
-    - An approved plan with the digest of the deactivations planned now: its stored changes apply, exactly.
+    - An approved plan with the digest of the deactivations planned now: they apply (see `applicable`).
     - A rejected plan with that digest: they stay held, whatever the guard says (until the source changes them).
     - Held by the guard, or planning again a deactivation of a rejected plan (the source changed, but not for that
       person: someone must look again): kept under the pending plan with that digest, or under a new one.
@@ -204,7 +204,7 @@ def decide(verdict: Verdict, stored: Sequence[HeldPlanView]) -> Decision:
     others = tuple(p.id for p in stored if p.status in OPEN and p.digest != verdict.digest)
     if approved is not None:
         rest = tuple(p.id for p in same if p is not approved)
-        return Decision(extra=approved.changes, plan_id=approved.id, superseded=others + rest)
+        return Decision(approved=True, plan_id=approved.id, superseded=others + rest)
     if rejected is not None:
         why = f"held plan {rejected.id} was rejected; its deactivations wait until the source changes them"
         rest = tuple(p.id for p in same if p is not rejected)
@@ -239,11 +239,13 @@ def decide_targeted(verdict: Verdict, *, open_plans: bool) -> Decision:
     return Decision(held=verdict.held, reason=verdict.reason)
 
 
-def applicable(plan: Plan, verdict: Verdict, decision: Decision) -> Plan:
-    """The plan a run applies: without the held deactivations, or with the approved plan's stored changes in place
-    of those planned now (the same people, the same reasons: the same digest)."""
-    if decision.extra:
-        return _without(plan, verdict.deactivations, decision.extra)
+def applicable(plan: Plan, decision: Decision) -> Plan:
+    """The plan a run applies: without the deactivations that stay held.
+
+    An approved plan's deactivations apply as planned now, not as stored: the digest says they are the same people
+    for the same reasons, and the fields and keys LiteLLM holds now are those a suspension must keep (LiteLLM's
+    /user/update replaces metadata wholesale: a stored copy could undo a change made since).
+    """
     return _without(plan, decision.held)
 
 

@@ -2,10 +2,10 @@
 
 `RunGuard(store, policy, clock)` is made once per run. `judge(plan, active)` weighs the plan against the per-run
 limit and the rolling window (`guard.judge`, with the deactivation history of the store). `settle(...)` then
-decides, with the stored held plans, what the run applies (`Holding`): everything but the held deactivations, or
-an approved plan's stored changes exactly; it stores a new held plan, keeps a pending or rejected one, supersedes
-the ones whose inputs changed. `note(change, status)` sees each outcome; `finish(run_id)` records the deactivations
-done (for the window) and closes the approved plan as applied.
+decides, with the stored held plans, what the run applies (`Holding`): everything but the held deactivations (an
+approved plan's deactivations apply, when they are still the same); it stores a new held plan, keeps a pending or
+rejected one, supersedes the ones whose inputs changed. `note(change, status)` sees each outcome; `finish(run_id)`
+records the deactivations done (for the window) and closes the approved plan as applied.
 """
 
 from __future__ import annotations
@@ -82,17 +82,17 @@ class RunGuard:
         stored = self.store.held_plans()
         if targeted:
             decision = decide_targeted(verdict, open_plans=bool(stored))
-            holding = Holding(applicable(plan, verdict, decision), decision.held, decision.reason)
+            holding = Holding(applicable(plan, decision), decision.held, decision.reason)
             holding.needs_full_run = bool(decision.held)
             holding.retry_at = verdict.retry_at
             return self._keep(holding)
         decision = decide(verdict, [p.view() for p in stored])
-        holding = Holding(applicable(plan, verdict, decision), decision.held, decision.reason, decision.plan_id)
+        holding = Holding(applicable(plan, decision), decision.held, decision.reason, decision.plan_id)
         holding.superseded, holding.retry_at = decision.superseded, verdict.retry_at if decision.held else None
         self.store.close_held_plans(decision.superseded, "superseded", run_id=run_id)
-        if decision.extra:
+        if decision.approved:
             holding.approved_id = decision.plan_id
-            self._approved = {id(c) for c in decision.extra}
+            self._approved = {id(c) for c in verdict.deactivations}
         elif decision.held and decision.plan_id is None:
             assert decision.reason is not None and verdict.digest is not None
             holding.plan_id = self.store.hold_plan(

@@ -98,7 +98,7 @@ def test_a_new_hold_is_stored_and_an_old_plan_with_other_inputs_superseded() -> 
     p, verdict = _held(20)
     decision = decide(verdict, [HeldPlanView(1, "held", "other-digest")])
     assert decision.plan_id is None and len(decision.held) == 20 and decision.superseded == (1,)
-    assert applicable(p, verdict, decision).changes == (create("hire"),)
+    assert applicable(p, decision).changes == (create("hire"),)
 
 
 def test_the_same_hold_is_kept_under_its_plan() -> None:
@@ -107,13 +107,13 @@ def test_the_same_hold_is_kept_under_its_plan() -> None:
     assert decision.plan_id == 4 and len(decision.held) == 20 and decision.superseded == ()
 
 
-def test_an_approved_plan_with_unchanged_inputs_applies_its_stored_changes_exactly() -> None:
+def test_an_approved_plan_with_unchanged_inputs_applies_those_deactivations() -> None:
     p, verdict = _held(20)
     stored = tuple(change_from_dict(c.to_dict()) for c in verdict.held)
     decision = decide(verdict, [HeldPlanView(2, "approved", verdict.digest or "", stored)])
-    assert decision.plan_id == 2 and not decision.held and decision.extra == stored
-    applied = applicable(p, verdict, decision)
-    assert applied.held is None and applied.changes == (create("hire"), *stored)
+    assert decision.plan_id == 2 and decision.approved and not decision.held
+    applied = applicable(p, decision)
+    assert applied.held is None and applied.changes == p.changes  # the same people, for the same reasons
 
 
 def test_an_approved_plan_whose_inputs_changed_is_held_again() -> None:
@@ -158,7 +158,7 @@ def test_a_targeted_run_holds_every_deactivation_while_a_plan_is_open() -> None:
     assert [c.user_id for c in decision.held] == ["a"]
     p = plan(suspend("a"), create("b"))
     verdict = judge(p, recent=[], active=100, limits=LIMITS, now=NOW)
-    assert [c.user_id for c in applicable(p, verdict, decide_targeted(verdict, open_plans=True)).changes] == ["b"]
+    assert [c.user_id for c in applicable(p, decide_targeted(verdict, open_plans=True)).changes] == ["b"]
     assert not decide_targeted(verdict, open_plans=False).held
 
 
