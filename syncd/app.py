@@ -337,22 +337,24 @@ def _same_origin(request: Request) -> bool:
 
 def _held_routes(app: FastAPI, store: Any, admin: _Admin, worker: Any) -> None:
     @app.post("/held/{plan_id}", include_in_schema=False)
-    async def decide(plan_id: int, request: Request) -> Response:
+    async def decide(plan_id: str, request: Request) -> Response:
         """Approve or reject a held plan from the status page: the admin session, its CSRF token, same origin."""
         if admin.token is None:
             return HTMLResponse("<p>server.admin_token is not set: held plans are decided with the CLI.</p>", 403)
+        if not admin.cookie_ok(request):  # before anything of the request is read or parsed
+            return HTMLResponse("<p>Log in with the admin token first. <a href='/'>Back</a></p>", status_code=401)
         form = await _small_form(request)
         if form is None:
             return HTMLResponse("<p>Request too large.</p>", status_code=413, headers={"Connection": "close"})
-        if not admin.cookie_ok(request):
-            return HTMLResponse("<p>Log in with the admin token first. <a href='/'>Back</a></p>", status_code=401)
         if not admin.csrf_ok((form.get("csrf") or [""])[0]) or not _same_origin(request):
             return HTMLResponse("<p>The form is not from this status page (CSRF check failed).</p>", 403)
         decision = {"approve": "approved", "reject": "rejected"}.get((form.get("decision") or [""])[0])
         if decision is None:
             return HTMLResponse("<p>decision must be approve or reject.</p>", status_code=400)
+        if not plan_id.isdigit() or len(plan_id) > 18:
+            return HTMLResponse("<p>No such held plan.</p>", status_code=404)
         note = (form.get("note") or [""])[0].strip()[:500] or None
-        return await run_in_threadpool(_decide_held, store, worker, plan_id, decision, note)
+        return await run_in_threadpool(_decide_held, store, worker, int(plan_id), decision, note)
 
 
 def _decide_held(store: Any, worker: Any, plan_id: int, decision: str, note: str | None) -> Response:
