@@ -479,8 +479,11 @@ def _approve(args: argparse.Namespace) -> int:
     store = _store(settings)
     if _decide(args, "approved", store) is None:
         return EXIT_FAILED
-    with _client(settings) as client:  # the store's record as it is: nothing pulled, so the inputs are those held
-        report = Reconciler(settings, store, client).run(ReconcileOptions(trigger="approve"))
+    options = ReconcileOptions(trigger="approve")
+    # the store's record as it is: nothing pulled, so the inputs are those held; a plan held again is told
+    with _client(settings) as client, _notifying(settings, store, options) as watch:
+        report = Reconciler(settings, store, client).run(options)
+        watch(report)
     plan = store.held_plan(args.plan_id)
     applied = plan is not None and plan.status == "applied"
     if applied:
