@@ -223,10 +223,13 @@ def main() -> int:
         show_litellm(url)
         banner("The directory changes")
         change_directory(slapd)
-        banner("Next sync: two deactivations out of five active users trip the guard (policy.max_deactivation_ratio)")
+        banner(
+            "Next sync: two deactivations out of five active users trip the guard (policy.max_deactivation_ratio): "
+            "they wait as held plan 1, the rest applies"
+        )
         syncd(folder, "sync")
-        banner("The operator checks the plan above and lets it through once")
-        syncd(folder, "sync", "--allow-mass-deactivation")
+        banner("The operator checks the held plan above and approves it (or: syncd sync --allow-mass-deactivation)")
+        syncd(folder, "approve", "1", "--note", "demo: both leavers confirmed")
         show_litellm(url)
         banner("And once more: nothing left to do")
         syncd(folder, "sync")

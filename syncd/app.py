@@ -9,7 +9,8 @@
   successful sync is recent enough; 503 with `{"status": "unready", "reason": ...}` otherwise |
 | /metrics | Prometheus text format |
 | /status | JSON (last runs, pending and failed changes, held plans, sources); needs `Authorization: Bearer <admin>` |
-| / | the read-only status page: aggregates for anyone; user ids and errors after POST /login with the admin token |
+| / | the status page: aggregates for anyone; user ids, errors and held plans after POST /login with the admin token |
+| /held/{id} | POST (status page form, admin session and its CSRF token): approve or reject a held plan |
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from html import escape as html_escape
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from scim2_models import PayloadTooLargeException
 from starlette.exceptions import HTTPException
@@ -174,6 +177,9 @@ class _Admin:
         token = self.token
         digest = None if token is None else hmac.new(token.encode(), b"syncd-status-page", hashlib.sha256)
         self.cookie_value = None if digest is None else digest.hexdigest()
+        # the forms' CSRF token: derived from the token, so only a page rendered for the admin session carries it
+        csrf = None if token is None else hmac.new(token.encode(), b"syncd-status-form", hashlib.sha256)
+        self.csrf = None if csrf is None else csrf.hexdigest()
 
     def bearer_ok(self, request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -188,6 +194,9 @@ class _Admin:
     def cookie_ok(self, request: Request) -> bool:
         value = request.cookies.get(ADMIN_COOKIE, "")
         return self.cookie_value is not None and hmac.compare_digest(value.encode(), self.cookie_value.encode())
+
+    def csrf_ok(self, presented: str) -> bool:
+        return self.csrf is not None and hmac.compare_digest(presented.encode(), self.csrf.encode())
 
 
 def create_app(
@@ -215,6 +224,7 @@ def create_app(
 
     _health_routes(app, settings, store, engine, started)
     _status_routes(app, store, admin, lambda: _replica(leadership, worker))
+    _held_routes(app, store, admin, worker)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
@@ -318,6 +328,8 @@ def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[]
         if not detailed and public and time.monotonic() - public[0][0] < _PUBLIC_PAGE_S:
             return HTMLResponse(public[0][1], headers={"Cache-Control": "no-store"})
         data = collect_status(store, detailed=detailed, replica=replica()) | {"admin_login": admin.token is not None}
+        if admin.cookie_ok(request):  # the forms post with the session cookie: only its pages carry the CSRF token
+            data["csrf"] = admin.csrf
         html = render_page(data)
         if not detailed:  # anyone may ask for it: at most one rendering (and its queries) per second
             public[:] = [(time.monotonic(), html)]
@@ -325,18 +337,70 @@ def _status_routes(app: FastAPI, store: Any, admin: _Admin, replica: Callable[[]
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > LOGIN_MAX_BYTES:
-                return HTMLResponse("<p>Request too large.</p>", status_code=413, headers={"Connection": "close"})
-        presented = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
+        form = await _small_form(request)
+        if form is None:
+            return HTMLResponse("<p>Request too large.</p>", status_code=413, headers={"Connection": "close"})
+        presented = (form.get("token") or [""])[0]
         if admin.cookie_value is None or not admin.matches(presented):
             return HTMLResponse("<p>Wrong admin token. <a href='/'>Back</a></p>", status_code=401)
         response = RedirectResponse("/", status_code=303)
         secure = request.url.scheme == "https"
         response.set_cookie(ADMIN_COOKIE, admin.cookie_value, httponly=True, samesite="strict", secure=secure)
         return response
+
+
+async def _small_form(request: Request) -> dict[str, list[str]] | None:
+    """The urlencoded form of a page's POST, read up to LOGIN_MAX_BYTES (None past it: nothing more is read)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_MAX_BYTES:
+            return None
+    return parse_qs(body.decode("utf-8", "replace"))
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the browser says the form came from another site (Origin, else Sec-Fetch-Site)."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        host = origin.split("://", 1)[-1]
+        return host == request.headers.get("host", "")
+    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
+def _held_routes(app: FastAPI, store: Any, admin: _Admin, worker: Any) -> None:
+    @app.post("/held/{plan_id}", include_in_schema=False)
+    async def decide(plan_id: str, request: Request) -> Response:
+        """Approve or reject a held plan from the status page: the admin session, its CSRF token, same origin."""
+        if admin.token is None:
+            return HTMLResponse("<p>server.admin_token is not set: held plans are decided with the CLI.</p>", 403)
+        if not admin.cookie_ok(request):  # before anything of the request is read or parsed
+            return HTMLResponse("<p>Log in with the admin token first. <a href='/'>Back</a></p>", status_code=401)
+        form = await _small_form(request)
+        if form is None:
+            return HTMLResponse("<p>Request too large.</p>", status_code=413, headers={"Connection": "close"})
+        if not admin.csrf_ok((form.get("csrf") or [""])[0]) or not _same_origin(request):
+            return HTMLResponse("<p>The form is not from this status page (CSRF check failed).</p>", 403)
+        decision = {"approve": "approved", "reject": "rejected"}.get((form.get("decision") or [""])[0])
+        if decision is None:
+            return HTMLResponse("<p>decision must be approve or reject.</p>", status_code=400)
+        if not plan_id.isdigit() or len(plan_id) > 18:
+            return HTMLResponse("<p>No such held plan.</p>", status_code=404)
+        note = (form.get("note") or [""])[0].strip()[:500] or None
+        return await run_in_threadpool(_decide_held, store, worker, int(plan_id), decision, note)
+
+
+def _decide_held(store: Any, worker: Any, plan_id: int, decision: str, note: str | None) -> Response:
+    from syncd.store.repository import NotDecidable
+
+    try:
+        store.decide_held_plan(plan_id, decision, by="admin (status page)", note=note)
+    except NotDecidable as exc:
+        return HTMLResponse(f"<p>{html_escape(str(exc))}. <a href='/'>Back</a></p>", status_code=409)
+    log.warning("held plan %d %s on the status page", plan_id, decision)
+    if decision == "approved" and worker is not None:
+        worker.request("approve")  # applied by that run if its inputs are unchanged, else held again
+    return RedirectResponse(f"/#held-plan-{plan_id}", status_code=303)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -142,6 +142,21 @@ def _parser() -> argparse.ArgumentParser:
         "one with: openssl rand -hex 32",
     )
     _add_debug(hashing, default=argparse.SUPPRESS)
+    approve = commands.add_parser(
+        "approve",
+        help="approve a plan held by the deactivation guard and apply it now, exactly, if its inputs are unchanged "
+        "(else it is re-planned and held again: exit 1)",
+    )
+    _add_common(approve)
+    approve.add_argument("plan_id", type=int, metavar="ID", help="the held plan's id (status page, syncd sync)")
+    approve.add_argument("--note", help="who approves and why; written to the audit log (default: the OS user)")
+    approve.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    reject = commands.add_parser(
+        "reject", help="reject a held plan: its deactivations stay held until the source changes them"
+    )
+    _add_common(reject)
+    reject.add_argument("plan_id", type=int, metavar="ID", help="the held plan's id")
+    reject.add_argument("--note", help="who rejects and why; written to the audit log (default: the OS user)")
 
     explain = commands.add_parser("explain", help="why a person gets what they get, and what would change it")
     _add_common(explain)
@@ -183,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "release": _release,
         "hash-secret": _hash_secret,
+        "approve": _approve,
+        "reject": _reject,
     }
     try:
         return handlers[args.command](args)
@@ -379,6 +396,14 @@ def _report_text(report: Any, plan_text: str) -> str:
             f"{len(report.conflicts)} known conflict(s), nothing written for them"
             + (" (--fail-on-conflict: exit 1)" if report.fail_on_conflict else "")
         )
+    holding = report.holding
+    if holding is not None and holding.held and holding.plan_id is not None:
+        lines.append(
+            f"Held plan {holding.plan_id}: {len(holding.held)} deactivation(s) wait, the rest was applied. "
+            f"Approve with `syncd approve {holding.plan_id}`, or reject with `syncd reject {holding.plan_id}`."
+        )
+    if holding is not None and holding.approved_id is not None:
+        lines.append(f"Approved held plan {holding.approved_id} applied.")
     lines.extend(f"problem: {p}" for p in report.problems if p not in report.plan.problems)
     lines.append(
         f"Run {report.run_id or '-'}: {report.status} in {report.seconds:.2f}s"
@@ -412,6 +437,69 @@ def _release(args: argparse.Namespace) -> int:
     print(
         f"released {args.user_id} (was bound to {record.source} {record.external_id}, {record.state}); "
         "at the next sync the person the source names so takes this LiteLLM user over, its blocked keys stay blocked"
+    )
+    return 0
+
+
+def _decider(args: argparse.Namespace) -> str:
+    """Who decides about a held plan from the command line: the OS user (the note says more, if given)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        return f"cli:uid {os.getuid()}"
+
+
+def _decide(args: argparse.Namespace, decision: str, store: Any) -> Any:
+    from syncd.store.repository import NotDecidable
+
+    try:
+        return store.decide_held_plan(args.plan_id, decision, by=_decider(args), note=args.note)
+    except NotDecidable as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return None
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from syncd.plan import render_text
+    from syncd.reconcile import ReconcileOptions, Reconciler
+
+    settings = _settings(args)
+    store = _store(settings)
+    if _decide(args, "approved", store) is None:
+        return EXIT_FAILED
+    options = ReconcileOptions(trigger="approve")
+    # the store's record as it is: nothing pulled, so the inputs are those held; a plan held again is told
+    with _client(settings) as client, _notifying(settings, store, options) as watch:
+        report = Reconciler(settings, store, client).run(options)
+        watch(report)
+    plan = store.held_plan(args.plan_id)
+    applied = plan is not None and plan.status == "applied"
+    if applied:
+        outcome = f"held plan {args.plan_id} approved and applied in run {report.run_id}"
+    else:
+        holding = report.holding
+        again = holding.plan_id if holding is not None and holding.held else None
+        outcome = f"held plan {args.plan_id} was not applied: its inputs changed since it was held; re-planned" + (
+            f", held again as plan {again}" if again is not None else ", nothing held now"
+        )
+    data = report.to_dict() | {"approved": args.plan_id, "applied": applied, "outcome": outcome}
+    _emit(args, data, _report_text(report, render_text(report.plan)) + "\n" + outcome)
+    if not applied:
+        print(f"syncd: {outcome}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED if report.exit_code == EXIT_FAILED else 0
+
+
+def _reject(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)  # a decision is the store's alone
+    plan = _decide(args, "rejected", _store(settings))
+    if plan is None:
+        return EXIT_FAILED
+    print(
+        f"held plan {plan.id} rejected: its {len(plan.changes)} deactivation(s) stay held until the source changes "
+        "them (then the new plan is held, or applied if within the limits)"
     )
     return 0
 

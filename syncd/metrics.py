@@ -31,6 +31,12 @@ class Metrics:
             "syncd_changes", "Changes applied by action and result", ["action", "result"], registry=r
         )
         self.guard_holds = Counter("syncd_guard_holds", "Runs held by the deactivation guard", registry=r)
+        self.held_plans = Gauge(
+            "syncd_held_plans",
+            "Open held plans: held (waiting for a decision), approved (for the next run), rejected",
+            ["status"],
+            registry=r,
+        )
         self.conflicts = Gauge(
             "syncd_conflicts", "Known conflicts: people syncd writes nothing for until their inputs change", registry=r
         )

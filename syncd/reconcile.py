@@ -19,6 +19,8 @@ from typing import Any
 from syncd.apply import Applier, ApplyResult, ApplyStopped
 from syncd.bulk import gc_paused
 from syncd.desired import desired_from, overlay
+from syncd.guard import Verdict
+from syncd.holding import Holding, RunGuard
 from syncd.litellm import LiteLLM
 from syncd.mapping import DesiredState, rules_from_settings
 from syncd.metrics import Metrics
@@ -91,6 +93,8 @@ class RunReport:
     #: the conflicts this run met (planned, and refused by LiteLLM while applying): nothing written for them
     conflicts: list[KnownConflict] = field(default_factory=list)
     fail_on_conflict: bool = False
+    #: what the deactivation guard held (or which approved plan it applied); None when the run applied nothing
+    holding: Holding | None = None
 
     @property
     def exit_code(self) -> int:
@@ -113,6 +117,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "plan": render_json(self.plan),
             "applied": applied,
+            "held_plan": self.holding.to_dict() if self.holding is not None else None,
             "conflicts": [
                 {"user_id": c.user_id, "source": c.source, "external_id": c.external_id, "kind": c.kind}
                 | {"reason": c.reason, "other": c.other}
@@ -133,6 +138,8 @@ class _Planned:
     stale_digests: dict[str, str]
     #: the user_ids the plan covers, the bound user_ids of renamed people included (None: everyone)
     scope: set[str] | None = None
+    #: the deactivation guard's verdict (see syncd.guard); None: nothing for it to weigh
+    verdict: Verdict | None = None
 
 
 def _holders(users: Iterable[CurrentUser]) -> dict[str, tuple[str, bool]]:
@@ -193,6 +200,8 @@ class Reconciler:
         #: True while the run writes to LiteLLM (as opposed to planning, which only reads)
         self.applying = False
         self.rules = rules_from_settings(settings)
+        self._guard = RunGuard(store, settings.policy, clock)  # made again for each run
+        self._verdict: Verdict | None = None
 
     # -- planning (reads only) ------------------------------------------------------------------------------------
     def desired(self, snapshots: Iterable[Snapshot] = (), user_ids: Collection[str] | None = None) -> DesiredState:
@@ -293,7 +302,11 @@ class Reconciler:
         plan = make_plan(desired, managed, current, policy, read=read, active_managed=active, **facts)
         reads = len(current) if drift_check else len(read)
         in_step = _in_step(tentative, plan, managed, current)
-        return _Planned(self._whole(plan, binding.desired, only, desired.held), reads, in_step, stale, only)
+        verdict = self._guard.judge(plan, active, allow=allow_mass_deactivation)  # per run and over the window
+        plan = replace(plan, held=verdict.reason)
+        waiting = {change.user_id for change in verdict.held}  # their memberships stand while they are held
+        whole = self._whole(plan, binding.desired, only, {*desired.held, *waiting})
+        return _Planned(whole, reads, in_step, stale, only, verdict)
 
     def _whole(self, plan: Plan, desired: DesiredState, only: set[str] | None, held: Collection[str]) -> Plan:
         """The user plan made whole with the teams and memberships."""
@@ -328,7 +341,7 @@ class Reconciler:
             return {}
         by_email = {user.email.lower(): user.user_id for user in desired.values() if user.email}
         teams: dict[str, list[str]] = {}
-        for member in self.store.scim_team_members([token.name for token in scim.tokens]):
+        for member in self.store.scim_team_members(scim.source_names):
             user_id = member.user_id if member.user_id in desired else by_email.get(member.email_lower)
             if user_id is not None:
                 teams.setdefault(user_id, []).append(member.group)
@@ -405,9 +418,10 @@ class Reconciler:
         drift = self.drift_due() if options.drift_check is None else options.drift_check
         drift = drift and not options.user_ids
         run_id = None if options.dry_run else self.store.start_run(options.trigger, options.sources)
+        self._guard = RunGuard(self.store, self.settings.policy, self.clock)
         try:
             planned = self._plan(snapshots, drift, options.allow_mass_deactivation, options.user_ids or None)
-            plan = planned.plan
+            plan, self._verdict = planned.plan, planned.verdict
             report = RunReport(run_id, "dry_run", plan, drift_checked=drift, litellm_reads=planned.reads)
             report.fail_on_conflict = options.fail_on_conflict
             report.conflicts = [_known(change) for change in plan.conflicts]
@@ -439,8 +453,6 @@ class Reconciler:
 
     def _store_conflicts(self, report: RunReport, scope: set[str] | None) -> None:
         """Keep the conflicts this run met (planned and refused) as the store's: not retried as they are."""
-        if report.status == "held":
-            return
         if report.applied is not None:
             report.conflicts.extend(report.applied.conflicts)
         self.store.replace_conflicts(report.conflicts, user_ids=scope)
@@ -461,14 +473,16 @@ class Reconciler:
             self.applying = False
 
     def _apply(self, report: RunReport, options: ReconcileOptions) -> None:
-        plan = report.plan
-        if plan.held:
-            report.status = "held"
-            log.error("run held by the deactivation guard: %s", plan.held)
+        """Apply the plan but the deactivations the guard holds (syncd.holding); those are kept as a held plan."""
+        assert report.run_id is not None
+        verdict = self._verdict or Verdict(report.plan)
+        holding = self._guard.settle(report.plan, verdict, report.run_id, targeted=bool(options.user_ids))
+        report.holding = holding
+        report.plan = replace(report.plan, held=holding.reason if holding.held else None)  # why, all said
+        if holding.held:
+            log.error("%d deactivation(s) held by the deactivation guard: %s", len(holding.held), holding.reason)
             if self.metrics is not None:
                 self.metrics.guard_holds.inc()
-            return
-        assert report.run_id is not None
         applier = Applier(
             self.client,
             self.store,
@@ -478,13 +492,19 @@ class Reconciler:
             clock=self.clock,
             should_stop=self.should_stop,
         )
-        report.applied = applier.apply(plan)
+        completed = False
+        try:
+            report.applied = applier.apply(holding.plan)
+            completed = True
+        finally:
+            self._guard.finish(report.run_id, completed=completed)
         if report.drift_checked:
             self.store.mark_success(DRIFT_STATE)
         ok = report.applied.ok and not options.failed_sources
-        report.status = "success" if ok else "failed"
+        report.status = ("held" if holding.held else "success") if ok else "failed"
 
     def _count_change(self, change: AnyChange, status: str) -> None:
+        self._guard.note(change, status)
         if self.metrics is not None:
             self.metrics.changes.labels(change.action, status).inc()
         if self.on_outcome is not None:

@@ -2,13 +2,15 @@
 
 `RunWatch` looks at the store before a run (the last finished runs, the stored conflicts) and at the run's report
 after it, and sends through a `Notifier`:
-- `held_plan`: the run was held by the deactivation guard (again only when the held reason changes);
+- `held_plan`: the deactivation guard held deactivations as a new held plan (once per plan; a report without a
+  held plan, from before them: again only when the held reason changes);
 - `conflict`: the run met conflicts that were not stored before it;
 - `run_failed`: a run failed after one that did not (a daemon retrying does not repeat it);
 - `recovered`: a run succeeded after a failed one;
 - `drift_corrected`: a run undid changes made in LiteLLM by hand (found by the drift check, or by reading the
   users a run was about to change).
-Held runs count neither as failed nor as recovered. The events carry counts, user_ids, reasons and LiteLLM's error
+Held runs count neither as failed nor as recovered; what they applied (the rest of their plan) may still give
+`conflict` and `drift_corrected`. The events carry counts, user_ids, reasons and LiteLLM's error
 texts, never the plan's field values (metadata, key tokens) and never a secret. A watch never raises: a problem
 reading the store or building an event is logged, and the run goes on.
 """
@@ -70,16 +72,32 @@ def _counted(items: list[str], noun: str) -> str:
 
 
 def held_event(report: Any, trigger: str) -> Event:
-    """The plan of this run is held by the deactivation guard."""
-    plan = report.plan
+    """The deactivation guard held this run's deactivations (as a held plan: `report.holding`)."""
+    plan, holding = report.plan, getattr(report, "holding", None)
     reason = _short(plan.held)
     deactivations = int(getattr(plan, "deactivations", 0))
+    details: dict[str, Any] = {"reason": reason, "deactivations": deactivations, "changes": dict(plan.counts())}
+    if holding is None or holding.plan_id is None:
+        text = (
+            f"run {report.run_id} is held by the deactivation guard: {reason}. Nothing was deactivated. If the "
+            "removals are real, run `syncd sync --allow-mass-deactivation` (or raise policy.max_deactivations); "
+            "otherwise fix the source"
+        )
+        return Event("held_plan", text, {"run": _run(report, trigger), "held": details})
+    plan_id, people = holding.plan_id, [f"{c.action} {c.user_id}" for c in holding.held]
+    details |= {
+        "plan_id": plan_id,
+        "held": len(holding.held),
+        "people": [
+            {"user_id": c.user_id, "action": str(c.action), "source": c.source, "reason": _short(c.reason)}
+            for c in holding.held[:_LISTED]
+        ],
+    }
     text = (
-        f"run {report.run_id} is held by the deactivation guard: {reason}. Nothing was deactivated. If the "
-        "removals are real, run `syncd sync --allow-mass-deactivation` (or raise policy.max_deactivations); "
-        "otherwise fix the source"
+        f"run {report.run_id} held {len(holding.held)} deactivation(s) as held plan {plan_id} "
+        f"({_counted(people, 'people')}): {reason}. The rest of the run was applied. Approve it on the status page "
+        f"or with `syncd approve {plan_id}`, reject it with `syncd reject {plan_id}`, or fix the source"
     )
-    details = {"reason": reason, "deactivations": deactivations, "changes": dict(plan.counts())}
     return Event("held_plan", text, {"run": _run(report, trigger), "held": details})
 
 
@@ -162,9 +180,12 @@ def events_of(report: Any, before: Before, trigger: str) -> Iterator[Event]:
     """The events one finished run's report gives, against what the store said before it."""
     status = report.status
     if status == "held":
-        if not (before.last_status == "held" and before.last_held == report.plan.held):
+        holding = getattr(report, "holding", None)
+        if holding is not None:  # a run of some users only stores no plan: the run of everyone it asks for does
+            if holding.new:
+                yield held_event(report, trigger)
+        elif not (before.last_status == "held" and before.last_held == report.plan.held):
             yield held_event(report, trigger)
-        return
     if before.conflicts is not None:
         new = [c for c in report.conflicts if _conflict_key(c) not in before.conflicts]
         if new:
@@ -173,7 +194,7 @@ def events_of(report: Any, before: Before, trigger: str) -> Iterator[Event]:
         yield failed_event(report, trigger)
     if status == "success" and before.failing:
         yield recovered_event(report, trigger)
-    if status in ("success", "failed"):
+    if status in ("success", "failed", "held"):
         drift = drift_event(report, trigger)
         if drift is not None:
             yield drift

@@ -3,7 +3,8 @@
 `collect_status(store, detailed=...)` gathers it as JSON-ready data; without `detailed` only aggregates (counts,
 statuses, times, source names) are included, never a user id, an error text or a directory DN. `render_page(data)`
 renders the same for a person: a table of the last runs and an inline SVG chart of the changes per run (no script,
-nothing fetched from elsewhere).
+nothing fetched from elsewhere); with details, the open held plans with the people they would deactivate, and a
+form (POST /held/ID, carrying the session's CSRF token) to approve or reject each.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def collect_status(store: SyncStore, *, detailed: bool, replica: Mapping[str, An
         "last_success_at": _iso_ts(store.last_success_at()),
         "runs": runs,
         "held": [run for run in runs if run["status"] == "held"],
+        "held_plans_open": len(store.held_plans()),
         "changes": {"pending": journal.get("pending", 0), "failed_total": journal.get("failed", 0)},
         "managed_users": store.managed_counts(),
         "conflicts": store.conflict_count(),
@@ -86,6 +88,7 @@ def collect_status(store: SyncStore, *, detailed: bool, replica: Mapping[str, An
         "detailed": detailed,
     }
     if detailed:
+        data["held_plans"] = [plan.to_dict() for plan in store.held_plans()]
         data["conflict_rows"] = [
             {k: row[k] for k in ("user_id", "source", "external_id", "kind", "other", "reason")}
             | {"detected_at": _iso(row["detected_at"])}
@@ -112,6 +115,8 @@ th,td{padding:5px 8px;border-bottom:1px solid #eef0f3;text-align:left;white-spac
 td.num{text-align:right} td.wrap{white-space:normal}
 .success{color:#067647} .failed{color:#b42318} .held{color:#b54708} .running{color:#175cd3}
 svg{background:#fff;border:1px solid #e3e6ea;border-radius:8px} form{margin-top:8px}
+h3{font-size:14px;margin:16px 0 4px}
+.held-plan{background:#fff;border:1px solid #f5c27a;border-radius:8px;padding:8px 12px;margin-bottom:12px}
 """
 
 
@@ -126,7 +131,7 @@ def _cards(data: Mapping[str, Any]) -> str:
         ("Last successful run", _short(data.get("last_success_at"))),
         ("Pending changes", data["changes"]["pending"]),
         ("Last drift check", _short(data.get("last_drift_check_at"))),
-        ("Held plans (recent)", len(data["held"])),
+        ("Held plans", data.get("held_plans_open", 0)),
         ("Known conflicts", data.get("conflicts", 0)),
         ("Managed users", ", ".join(f"{n} {state}" for state, n in sorted(managed.items())) or "none"),
         ("This replica", f"{replica.get('id', '?')} ({'leader' if replica.get('leader') else 'follower'})"),
@@ -227,14 +232,48 @@ def _failed_table(failed: Sequence[Mapping[str, Any]]) -> str:
     return f'<table id="failed">{head}{"".join(rows) or "<tr><td colspan=5>none</td></tr>"}</table>'
 
 
-def _held_table(held: Sequence[Mapping[str, Any]]) -> str:
-    head = "<tr><th>Run</th><th>Started (UTC)</th><th>Why it is held</th></tr>"
-    rows = [
-        f"<tr><td>{run['id']}</td><td>{_esc((run['started_at'] or '')[:19].replace('T', ' '))}</td>"
-        f"<td class=wrap>{_esc(run.get('error'))}</td></tr>"
-        for run in held
-    ]
-    return f'<table id="held">{head}{"".join(rows) or "<tr><td colspan=3>none</td></tr>"}</table>'
+def _held_plans(plans: Sequence[Mapping[str, Any]], csrf: str | None) -> str:
+    """The open held plans, each with the people it would deactivate and why, and the approve/reject form."""
+    if not plans:
+        return '<p id="held-plans" class="muted">No held plans: nothing waits for an approval.</p>'
+    return '<div id="held-plans">' + "".join(_held_plan(plan, csrf) for plan in plans) + "</div>"
+
+
+def _held_plan(plan: Mapping[str, Any], csrf: str | None) -> str:
+    people = plan["deactivations"]
+    head = "<tr><th>Action</th><th>User</th><th>Person</th><th>Why</th></tr>"
+    rows = "".join(
+        f"<tr><td>{_esc(c['action'])}</td><td>{_esc(c['user_id'])}</td>"
+        f"<td>{_esc(c['source'])} {_esc(c['external_id'])}</td><td class=wrap>{_esc(c['reason'])}</td></tr>"
+        for c in people
+    )
+    status = plan["status"]
+    decided = f" by {_esc(plan['decided_by'])}" if plan.get("decided_by") else ""
+    note = f" ({_esc(plan['note'])})" if plan.get("note") else ""
+    title = (
+        f'<h3>Held plan {plan["id"]} <span class="held">{_esc(status)}</span>{decided}{note}</h3>'
+        f'<div class="muted">held {_short(plan["held_at"])} by run {_esc(plan["run_id"])}, still held by run '
+        f"{_esc(plan['last_run_id'])}; {len(people)} deactivation(s). {_esc(plan['reason'])}</div>"
+    )
+    table = f"<table>{head}{rows}</table>"
+    return f'<div class="held-plan" id="held-plan-{plan["id"]}">{title}{table}{_decide(plan, csrf)}</div>'
+
+
+def _decide(plan: Mapping[str, Any], csrf: str | None) -> str:
+    """The form that approves or rejects a plan (POST /held/ID, with the session's CSRF token)."""
+    status = plan["status"]
+    if status == "approved":
+        return '<p class="muted">Approved: the next run applies it if its inputs are unchanged.</p>'
+    if csrf is None:
+        return ""
+    buttons = '<button type="submit" name="decision" value="approve">Approve</button>'
+    if status == "held":
+        buttons += ' <button type="submit" name="decision" value="reject">Reject</button>'
+    return (
+        f'<form method="post" action="/held/{plan["id"]}"><input type="hidden" name="csrf" value="{_esc(csrf)}">'
+        '<input type="text" name="note" maxlength="500" size="50" placeholder="note for the audit log (who, why)"> '
+        f"{buttons}</form>"
+    )
 
 
 def _conflicts_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -261,12 +300,18 @@ def _login_form() -> str:
 def render_page(data: Mapping[str, Any]) -> str:
     """The status page as one self-contained HTML document."""
     detailed = bool(data.get("detailed"))
+    # no refresh while a held plan waits for a decision: it would wipe a note being typed
+    refresh = "" if data.get("held_plans") else '<meta http-equiv="refresh" content="30">'
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>syncd status</title>",
-        f'<meta http-equiv="refresh" content="30"><style>{_STYLE}</style></head><body>',
+        f"{refresh}<style>{_STYLE}</style></head><body>",
         f'<h1>syncd</h1><div class="muted">status at {_esc(data["generated_at"])}'
         f"{' (details shown)' if detailed else ''}</div>",
         _cards(data),
+    ]
+    if detailed:  # first: what waits for a decision
+        parts += ["<h2>Held plans</h2>", _held_plans(data.get("held_plans") or [], data.get("csrf"))]
+    parts += [
         "<h2>Changes per run</h2>",
         _chart(data["runs"]),
         "<h2>Last runs</h2>",
@@ -275,13 +320,13 @@ def render_page(data: Mapping[str, Any]) -> str:
         _sources_table(data["sources"], detailed=detailed),
     ]
     if detailed:
-        parts += ["<h2>Held plans</h2>", _held_table(data["held"])]
         parts += ["<h2>Known conflicts</h2>", _conflicts_table(data.get("conflict_rows") or [])]
         parts += ["<h2>Failed changes (latest)</h2>", _failed_table(data.get("failed_changes") or [])]
     elif data.get("admin_login", True):
         parts.append(_login_form())
     else:
         parts.append('<p class="muted">Set server.admin_token to see user ids and error texts here.</p>')
-    parts.append('<p class="muted">Read-only; refreshes every 30 s. JSON: GET /status with the admin token.</p>')
+    footer = "Held plans are approved or rejected above; the rest is read-only" if detailed else "Read-only"
+    parts.append(f'<p class="muted">{footer}. JSON: GET /status with the admin token.</p>')
     parts.append("</body></html>")
     return "".join(parts)

@@ -273,6 +273,18 @@ class ReconcileWorker:
             self._schedule_retry(f"run {report.run_id} failed")
         else:
             self._failures = 0
+        self._retry_held(report)
+
+    def _retry_held(self, report: RunReport) -> None:
+        """A run whose deactivations the guard held is run again: at once as a run of everyone when it was targeted
+        (that run keeps the held plan), else when the guard's window would let them through."""
+        holding = report.holding
+        if holding is None or not holding.held:
+            return
+        if holding.needs_full_run:
+            self.request("held")
+        elif holding.retry_at is not None:
+            self.request("retry", delay_s=max(1.0, holding.retry_at - time.time()))
 
     def _reconciler(self, on_done: Callable[[str], None] = lambda _user_id: None) -> Reconciler:
         def outcome(change: Any, status: str) -> None:
@@ -315,6 +327,9 @@ class ReconcileWorker:
             return
         try:
             self.metrics.pending_changes.set(self.store.journal_counts().get("pending", 0))
+            statuses = [plan.status for plan in self.store.held_plans()]
+            for status in ("held", "approved", "rejected"):
+                self.metrics.held_plans.labels(status).set(statuses.count(status))
             if self.last_report is not None and self.last_report.run_id is not None:
                 failed = self.store.journal_counts(self.last_report.run_id).get("failed", 0)
                 self.metrics.failed_changes.set(failed)

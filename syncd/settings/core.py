@@ -166,6 +166,8 @@ class PolicySettings(Strict):
     delete_after: Interval | None = None
     max_deactivations: int = Field(50, ge=0)
     max_deactivation_ratio: float = Field(0.10, ge=0, le=1)
+    #: the rolling window over which deactivations are counted across runs, against the same limits
+    deactivation_window: Interval = Field(3600.0, gt=0)
     adopt_existing: bool = False
     suspended_leave_teams: bool = False
 

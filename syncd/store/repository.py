@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from syncd.store.held import HeldPlan, HeldStore, NotDecidable
 from syncd.store.sources import IncompleteSnapshot, RecordResult, SourceState, SourceStore
 from syncd.store.state import AuditEntry, Completion, RunRecord, StateStore
 from syncd.store.teams import ScimTeamMember, TeamRecords
@@ -12,7 +13,9 @@ __all__ = [
     "DRIFT_STATE",
     "AuditEntry",
     "Completion",
+    "HeldPlan",
     "IncompleteSnapshot",
+    "NotDecidable",
     "RecordResult",
     "RunRecord",
     "ScimTeamMember",
@@ -25,9 +28,9 @@ __all__ = [
 DRIFT_STATE = "litellm-drift-check"
 
 
-class SyncStore(SourceStore, StateStore, TeamRecords):
+class SyncStore(SourceStore, StateStore, TeamRecords, HeldStore):
     """Sources' records (identities, groups, memberships) and syncd's own (managed users and teams, runs, journal,
-    audit)."""
+    audit, held plans)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -286,3 +286,38 @@ source_index = Table(
     Column("body", LargeBinary, nullable=False),
 )
 __all__ += ["source_index"]
+
+# The guard over time (migration 0009). held_plans: the deactivations the guard held, as objects an admin approves
+# or rejects; deactivation_history: every deactivation applied, with whether the guard counted it (an approved
+# one is not), for the rolling window.
+held_plans = Table(
+    "held_plans",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("run_id", _Id),  # the run that held it
+    Column("last_run_id", _Id),  # the last run that still held it
+    Column("status", String(20), nullable=False),  # held | approved | rejected | applied | superseded
+    Column("reason", Text, nullable=False),
+    Column("digest", String(32), nullable=False),  # guard.held_digest of the deactivations: its inputs
+    Column("changes", JSON, nullable=False),  # the held changes as Change.to_dict wrote them
+    Column("deactivations", Integer, nullable=False),
+    Column("held_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", DateTime(timezone=True)),
+    Column("decided_by", String(200)),  # who approved or rejected it
+    Column("note", Text),
+    Column("closed_run_id", _Id),  # the run that applied or superseded it
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index(None, "status"),
+)
+deactivation_history = Table(
+    "deactivation_history",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("action", String(20), nullable=False),  # suspend | delete
+    Column("run_id", _Id),
+    Column("counted", Boolean, nullable=False),  # False: approved (a held plan, --allow-mass-deactivation)
+    Index(None, "at"),
+)
+__all__ += ["deactivation_history", "held_plans"]

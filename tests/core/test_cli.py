@@ -137,6 +137,47 @@ def test_a_held_run_exits_3_and_an_override_applies_it(cli: Cli) -> None:
     assert sum(1 for u in cli.fake.users.values() if u["metadata"].get("scim_active") is False) == 5
 
 
+def test_a_held_plan_is_rejected_then_approved_from_the_cli(cli: Cli) -> None:
+    upgrade(make_engine(cli.config["database"]["url"]))
+
+    def staff(ids: range) -> None:
+        data = {
+            "source": "hr",
+            "users": [{"user_id": f"u{i}", "email": f"u{i}@example.com"} for i in ids],
+            "groups": [{"name": "llm-users", "members": [f"u{i}" for i in ids]}],
+        }
+        (cli.folder / "staff.json").write_text(json.dumps(data))
+        assert cli.run("import", str(cli.folder / "staff.json")).returncode == 0
+
+    def suspended() -> set[str]:
+        return {u for u, data in cli.fake.users.items() if data["metadata"].get("scim_active") is False}
+
+    staff(range(20))
+    assert cli.run("sync").returncode == 0
+    staff(range(5, 20))  # five left
+    held = cli.run("sync")
+    assert held.returncode == 3 and "Held plan 1: 5 deactivation(s) wait" in held.stdout
+    rejected = cli.run("reject", "1", "--note", "the HR export is incomplete")
+    assert rejected.returncode == 0 and "rejected" in rejected.stdout
+    again = cli.run("sync")
+    assert again.returncode == 3 and "held plan 1 was rejected" in again.stdout and suspended() == set()
+    missing = cli.run("approve", "99")
+    assert missing.returncode == 1 and "no held plan 99" in missing.stderr
+    approved = cli.json("approve", "1", "--note", "offboarding batch, checked with HR")
+    assert approved["applied"] is True and approved["exit_code"] == 0
+    assert suspended() == {f"u{i}" for i in range(5)}
+    assert cli.run("approve", "1").returncode == 1  # applied: nothing left to approve
+    # a plan whose source changes before it is approved is planned again and held again
+    staff(range(10, 20))
+    assert cli.run("sync").returncode == 3
+    staff(range(11, 20))
+    changed = cli.run("approve", "2")
+    assert (
+        changed.returncode == 1 and "its inputs changed" in changed.stderr and "held again as plan 3" in changed.stderr
+    )
+    assert suspended() == {f"u{i}" for i in range(5)}
+
+
 def test_a_bad_config_names_the_key_and_shows_no_traceback(cli: Cli) -> None:
     cli.config["mappings"][0]["budget_duration"] = "yearly2"
     cli.config["policy"] = {"deactivation": "vanish"}

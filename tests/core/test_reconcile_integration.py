@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -92,14 +93,21 @@ class World:
         return Reconciler(self.settings, self.store, self.client).run(ReconcileOptions(**options))
 
 
-@pytest.fixture
-def world(database_url: str) -> Iterator[World]:
+@contextmanager
+def running_world(database_url: str, kind: type[World] = World) -> Iterator[Any]:
+    """A world of `kind` with its fake LiteLLM served on a local port; closed after."""
     app = create_fake_litellm(MASTER)
     with serve_in_thread(app) as url:
-        w = World(database_url, url, app.state.fake)
+        w = kind(database_url, url, app.state.fake)
         yield w
         w.client.close()
         w.store.engine.dispose()
+
+
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    with running_world(database_url) as w:
+        yield w
 
 
 PEOPLE = {
@@ -209,8 +217,13 @@ def test_people_gone_from_the_source_are_suspended_and_deleted_by_policy(world: 
     world.sync()
     world.record({k: v for k, v in PEOPLE.items() if k != "alice"})
     assert world.sync().applied.by_action == {"suspend": 1, "block_keys": 1}
+    # the second leaver within the hour is over the guard's window (1 of 3 active users): an approval lets it go
     world.configure(policy={"deactivation": "delete"})
     world.record({k: v for k, v in PEOPLE.items() if k not in ("alice", "carol")})
+    held = world.sync()
+    assert held.status == "held" and held.holding is not None and held.applied.by_action == {}
+    assert held.holding.plan_id is not None and "in the last 1h" in (held.holding.reason or "")
+    world.store.decide_held_plan(held.holding.plan_id, "approved", by="test")
     assert world.sync().applied.by_action == {"delete": 1}
     assert "carol" not in world.fake.users and "alice" in world.fake.users
 
@@ -320,7 +333,7 @@ def test_a_user_created_before_a_crash_is_taken_back_not_duplicated(world: World
     assert world.fake.write_calls("/user/new") == 0
 
 
-def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
+def test_the_guard_holds_the_deactivations_with_exit_3(world: World) -> None:
     people = {f"u{i}": {"groups": ["llm-users"]} for i in range(30)}
     world.record(people)
     world.sync()
@@ -328,7 +341,7 @@ def test_the_guard_holds_the_whole_run_with_exit_3(world: World) -> None:
     world.fake.reset_calls()
     report = world.sync()
     assert report.status == "held" and report.exit_code == 3 and "10 deactivations" in (report.plan.held or "")
-    assert world.fake.write_calls() == 0
+    assert world.fake.write_calls() == 0  # nothing else to do: nothing written
     report = world.sync(allow_mass_deactivation=True)
     assert report.applied.by_action == {"suspend": 10, "block_keys": 10}
 

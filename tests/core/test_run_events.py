@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from syncd.apply import ApplyResult
-from syncd.plan import KnownConflict, Plan
+from syncd.plan import Action, KnownConflict, Plan
 from syncd.reconcile import RunReport
 from syncd.run_events import Before, events_of
 
@@ -58,3 +58,29 @@ def test_a_failed_run_names_its_first_error_without_field_values() -> None:
         {"user_id": "alice", "action": "update", "error": "LiteLLM answered 500: Internal Server Error"}
     ]
     assert set(event.details) == {"run", "failure"}
+
+
+def test_a_held_plan_is_told_once_with_its_id_and_people_and_what_the_run_applied_is_still_told() -> None:
+    from syncd.holding import Holding
+    from syncd.plan import Change
+
+    leavers = tuple(
+        Change(action=Action.SUSPEND, user_id=f"u{i}", reason="no longer in hr", source="hr", external_id=f"e{i}")
+        for i in range(3)
+    )
+    conflict = KnownConflict("bob", "hr", "2", "user_id_taken", "held by a user syncd does not manage", "bob")
+    report = _report("held", held=HELD, conflicts=[conflict])
+    report.holding = Holding(Plan(), leavers, HELD, plan_id=4, new=True)
+    kinds = _kinds(report, Before("success", conflicts=frozenset()))
+    assert kinds == ["held_plan", "conflict"]  # the rest of a held run was applied: its news is told too
+    (event, _) = events_of(report, Before("success", conflicts=frozenset()), "schedule")
+    assert event.details["held"]["plan_id"] == 4 and [p["user_id"] for p in event.details["held"]["people"]] == [
+        "u0",
+        "u1",
+        "u2",
+    ]
+    assert "syncd approve 4" in event.text and "The rest of the run was applied" in event.text
+    report.holding = Holding(Plan(), leavers, HELD, plan_id=4, new=False)  # the same plan, held again
+    assert _kinds(report, Before("success")) == []
+    report.holding = Holding(Plan(), leavers, HELD, plan_id=None, needs_full_run=True)  # a targeted run
+    assert _kinds(report, Before("success")) == []
