@@ -237,9 +237,13 @@ class Applier:
         return _Outcome("done", record, after={"blocked_keys": list(keys)})
 
     def _unblock_keys(self, change: Change) -> _Outcome:
+        """Unblock the keys syncd blocked; the record then holds none, so that a reactivation that fails after this
+        is planned again without unblocking them a second time."""
         for key in change.blocked_keys:
             self._ignore_missing(self.client.unblock_key, key)
-        return _Outcome("done", after={"unblocked_keys": list(change.blocked_keys)})
+        record = self.store.load_managed([change.user_id]).get(change.user_id)
+        unblocked = None if record is None else replace(record, blocked_keys=())
+        return _Outcome("done", unblocked, after={"unblocked_keys": list(change.blocked_keys)})
 
     def _delete(self, change: Change) -> _Outcome:
         self.client.delete_users([change.user_id])

@@ -152,7 +152,7 @@ def _faults_case(
     assert end_state(world.fake) == expected_target
     assert {u: world.fake.users[u] for u in foreign_before} == foreign_before
     done = world.audit_counts(before_run)
-    assert set(done.values()) == {1}, "a change applied twice"
+    assert set(done.values()) == {1}, ("a change applied twice", {k: v for k, v in done.items() if v != 1})
     users_done = {key.rsplit(" ", 1)[0] for key in done}
     # a change not journaled done was written by LiteLLM whose answer was lost, then found in step by a later run
     recorded_by_reading = changed - users_done
