@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import ldap3
+import yaml
 from _slapd import SUFFIX, SYNC_DN, SYNC_PASSWORD, Slapd
 from ldap3 import MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE
 
@@ -123,3 +125,29 @@ class Tree:
     def source(self, **overrides: Any) -> LdapSource:
         """An LdapSource over this subtree."""
         return LdapSource(self.settings(**overrides))
+
+
+def write_cli_config(tree: Tree, folder: Path, litellm_url: str, master_key: str, *, group: str, **source: Any) -> Path:
+    """A syncd.yaml in `folder` for the CLI: SQLite there, the LiteLLM at `litellm_url`, the LDAP source corp over
+    StartTLS to `tree` (its bind password from $BIND_PW, extra source settings from `source`), and one mapping of
+    `group`."""
+    ldap = {
+        "name": "corp",
+        "url": tree.server.url,
+        "start_tls": True,
+        "ca_file": str(tree.server.ca),
+        "bind_dn": SYNC_DN,
+        "bind_password": "${BIND_PW}",
+        **source,
+        "users": {"base_dn": tree.people},
+        "groups": {"base_dn": tree.groups, "nested": True},
+    }
+    config = {
+        "database": {"url": f"sqlite:///{folder}/syncd.db"},
+        "litellm": {"url": litellm_url, "master_key": master_key},
+        "ldap": [ldap],
+        "mappings": [{"group": group, "models": ["gpt-4o"]}],
+    }
+    path = folder / "syncd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -11,11 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
-from _slapd import SYNC_DN, SYNC_PASSWORD
+from _slapd import SYNC_PASSWORD
 from _stores import new_store, store_at
 from _stores import present as present_in
-from _tree import Tree
+from _tree import Tree, write_cli_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
@@ -176,30 +175,6 @@ def test_every_process_records_what_a_full_pull_would(
         assert present(store) == full_state(tree, tmp_path)
 
 
-def _config(tree: Tree, folder: Path, litellm_url: str) -> Path:
-    config = {
-        "database": {"url": f"sqlite:///{folder}/syncd.db"},
-        "litellm": {"url": litellm_url, "master_key": MASTER},
-        "ldap": [
-            {
-                "name": "corp",
-                "url": tree.server.url,
-                "start_tls": True,
-                "ca_file": str(tree.server.ca),
-                "bind_dn": SYNC_DN,
-                "bind_password": "${BIND_PW}",
-                "content_sync": "auto",
-                "users": {"base_dn": tree.people},
-                "groups": {"base_dn": tree.groups, "nested": True},
-            }
-        ],
-        "mappings": [{"group": "outer", "models": ["gpt-4o"]}],
-    }
-    path = folder / "syncd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def _syncd(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {"BIND_PW": SYNC_PASSWORD, "PATH": "/usr/bin:/bin", "SYNCD_LOG_FORMAT": "text"}
     command = [sys.executable, "-m", "syncd", *args, "--config", str(path)]
@@ -210,7 +185,7 @@ def test_a_second_syncd_sync_process_does_a_content_sync(tree: Tree, tmp_path: P
     dns = _directory(tree)
     app = create_fake_litellm(MASTER)
     with serve_in_thread(app) as url:
-        path = _config(tree, tmp_path, url)
+        path = write_cli_config(tree, tmp_path, url, MASTER, group="outer", content_sync="auto")
         assert _syncd(path, "db", "upgrade").returncode == 0
         first = _syncd(path, "sync")
         assert first.returncode == 0, first.stderr

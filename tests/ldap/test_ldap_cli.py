@@ -6,37 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-from _slapd import SYNC_DN, SYNC_PASSWORD
-from _tree import Tree
+from _slapd import SYNC_PASSWORD
+from _tree import Tree, write_cli_config
 
 from syncd.testing import serve_in_thread
 from syncd.testing.fake_litellm import create_fake_litellm
 
 MASTER = "sk-ldap-cli"
-
-
-def _config(tree: Tree, folder: Path, litellm_url: str, password: str) -> Path:
-    config = {
-        "database": {"url": f"sqlite:///{folder}/syncd.db"},
-        "litellm": {"url": litellm_url, "master_key": MASTER},
-        "ldap": [
-            {
-                "name": "corp",
-                "url": tree.server.url,
-                "start_tls": True,
-                "ca_file": str(tree.server.ca),
-                "bind_dn": SYNC_DN,
-                "bind_password": "${BIND_PW}",
-                "users": {"base_dn": tree.people},
-                "groups": {"base_dn": tree.groups, "nested": True},
-            }
-        ],
-        "mappings": [{"group": "llm", "models": ["gpt-4o"]}],
-    }
-    path = folder / "syncd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _syncd(path: Path, *args: str, password: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +31,7 @@ def test_check_config_binds_and_counts_then_sync_provisions(tree: Tree, tmp_path
     tree.add_group("llm", [alice, bob])
     app = create_fake_litellm(MASTER)
     with serve_in_thread(app) as url:
-        path = _config(tree, tmp_path, url, SYNC_PASSWORD)
+        path = write_cli_config(tree, tmp_path, url, MASTER, group="llm")
         assert _syncd(path, "db", "upgrade", password=SYNC_PASSWORD).returncode == 0
         done = _syncd(path, "check-config", password=SYNC_PASSWORD)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -73,7 +49,7 @@ def test_a_wrong_bind_password_fails_check_config_and_sync_without_showing_it(tr
     tree.add_group("llm", [tree.add_user("carol")])
     app = create_fake_litellm(MASTER)
     with serve_in_thread(app) as url:
-        path = _config(tree, tmp_path, url, "not-the-password-42")
+        path = write_cli_config(tree, tmp_path, url, MASTER, group="llm")
         assert _syncd(path, "db", "upgrade", password="not-the-password-42").returncode == 0
         checked = _syncd(path, "check-config", password="not-the-password-42")
         assert checked.returncode == 2 and "FAIL  ldap corp:" in checked.stdout
